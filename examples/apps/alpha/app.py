@@ -1,0 +1,10 @@
+"""Demo app of pool alpha: says who served the request."""
+import os
+
+
+def application(environ, start_response):
+    body = (f"{os.environ.get('GREETING', 'Hello')}: pool={environ.get('hostd.pool')} "
+            f"pid={os.getpid()} path={environ['SCRIPT_NAME']}{environ['PATH_INFO']}\n").encode()
+    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
+                              ("Content-Length", str(len(body)))])
+    return [body]

@@ -1,0 +1,676 @@
+"""The configuration files: the main file and one file per application pool.
+
+Both are TOML. What may appear in them is described as data (`HOSTD_KEYS`,
+`POOL_KEYS`): each key has a converter (raw TOML value -> checked value, raising
+ValueError with the problem), a default, and a one-line meaning. Adding a key is adding
+an entry; adding a table (e.g. a future [limits]) is adding a `Table` entry to
+`POOL_KEYS` and a field of the same name to `PoolConfig`.
+
+Validation never stops at the first problem: every problem of every file is collected
+as a ConfigError (file, dotted key, problem), so `hostd --check-config` can list them
+all. A broken pool file never keeps the other pools from loading.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import sys
+import tomllib
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from hostd.protocol import MAX_HANDOFF_BYTES
+from hostd.router import Binding
+from hostd.units import parse_duration, parse_size
+
+DEFAULT_MAIN_PATH = Path("/etc/hostd/hostd.toml")
+
+POOL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+# --- errors --------------------------------------------------------------------------
+class ConfigError(Exception):
+    """One problem in one file. .file: the file's path (str); .key: the dotted key
+    ("hostd.listen", "bindings[2]", "env.HOME") or None for the file as a whole;
+    .problem: what is wrong, in words."""
+
+    def __init__(self, file, key: str | None, problem: str):
+        super().__init__(str(file), key, problem)  # args make it picklable
+        self.file = str(file)
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        if self.key is None:
+            return f"{self.file}: {self.problem}"
+        return f"{self.file}: {self.key}: {self.problem}"
+
+
+class ConfigErrors(Exception):
+    """Several ConfigError at once (.errors); str() lists them one per line."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super().__init__(self.errors)
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+class _Problems(ValueError):
+    """Raised by a converter for problems in parts of one value: [(key suffix, problem)],
+    e.g. [("[2]", "bad binding ...")], so each part is reported under its own key."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__(problems)
+        self.problems = problems
+
+
+# --- schema --------------------------------------------------------------------------
+REQUIRED = object()  # default of a key that must be written
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key.
+
+    convert: (raw TOML value, directory of the file it is in) -> checked value; raises
+    ValueError (or _Problems) with the problem. default: the checked value used when
+    the key is absent, or REQUIRED. doc: its meaning (docs/configuration.md has the long
+    form). in_defaults: whether the main file's [defaults] may set it. merge: how a pool
+    value combines with the [defaults] value (None: the pool value replaces it).
+    """
+
+    convert: Callable[[Any, Path], Any]
+    default: Any = REQUIRED
+    doc: str = ""
+    in_defaults: bool = True
+    merge: Callable[[Any, Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A TOML table of keys. build: turns the checked {key: value} into the value stored
+    in the config object (a frozen dataclass for future pool tables)."""
+
+    keys: Mapping[str, "Key | Table"]
+    doc: str = ""
+    build: Callable[[dict], Any] = dict
+
+
+# converters: each takes (value, base directory) and returns the checked value
+
+def _type_name(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _int(minimum: int | None = None, maximum: int | None = None):
+    def convert(value, base):
+        # bool is a subclass of int: `processes = true` is a mistake, not 1
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be an integer, not {_type_name(value)}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}, not {value}")
+        return value
+    return convert
+
+
+def _choice(*choices: str):
+    def convert(value, base):
+        if value not in choices or not isinstance(value, str):
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, "
+                             f"not {value!r}")
+        return value
+    return convert
+
+
+def _size(minimum: int, maximum: int):
+    def convert(value, base):
+        size = parse_size(value)
+        if not minimum <= size <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum} bytes, not {size}")
+        return size
+    return convert
+
+
+def _duration(value, base) -> float:
+    return parse_duration(value)
+
+
+def _string(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {_type_name(value)}")
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _absolute(value, base: Path) -> Path:
+    # normpath, not resolve(): a symlinked release directory is the operator's business
+    return Path(os.path.normpath(base / _string(value)))
+
+
+def _path(value, base) -> Path:
+    return _absolute(value, base)
+
+
+def _existing_dir(value, base) -> Path:
+    path = _absolute(value, base)
+    if not path.exists():
+        raise ValueError(f"{str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{str(path)!r} is not a directory")
+    return path
+
+
+def _app(value, base) -> str:
+    app = _string(value)
+    module, colon, attr = app.partition(":")
+    if not colon or not all(p.isidentifier() for p in module.split(".")) or \
+            not all(p.isidentifier() for p in attr.split(".")):
+        raise ValueError(f"must be \"module:callable\" (e.g. \"shop.wsgi:application\"), "
+                         f"not {app!r}")
+    return app
+
+
+def _virtualenv(value, base) -> Path:
+    path = _existing_dir(value, base)
+    want = f"{sys.version_info.major}.{sys.version_info.minor}"
+    have = _venv_version(path)
+    if have is not None:
+        if have != want:
+            raise ValueError(f"{str(path)!r} is a Python {have} virtualenv; hostd runs "
+                             f"Python {want}")
+    elif not (path / "lib" / f"python{want}" / "site-packages").is_dir():
+        raise ValueError(f"{str(path)!r} is not a Python {want} virtualenv (no version in "
+                         f"pyvenv.cfg, no lib/python{want}/site-packages)")
+    return path
+
+
+def _venv_version(path: Path) -> str | None:
+    """major.minor from pyvenv.cfg ("version = 3.11.7" by venv, "version_info =
+    3.11.7.final.0" by virtualenv and uv), or None when it says nothing."""
+    try:
+        text = (path / "pyvenv.cfg").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, eq, val = line.partition("=")
+        if eq and key.strip() in ("version", "version_info"):
+            return ".".join(val.strip().split(".")[:2])
+    return None
+
+
+def _bindings(value, base) -> tuple[Binding, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be an array of strings, not {_type_name(value)}")
+    if not value:
+        raise ValueError("must list at least one binding")
+    problems, bindings, seen = [], [], {}
+    for i, text in enumerate(value):
+        try:
+            binding = Binding.parse(text)
+        except ValueError as e:
+            problems.append((f"[{i}]", str(e)))
+            continue
+        key = (binding.host, binding.port, binding.prefix)
+        if key in seen:
+            problems.append((f"[{i}]", f"binding {text!r} is the same as "
+                                       f"bindings[{seen[key]}]"))
+            continue
+        seen[key] = i
+        bindings.append(binding)
+    if problems:
+        raise _Problems(problems)
+    return tuple(bindings)
+
+
+def _env(value, base) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a table of strings, not {_type_name(value)}")
+    problems = []
+    for name, val in value.items():
+        if not name or "=" in name or "\0" in name:
+            problems.append((f".{name}", "an environment variable name must be non-empty "
+                                         "and contain no '=' or NUL"))
+        elif not isinstance(val, str):
+            problems.append((f".{name}", f"must be a string, not {_type_name(val)}"))
+        elif "\0" in val:
+            problems.append((f".{name}", "must not contain NUL"))
+    if problems:
+        raise _Problems(problems)
+    # sorted: the order in the file changes nothing, so it must not change equality
+    return tuple(sorted(value.items()))
+
+
+def _merge_env(inherited, own):
+    return tuple(sorted({**dict(inherited), **dict(own)}.items()))
+
+
+def _listen(value, base) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be an array of \"host:port\" strings, not {_type_name(value)}")
+    if not value:
+        raise ValueError("must list at least one address")
+    problems, out = [], []
+    for i, text in enumerate(value):
+        try:
+            addr = _listen_address(text)
+        except ValueError as e:
+            problems.append((f"[{i}]", str(e)))
+            continue
+        if addr in out:
+            problems.append((f"[{i}]", f"{text!r} is listed twice"))
+            continue
+        out.append(addr)
+    if problems:
+        raise _Problems(problems)
+    return tuple(out)
+
+
+def _listen_address(text) -> tuple[str, int]:
+    if not isinstance(text, str):
+        raise ValueError(f"must be a string, not {_type_name(text)}")
+    bad = f"bad listen address {text!r}: expected \"IPv4:port\" or \"[IPv6]:port\""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(bad)
+        try:
+            host = ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            raise ValueError(f"{bad} ({host!r} is not an IPv6 address)") from None
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(bad)
+        try:
+            host = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            hint = " (IPv6 needs brackets)" if ":" in host else ""
+            raise ValueError(f"{bad}{hint}") from None
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{bad} (port must be 1-65535)")
+    return host, int(port)
+
+
+#: the keys of a pool file (and of the main file's [defaults])
+POOL_KEYS: dict[str, Key | Table] = {
+    "app": Key(_app, doc="the WSGI callable, \"module:callable\""),
+    "directory": Key(_existing_dir, doc="working directory, first on sys.path"),
+    "virtualenv": Key(_virtualenv, None, "virtualenv the workers run in"),
+    "bindings": Key(_bindings, doc="what the pool answers to", in_defaults=False),
+    "start_mode": Key(_choice("on_demand", "always_running"), "on_demand",
+                      "start workers at the first request or at once"),
+    "processes": Key(_int(1), 1, "most worker processes (web garden)"),
+    "threads": Key(_int(1), 1, "application threads per worker"),
+    "queue_length": Key(_int(1), 1000, "connections that may wait for a worker"),
+    "idle_timeout": Key(_duration, 1200.0, "stop a worker idle this long; \"0\" = never"),
+    "load_balancer_capabilities": Key(_choice("http_503", "tcp_reset"), "http_503",
+                                      "how a refused connection is answered"),
+    "env": Key(_env, (), "environment variables for the app", merge=_merge_env),
+    # a future table plugs in here, e.g.
+    # "limits": Table({"memory": Key(_size(...), None, "...")}, build=Limits),
+}
+
+#: the keys of the main file's [hostd] table
+HOSTD_KEYS: dict[str, Key] = {
+    "listen": Key(_listen, (("127.0.0.1", 8080),), "addresses the front ends bind"),
+    "frontends": Key(_int(0), 0, "front-end processes; 0 = one per CPU"),
+    "pools_dir": Key(_path, Path("pools.d"), "directory of the pool files"),
+    "state_dir": Key(_path, Path("/var/lib/hostd"), "persistent state"),
+    "run_dir": Key(_path, Path("/run/hostd"), "runtime files; the control socket"),
+    "max_header_bytes": Key(_size(1024, MAX_HANDOFF_BYTES), 16384,
+                            "largest request head (request line + headers)"),
+}
+
+MAIN_KEYS: dict[str, Table] = {
+    "hostd": Table(HOSTD_KEYS, "the server"),
+    "defaults": Table({k: v for k, v in POOL_KEYS.items()
+                       if not isinstance(v, Key) or v.in_defaults},
+                      "values for every pool's keys; a pool file's own values win"),
+}
+
+
+# --- validation ----------------------------------------------------------------------
+def _unknown(name: str, known, what: str) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"unknown {what}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _check(raw: dict, schema: Mapping, base: Path, where: str,
+           errors: list[tuple[str, str]], inherited: Mapping | None = None,
+           partial: bool = False) -> dict:
+    """Check one table against its schema.
+
+    Takes: the raw table, its schema, the directory relative paths start from, the
+    dotted prefix of its keys ("" or "hostd."), the list problems are appended to as
+    (key, problem), values inherited from [defaults] (already checked), and partial
+    (True: absent keys stay absent, as in [defaults]).
+    Returns: {key: checked value}; an invalid key falls back to its default, so the
+    result is usable for reporting even when problems were found.
+    """
+    inherited = inherited or {}
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        spec = schema.get(name)
+        key = where + name
+        if spec is None:
+            errors.append((key, _unknown(name, schema, "table" if isinstance(value, dict)
+                                         and not where else "key")))
+            continue
+        if isinstance(spec, Table):
+            if not isinstance(value, dict):
+                errors.append((key, f"must be a table, not {_type_name(value)}"))
+                continue
+            sub = _check(value, spec.keys, base, key + ".", errors, inherited.get(name),
+                         partial)
+            out[name] = sub if partial else _build(spec, sub)
+            continue
+        try:
+            checked = spec.convert(value, base)
+        except _Problems as e:
+            errors.extend((key + suffix, problem) for suffix, problem in e.problems)
+            continue
+        except ValueError as e:
+            errors.append((key, str(e)))
+            continue
+        if name in inherited and spec.merge is not None:
+            checked = spec.merge(inherited[name], checked)
+        out[name] = checked
+    if partial:
+        return out
+    for name, spec in schema.items():
+        if name in out:
+            continue
+        if isinstance(spec, Table):
+            out[name] = _build(spec, _check({}, spec.keys, base, where + name + ".",
+                                            errors, inherited.get(name)))
+        elif name in inherited:
+            out[name] = inherited[name]
+        elif spec.default is not REQUIRED:
+            out[name] = spec.default
+        elif name not in raw:  # present but invalid: already reported
+            errors.append((where + name, "required key is missing"))
+    return out
+
+
+def _build(table: Table, values: dict):
+    """table.build(values), or values as they are when problems left keys out (the
+    caller has problems to report and will not use them)."""
+    try:
+        return table.build(values)
+    except (TypeError, ValueError):
+        return values
+
+
+def _read_toml(path: Path) -> tuple[dict | None, ConfigError | None]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f), None
+    except OSError as e:
+        return None, ConfigError(path, None, f"cannot read: {e.strerror or e}")
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message ends with "(at line L, column C)"
+        return None, ConfigError(path, None, f"TOML syntax error: {e}")
+    except UnicodeDecodeError as e:
+        return None, ConfigError(path, None, f"not UTF-8: {e}")
+
+
+# --- main file -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class MainConfig:
+    """The main file, checked. Paths are absolute; listen is ((host, port), ...) with
+    IPv6 hosts without brackets; defaults holds the checked pool keys of [defaults]."""
+
+    path: Path
+    listen: tuple[tuple[str, int], ...]
+    frontends: int
+    pools_dir: Path
+    state_dir: Path
+    run_dir: Path
+    max_header_bytes: int
+    defaults: Mapping[str, Any]
+
+    def frontend_count(self) -> int:
+        """Returns: how many front-end processes to run (frontends, or the CPU count
+        when frontends is 0)."""
+        return self.frontends or os.cpu_count() or 1
+
+
+def _read_main(path) -> tuple[MainConfig | None, list[ConfigError]]:
+    """The main file as far as it can be read, and all its problems. Invalid keys fall
+    back to their defaults; None when the file cannot be parsed at all."""
+    path = Path(os.path.abspath(path))
+    raw, err = _read_toml(path)
+    if err is not None:
+        return None, [err]
+    problems: list[tuple[str, str]] = []
+    base = path.parent
+    for name, value in raw.items():
+        if name not in MAIN_KEYS:
+            hint = ""
+            if name in HOSTD_KEYS:
+                hint = " (it belongs in the [hostd] table)"
+            elif name in POOL_KEYS:
+                hint = " (it belongs in a pool file, or in [defaults])"
+            problems.append((name, _unknown(name, MAIN_KEYS, "table" if isinstance(
+                value, dict) else "key") + hint))
+    checked_raw = {k: v for k, v in raw.items() if k in MAIN_KEYS}
+    hostd_raw = checked_raw.get("hostd", {})
+    defaults_raw = checked_raw.get("defaults", {})
+    for name, value in (("hostd", hostd_raw), ("defaults", defaults_raw)):
+        if not isinstance(value, dict):
+            problems.append((name, f"must be a table, not {_type_name(value)}"))
+    hostd = _check(hostd_raw if isinstance(hostd_raw, dict) else {}, HOSTD_KEYS, base,
+                   "hostd.", problems)
+    defaults = _check(defaults_raw if isinstance(defaults_raw, dict) else {},
+                      MAIN_KEYS["defaults"].keys, base, "defaults.", problems, partial=True)
+    # known to pool files but refused here: say why, not just "unknown key"
+    problems = [(k, "not allowed in [defaults]: bindings belong to one pool")
+                if k == "defaults.bindings" else (k, p) for k, p in problems]
+    hostd["pools_dir"] = Path(os.path.normpath(base / hostd["pools_dir"]))
+    hostd["state_dir"] = Path(os.path.normpath(base / hostd["state_dir"]))
+    hostd["run_dir"] = Path(os.path.normpath(base / hostd["run_dir"]))
+    main = MainConfig(path=path, defaults=types.MappingProxyType(defaults), **hostd)
+    return main, [ConfigError(path, k, p) for k, p in problems]
+
+
+def load_main(path=DEFAULT_MAIN_PATH) -> MainConfig:
+    """Load the main file.
+
+    Takes: its path (relative paths inside it are relative to its directory).
+    Returns: the MainConfig.
+    Raises: ConfigErrors with every problem of the file (syntax, unknown table or key,
+    wrong type, bad value), never just the first.
+    """
+    main, errors = _read_main(path)
+    if errors:
+        raise ConfigErrors(errors)
+    return main
+
+
+# --- pool files ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolConfig:
+    """One pool file, checked and merged with [defaults]. Two PoolConfig are equal
+    exactly when nothing about the pool changed."""
+
+    name: str
+    file: Path
+    app: str
+    directory: Path
+    virtualenv: Path | None
+    bindings: tuple[Binding, ...]
+    start_mode: str
+    processes: int
+    threads: int
+    queue_length: int
+    idle_timeout: float
+    load_balancer_capabilities: str
+    env: tuple[tuple[str, str], ...]
+
+    def to_spec(self) -> dict:
+        """Returns: a JSON-able dict of every field (paths as str, bindings as their
+        text, env as a dict), e.g. for sending to a worker."""
+        spec = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif field.name == "bindings":
+                value = [b.text for b in value]
+            elif field.name == "env":
+                value = dict(value)
+            spec[field.name] = value
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: Mapping) -> "PoolConfig":
+        """Takes: a dict made by to_spec (trusted: it was checked when loaded).
+        Returns: the equal PoolConfig. Raises: KeyError/TypeError/ValueError on a
+        malformed spec."""
+        values = dict(spec)
+        values["file"] = Path(values["file"])
+        values["directory"] = Path(values["directory"])
+        if values["virtualenv"] is not None:
+            values["virtualenv"] = Path(values["virtualenv"])
+        values["bindings"] = tuple(Binding.parse(t) for t in values["bindings"])
+        values["env"] = tuple(sorted(values["env"].items()))
+        return cls(**values)
+
+
+def _pool_files(main: MainConfig) -> list[Path]:
+    pools_dir = main.pools_dir
+    try:
+        names = sorted(os.listdir(pools_dir))
+    except FileNotFoundError:
+        raise ConfigErrors([ConfigError(main.path, "hostd.pools_dir",
+                                        f"{str(pools_dir)!r} does not exist")]) from None
+    except NotADirectoryError:
+        raise ConfigErrors([ConfigError(main.path, "hostd.pools_dir",
+                                        f"{str(pools_dir)!r} is not a directory")]) from None
+    except OSError as e:
+        raise ConfigErrors([ConfigError(main.path, "hostd.pools_dir",
+                                        f"cannot list {str(pools_dir)!r}: "
+                                        f"{e.strerror or e}")]) from None
+    # only *.toml; "x.toml~" and "x.toml.swp" end otherwise, and dotfiles (".#x.toml"
+    # is an Emacs lock file) are hidden on purpose
+    return [pools_dir / n for n in names if n.endswith(".toml") and not n.startswith(".")]
+
+
+def _load_pool(path: Path, main: MainConfig):
+    """(PoolConfig or None, errors, bindings it claims) for one pool file."""
+    name = path.name[:-len(".toml")]
+    errors: list[ConfigError] = []
+    if not POOL_NAME_RE.fullmatch(name):
+        errors.append(ConfigError(path, None, f"pool name {name!r} (the file's name "
+                                              f"without .toml) must match "
+                                              f"{POOL_NAME_RE.pattern}"))
+    if not path.is_file():
+        errors.append(ConfigError(path, None, "not a regular file"))
+        return None, errors, ()
+    raw, err = _read_toml(path)
+    if err is not None:
+        return None, errors + [err], ()
+    problems: list[tuple[str, str]] = []
+    values = _check(raw, POOL_KEYS, path.parent, "", problems, main.defaults)
+    errors.extend(ConfigError(path, k, p) for k, p in problems)
+    # claims are made even by a pool with other problems, so which pool owns a binding
+    # never depends on unrelated mistakes (see load_pools)
+    claims = []
+    if isinstance(raw.get("bindings"), list):
+        for i, text in enumerate(raw["bindings"]):
+            try:
+                claims.append((i, Binding.parse(text)))
+            except ValueError:
+                pass
+    if errors:
+        return None, errors, claims
+    return PoolConfig(name=name, file=path, **values), [], claims
+
+
+def load_pools(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, list[ConfigError]]]:
+    """Load every pool file of main.pools_dir.
+
+    Takes: the MainConfig (its [defaults] fill in what pool files leave out).
+    Returns: (good pools by name, broken pools by name -> their errors). A broken file
+    never keeps the others from loading. When two pools claim the same binding (same
+    host, port and prefix), the pool whose name sorts first owns it and the other is
+    broken, with an error naming both files and the binding; a pool's claims count
+    even when it is broken for another reason.
+    Raises: ConfigErrors (an error of the main file) when pools_dir is missing or is
+    not a readable directory.
+    """
+    good: dict[str, PoolConfig] = {}
+    broken: dict[str, list[ConfigError]] = {}
+    owners: dict[tuple, tuple[str, Path, Binding]] = {}
+    for path in _pool_files(main):  # sorted by name, so the first claimant owns
+        name = path.name[:-len(".toml")]
+        pool, errors, claims = _load_pool(path, main)
+        for i, binding in claims:
+            key = (binding.host, binding.port, binding.prefix)
+            owner = owners.get(key)
+            if owner is None:
+                owners[key] = (name, path, binding)
+            elif owner[0] != name:  # the same pool twice is _bindings' business
+                errors.append(ConfigError(
+                    path, f"bindings[{i}]",
+                    f"binding {binding.text!r} is already claimed by pool {owner[0]!r} "
+                    f"({owner[1]}, as {owner[2].text!r})"))
+        if errors:
+            broken[name] = errors
+        else:
+            good[name] = pool
+    return good, broken
+
+
+# --- hostd --check-config ------------------------------------------------------------
+def _format_listen(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_config(path=DEFAULT_MAIN_PATH) -> tuple[str, list[ConfigError]]:
+    """Check the main file and every pool file, for `hostd --check-config`.
+
+    Takes: the main file's path.
+    Returns: (a human summary: listen addresses, each pool with its state and
+    bindings; every error found in the main file and all pool files). Never raises
+    ConfigErrors: problems are returned.
+    """
+    main, errors = _read_main(path)
+    if main is None:
+        return f"{path}: unusable, pools not checked", errors
+    lines = [f"main file: {main.path}",
+             "listen: " + ", ".join(_format_listen(h, p) for h, p in main.listen),
+             f"front ends: {main.frontend_count()}"
+             + (" (one per CPU)" if main.frontends == 0 else ""),
+             f"pools: {main.pools_dir}"]
+    if any(e.key == "hostd.pools_dir" for e in errors):
+        lines.append("  (not checked: pools_dir is invalid)")
+        return "\n".join(lines), errors
+    try:
+        good, broken = load_pools(main)
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+        lines.append("  (not checked)")
+        return "\n".join(lines), errors
+    for name in sorted({*good, *broken}):
+        if name in good:
+            pool = good[name]
+            lines.append(f"  {name:<16} ok      {pool.start_mode:<14} "
+                         + ", ".join(b.text for b in pool.bindings))
+        else:
+            n = len(broken[name])
+            lines.append(f"  {name:<16} BROKEN  {n} error{'s' if n != 1 else ''}")
+            errors.extend(broken[name])
+    lines.append(f"{len(good)} pool(s) ok, {len(broken)} broken, {len(errors)} error(s)")
+    return "\n".join(lines), errors

@@ -1,0 +1,449 @@
+"""The front end (the HTTP.sys role): accept, read the request head, route, hand off.
+
+One process per front-end slot. It owns no listening socket (the supervisor created
+them and keeps them); it accepts on the ones of its slot, reads until httptools has seen
+the whole request head, routes by Host and path, and sends the connection with every
+byte read so far to the pool's queue over SCM_RIGHTS. It keeps no copy of a connection
+it handed off, so it holds only heads still being read: a front end that dies loses
+those and nothing else, and its replacement accepts from the same backlog.
+
+Answers of its own (short text body, Connection: close): 400 malformed head or HTTP/1.1
+without Host, 404 no binding, 431 head too large, 503 pool stopped/failed (Retry-After)
+or queue full; a pool with load_balancer_capabilities = "tcp_reset" gets an RST instead
+of its 503s.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import time
+
+import httptools
+
+from hostd import log, protocol
+from hostd.router import Router, decode_path, split_target
+from kernel import fdpass
+from kernel.sockets import reset_connection
+
+_EPOLLIN = select.EPOLLIN
+_RECV = 65536
+_ACCEPT_BATCH = 64
+_LINGER_SECONDS = 2.0
+_DONTWAIT = socket.MSG_DONTWAIT
+
+#: pool states in which a request is queued (a STARTING pool's queue already exists)
+_SERVING = frozenset({"started", "starting"})
+
+
+def _answer(status: str, text: str, extra: str = "") -> bytes:
+    body = (text + "\n").encode("utf-8", "replace")
+    return (f"HTTP/1.1 {status}\r\nServer: hostd\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n").encode() + body
+
+
+BAD_REQUEST = _answer("400 Bad Request", "Bad request")
+NO_HOST = _answer("400 Bad Request", "Bad request: HTTP/1.1 request without Host header")
+TOO_LARGE = _answer("431 Request Header Fields Too Large", "Request header fields too large")
+QUEUE_FULL = _answer("503 Service Unavailable", "Service unavailable: the site's queue is full",
+                     "Retry-After: 1\r\n")
+
+
+def unavailable(pool: str) -> bytes:
+    return _answer("503 Service Unavailable", f"Service unavailable: pool {pool} is not running",
+                   "Retry-After: 5\r\n")
+
+
+def not_found(host: str) -> bytes:
+    shown = host if host else "(none)"
+    return _answer("404 Not Found", f"No site is bound to host {shown[:200]}")
+
+
+class _Pending:
+    """A connection whose request head is still being read; also its parser's protocol."""
+
+    __slots__ = ("sock", "fd", "port", "buf", "parser", "url", "host", "done", "since",
+                 "registered")
+
+    def __init__(self, sock: socket.socket, port: int, now: float):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.port = port
+        self.buf = b""
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.host: bytes | None = None
+        self.done = False
+        self.since = now
+        self.registered = False
+
+    # httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 4 and name.lower() == b"host":
+            # a second Host header is a malformed request (RFC 9112 §3.2)
+            self.host = value if self.host is None else b"\x00dup"
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+class _Pool:
+    __slots__ = ("name", "state", "lb", "queue", "sem")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.state = "stopped"
+        self.lb = "http_503"
+        self.queue: socket.socket | None = None
+        self.sem = -1
+
+
+class FrontEnd:
+    """The front end's state and its event loop. `run()` returns an exit code."""
+
+    def __init__(self, slot: int, listeners: list[socket.socket], ctl: socket.socket,
+                 reroute: socket.socket, settings: dict):
+        self.slot = slot
+        self.listeners = {s.fileno(): (s, s.getsockname()[1]) for s in listeners}
+        self.ctl = ctl
+        self.reroute = reroute
+        self.max_header = int(settings.get("max_header_bytes", 16384))
+        self.header_timeout = float(settings.get("header_timeout", 10.0))
+        self.router = Router([])
+        self.pools: dict[str, _Pool] = {}
+        self.pending: dict[int, _Pending] = {}
+        self.lingering: dict[int, tuple[socket.socket, float]] = {}
+        self.ep = select.epoll()
+        self.stopping = False
+        self.running = True
+
+    # --- loop ----------------------------------------------------------------
+    def run(self) -> int:
+        ep = self.ep
+        for fd in self.listeners:
+            ep.register(fd, _EPOLLIN | select.EPOLLEXCLUSIVE)
+        ep.register(self.ctl.fileno(), _EPOLLIN)
+        ep.register(self.reroute.fileno(), _EPOLLIN | select.EPOLLEXCLUSIVE)
+        ctl_fd, reroute_fd = self.ctl.fileno(), self.reroute.fileno()
+        listeners, pending = self.listeners, self.pending
+        next_sweep = time.monotonic() + 1.0
+        while self.running:
+            try:
+                events = ep.poll(1.0)
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                if fd in listeners:
+                    self._accept(*listeners[fd])
+                elif fd in pending:
+                    self._readable(pending[fd])
+                elif fd == reroute_fd:
+                    self._take_rerouted()
+                elif fd == ctl_fd:
+                    self._control()
+                elif fd in self.lingering:
+                    self._linger_read(fd)
+            now = time.monotonic()
+            if now >= next_sweep:
+                self._sweep(now)
+                next_sweep = now + 1.0
+        return protocol.EXIT_OK
+
+    # --- accepting and reading -------------------------------------------------
+    def _accept(self, lsock: socket.socket, port: int) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                fd, _addr = lsock._accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # out of descriptors/memory: leave the rest in the backlog for now
+                    log.warning("accept_overload", str(exc), SLOT=self.slot)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                raise
+            sock = socket.socket(lsock.family, socket.SOCK_STREAM, 0, fd)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Pending(sock, port, time.monotonic())
+            # TCP_DEFER_ACCEPT: the head is usually here already
+            self._readable(conn)
+
+    def _readable(self, conn: _Pending) -> None:
+        try:
+            data = conn.sock.recv(_RECV)
+        except BlockingIOError:
+            self._wait(conn)
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)
+            return
+        self._feed(conn, data)
+
+    def _feed(self, conn: _Pending, data: bytes) -> None:
+        conn.buf += data
+        try:
+            conn.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # head complete; the worker deals with the upgrade request
+        except httptools.HttpParserError:
+            # an error after the head (in a body or a pipelined request) is the
+            # worker's to answer: it parses the same bytes with the same parser
+            if not conn.done:
+                self._reply(conn, BAD_REQUEST)
+                return
+        if not conn.done:
+            if len(conn.buf) > self.max_header:
+                self._reply(conn, TOO_LARGE)
+            else:
+                self._wait(conn)
+            return
+        if len(conn.buf) > self.max_header and conn.buf.find(b"\r\n\r\n", 0, self.max_header) < 0:
+            self._reply(conn, TOO_LARGE)
+            return
+        self._dispatch(conn)
+
+    def _wait(self, conn: _Pending) -> None:
+        if not conn.registered:
+            self.pending[conn.fd] = conn
+            self.ep.register(conn.fd, _EPOLLIN)
+            conn.registered = True
+
+    def _forget(self, conn: _Pending) -> None:
+        if conn.registered:
+            self.ep.unregister(conn.fd)
+            del self.pending[conn.fd]
+            conn.registered = False
+
+    def _drop(self, conn: _Pending) -> None:
+        self._forget(conn)
+        conn.sock.close()
+
+    # --- routing and handing off -------------------------------------------------
+    def _dispatch(self, conn: _Pending) -> None:
+        host = conn.host
+        if host == b"\x00dup":
+            self._reply(conn, BAD_REQUEST)
+            return
+        if host is None and conn.parser.get_http_version() == "1.1":
+            self._reply(conn, NO_HOST)
+            return
+        authority, raw_path, _query = split_target(conn.url)
+        host_s = authority if authority is not None else (host.decode("latin-1") if host else None)
+        route = self.router.route(host_s, conn.port, decode_path(raw_path))
+        if route is None:
+            self._reply(conn, not_found(host_s or ""))
+            return
+        pool = self.pools.get(route.pool)
+        if pool is None or pool.queue is None or pool.state not in _SERVING:
+            self._refuse(conn, pool, route.pool)
+            return
+        try:
+            os.read(pool.sem, 8)          # take a queue slot
+        except BlockingIOError:
+            if pool.lb == "tcp_reset":
+                self._forget(conn)
+                reset_connection(conn.sock)
+            else:
+                self._reply(conn, QUEUE_FULL)
+            return
+        self._forget(conn)
+        try:
+            fdpass.send_with_fds(pool.queue, conn.buf, (conn.fd,), _DONTWAIT)
+        except BlockingIOError:
+            self._park(pool, conn)
+        except OSError:
+            os.write(pool.sem, protocol_slot)
+            self._reply(conn, unavailable(pool.name))
+            return
+        conn.sock.close()
+
+    def _park(self, pool: _Pool, conn: _Pending) -> None:
+        """The kernel queue is full: the supervisor parks the connection (it keeps its slot)."""
+        msg = b"P" + pool.name.encode() + b"\x00" + conn.buf
+        try:
+            fdpass.send_with_fds(self.ctl, msg, (conn.fd,), _DONTWAIT)
+        except BlockingIOError:
+            # the supervisor is behind: wait for room, briefly (this is overload)
+            select.select([], [self.ctl], [], 1.0)
+            try:
+                fdpass.send_with_fds(self.ctl, msg, (conn.fd,), _DONTWAIT)
+            except OSError:
+                os.write(pool.sem, protocol_slot)
+                self._reply_sock(conn.sock, QUEUE_FULL)
+                return
+        except OSError:
+            os.write(pool.sem, protocol_slot)
+            self._reply_sock(conn.sock, QUEUE_FULL)
+            return
+
+    def _refuse(self, conn: _Pending, pool: _Pool | None, name: str) -> None:
+        if pool is not None and pool.lb == "tcp_reset":
+            self._forget(conn)
+            reset_connection(conn.sock)
+            return
+        self._reply(conn, unavailable(name))
+
+    def _take_rerouted(self) -> None:
+        """Connections handed back by workers: route them again from their first byte."""
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                data, fds = fdpass.recv_with_fds(self.reroute, protocol.MAX_HANDOFF_BYTES,
+                                                 _DONTWAIT, maxfds=1)
+            except BlockingIOError:
+                return
+            except RuntimeError:
+                continue
+            if not fds:
+                return
+            try:
+                sock = socket.socket(fileno=fds[0])
+                port = sock.getsockname()[1]
+            except OSError:
+                os.close(fds[0])
+                continue
+            sock.setblocking(False)
+            if self.stopping:
+                sock.close()
+                continue
+            conn = _Pending(sock, port, time.monotonic())
+            if data:
+                self._feed(conn, data)
+            else:
+                self._readable(conn)
+
+    # --- own answers ---------------------------------------------------------------
+    def _reply(self, conn: _Pending, response: bytes) -> None:
+        self._forget(conn)
+        self._reply_sock(conn.sock, response)
+
+    def _reply_sock(self, sock: socket.socket, response: bytes) -> None:
+        """Send a short answer, then close gracefully: shut down our side and read what
+        the client still sends for a moment, so the kernel does not turn unread input
+        into an RST that destroys the answer before the client reads it."""
+        try:
+            sock.send(response)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        fd = sock.fileno()
+        self.lingering[fd] = (sock, time.monotonic() + _LINGER_SECONDS)
+        self.ep.register(fd, _EPOLLIN)
+
+    def _linger_read(self, fd: int) -> None:
+        sock, _deadline = self.lingering[fd]
+        try:
+            data = sock.recv(_RECV)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.ep.unregister(fd)
+            del self.lingering[fd]
+            sock.close()
+
+    def _sweep(self, now: float) -> None:
+        """Once a second: heads that take too long, lingering closes that are over."""
+        late = [c for c in self.pending.values() if now - c.since > self.header_timeout]
+        for conn in late:
+            self._reply(conn, _answer("408 Request Timeout", "Request timeout"))
+        over = [fd for fd, (_s, deadline) in self.lingering.items() if now > deadline]
+        for fd in over:
+            sock, _ = self.lingering.pop(fd)
+            self.ep.unregister(fd)
+            sock.close()
+        if self.stopping and not self.pending:
+            # wait for the supervisor to close the channel once workers are done
+            pass
+
+    # --- control from the supervisor ------------------------------------------------
+    def _control(self) -> None:
+        while True:
+            try:
+                data, fds = fdpass.recv_with_fds(self.ctl, protocol.MAX_CONTROL_BYTES,
+                                                 _DONTWAIT, maxfds=253)
+            except BlockingIOError:
+                return
+            except (ConnectionResetError, RuntimeError):
+                data, fds = b"", []
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                self.running = False   # supervisor gone or done with us
+                return
+            msg = protocol.decode(data)
+            kind = msg["t"]
+            if kind == "pool_fds":
+                self._adopt_fds(msg["names"], fds)
+            elif kind == protocol.POOLS:
+                self._set_pools(msg["pools"], msg["routes"])
+            elif kind == protocol.STOP:
+                self._stop()
+
+    def _adopt_fds(self, names: list[str], fds: list[int]) -> None:
+        for i, name in enumerate(names):
+            pool = self.pools.get(name)
+            if pool is None:
+                pool = self.pools[name] = _Pool(name)
+            if pool.queue is not None:
+                pool.queue.close()
+                os.close(pool.sem)
+            pool.queue = socket.socket(fileno=fds[2 * i])
+            pool.sem = fds[2 * i + 1]
+
+    def _set_pools(self, states: dict, routes: list) -> None:
+        for name in list(self.pools):
+            if name not in states:
+                pool = self.pools.pop(name)
+                if pool.queue is not None:
+                    pool.queue.close()
+                    os.close(pool.sem)
+        for name, info in states.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                pool = self.pools[name] = _Pool(name)
+            pool.state = info["state"]
+            pool.lb = info["lb"]
+        self.router = Router.from_table(routes)
+
+    def _stop(self) -> None:
+        """Stop accepting; heads being read are still finished and handed off."""
+        self.stopping = True
+        for fd in list(self.listeners):
+            try:
+                self.ep.unregister(fd)
+            except OSError:
+                pass
+
+
+protocol_slot = (1).to_bytes(8, "little")
+
+
+def frontend_main(slot: int, listeners: list[socket.socket], ctl: socket.socket,
+                  reroute: socket.socket, settings: dict) -> int:
+    """Entry point in the forked front-end process. Returns its exit code."""
+    from kernel import proc
+    log.set_process(f"frontend-{slot}")
+    proc.set_title(f"hostd: frontend #{slot}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    try:
+        proc.set_pdeathsig(signal.SIGKILL)
+    except OSError:
+        pass
+    return FrontEnd(slot, listeners, ctl, reroute, settings).run()

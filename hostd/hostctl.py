@@ -1,0 +1,116 @@
+"""`hostctl`: drive a running hostd through its control socket.
+
+  hostctl [--config PATH | --socket PATH] status [--json]
+  hostctl [...] pool start|stop NAME [--json]
+  hostctl [...] reload [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import sys
+from pathlib import Path
+
+from hostd.cli import DEFAULT_CONFIG
+
+EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 3
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10.0):
+        super().__init__("hostd", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def socket_path(config: str | None, sock: str | None) -> str:
+    """The control socket: --socket, else run_dir/control.sock of the config's main file."""
+    if sock:
+        return sock
+    from hostd import config as hconfig
+    try:
+        main = hconfig.load_main(Path(config or DEFAULT_CONFIG))
+    except hconfig.ConfigErrors as exc:
+        raise SystemExit(f"hostctl: cannot read {config or DEFAULT_CONFIG}:\n{exc}")
+    return str(main.run_dir / "control.sock")
+
+
+def call(path: str, method: str, url: str) -> tuple[int, dict]:
+    """Returns (HTTP status, document). Raises OSError when hostd is unreachable."""
+    conn = _UnixHTTPConnection(path)
+    try:
+        conn.request(method, url, headers={"Content-Length": "0"} if method == "POST" else {})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def _mib(n) -> str:
+    return f"{(n or 0) / 1048576:.1f}M"
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    """An aligned text table."""
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def show_status(doc: dict) -> str:
+    pools = [[p["name"], p["state"], len(p["workers"]), p.get("queued", 0),
+              " ".join(p["bindings"]) or "-"] for p in doc["pools"]]
+    out = [table(pools, ["POOL", "STATE", "WORKERS", "QUEUED", "BINDINGS"])]
+    errors = [f"  {p['name']}: {p['error']}" for p in doc["pools"] if p.get("error")]
+    if errors:
+        out.append("\nerrors:\n" + "\n".join(errors))
+    workers = [[p["name"], w["pid"], w["state"], w["requests"], _mib(w["rss"])]
+               for p in doc["pools"] for w in p["workers"]]
+    if workers:
+        out.append("\n" + table(workers, ["POOL", "PID", "STATE", "REQUESTS", "RSS"]))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hostctl", description="control a running hostd")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--config", help=f"hostd's main file (default {DEFAULT_CONFIG})")
+    where.add_argument("--socket", help="the control socket (default: run_dir/control.sock)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("status", help="pools, bindings and workers")
+    st.add_argument("--json", action="store_true")
+    pl = sub.add_parser("pool", help="start or stop a pool")
+    pl.add_argument("action", choices=["start", "stop"])
+    pl.add_argument("name")
+    pl.add_argument("--json", action="store_true")
+    rl = sub.add_parser("reload", help="re-read the configuration (as SIGHUP)")
+    rl.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    path = socket_path(args.config, args.socket)
+    try:
+        if args.cmd == "status":
+            code, doc = call(path, "GET", "/status")
+        elif args.cmd == "pool":
+            code, doc = call(path, "POST", f"/pools/{args.name}/{args.action}")
+        else:
+            code, doc = call(path, "POST", "/reload")
+    except OSError as exc:
+        print(f"hostctl: cannot reach hostd at {path}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif args.cmd == "status" and code == 200:
+        print(show_status(doc))
+    else:
+        print(doc.get("message", doc))
+    return EXIT_OK if code == 200 else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

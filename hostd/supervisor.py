@@ -1,0 +1,1033 @@
+"""The supervisor (the WAS role): one loop that owns every process, queue and socket.
+
+Signal handlers only queue the signal (gunicorn's arbiter); the loop dispatches, with one
+small method per duty: reap children, read channels, start workers on demand, grow and
+shrink web gardens, reload, stop. Pool and worker states live in hostd.lifecycle.
+
+What it owns, and who closes it:
+* listening sockets — created once, kept until exit, lent to every front end of a slot;
+* per pool: the queue socketpair and its eventfd semaphore, parked connections;
+* per worker: the control channel and the scoreboard memfd (closed when reaped);
+* per front end: the control channel (closed when reaped);
+* the reroute socketpair, the zygote channel, the control socket.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import itertools
+import json
+import os
+import select
+import signal
+import socket
+import time
+import traceback
+from pathlib import Path
+
+from hostd import config as hconfig
+from hostd import log, protocol
+from hostd.control import ControlServer
+from hostd.lifecycle import (WORKER_ALIVE, PoolState, RapidFail, WorkerState,
+                             pool_lifecycle, worker_lifecycle)
+from hostd.router import Router
+from kernel import fdpass, proc, sockets
+
+P, W = PoolState, WorkerState
+
+#: how long SIGTERM lets in-flight requests finish before killing (the health issue
+#: makes this the pools' shutdown_limit)
+STOP_GRACE = 90.0
+TICK = 0.05
+_POOL_FDS_BATCH = 64
+
+
+class Worker:
+    """The supervisor's record of one worker process."""
+
+    def __init__(self, pool: "Pool", wid: int, generation: int):
+        self.pool = pool
+        self.id = wid
+        self.generation = generation
+        self.life = worker_lifecycle(pool.name, wid)
+        self.pid: int | None = None
+        self.ctl: socket.socket | None = None
+        self.board = protocol.Scoreboard.create()
+        self.spawned_at = time.monotonic()
+        self.started_wall = time.time()
+        self.ready_at: float | None = None
+        self.drain_at: float | None = None
+        self.drain_reason = ""
+        self.exit_status: int | None = None
+        self.startup_error: str | None = None
+
+    @property
+    def state(self) -> WorkerState:
+        return self.life.state
+
+    def stats(self) -> dict:
+        return self.board.read()
+
+    def close(self) -> None:
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+
+
+class Pool:
+    """The supervisor's record of one application pool."""
+
+    def __init__(self, name: str, cfg: "hconfig.PoolConfig | None", error: str | None = None):
+        self.name = name
+        self.cfg = cfg
+        self.life = pool_lifecycle(name)
+        self.generation = 1
+        self.error = error
+        self.workers: dict[int, Worker] = {}
+        self.queue_in, self.queue_out = sockets.seqpacket_pair()
+        sockets.enlarge_buffers(self.queue_in)
+        self.queue_len = cfg.queue_length if cfg else 1
+        self.sem = sockets.semaphore(self.queue_len)
+        self.sem_debt = 0
+        self.parked: collections.deque = collections.deque()
+        self.rapid = RapidFail()
+        self.watch_demand = False
+        self.watch_parked = False
+        self.last_shrink = 0.0
+
+    @property
+    def state(self) -> PoolState:
+        return self.life.state
+
+    def alive(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.state in WORKER_ALIVE]
+
+    def close(self) -> None:
+        self.queue_in.close()
+        self.queue_out.close()
+        os.close(self.sem)
+
+
+class FrontEndProc:
+    def __init__(self, slot: int, pid: int, ctl: socket.socket):
+        self.slot, self.pid, self.ctl = slot, pid, ctl
+        self.known_fds: set[tuple[str, int]] = set()   # (pool, id(queue)) already sent
+
+
+class Supervisor:
+    def __init__(self, config_path: Path, main: "hconfig.MainConfig"):
+        self.config_path = config_path
+        self.main = main
+        self.pid = os.getpid()
+        self.ep = select.epoll()
+        self.handlers: dict[int, callable] = {}
+        self.signals: collections.deque[int] = collections.deque()
+        self.pools: dict[str, Pool] = {}
+        self.retired: list[Pool] = []          # removed pools still draining
+        self.workers_by_pid: dict[int, Worker] = {}
+        self.spawning: dict[int, Worker] = {}  # spawn request id -> worker
+        self.early_exits: dict[int, int] = {}  # pid reaped before the zygote named it
+        self.frontends: dict[int, FrontEndProc] = {}
+        self.frontend_pids: dict[int, int] = {}
+        self.slots: list[list[socket.socket]] = []
+        self.reroute_in, self.reroute_out = sockets.seqpacket_pair()
+        sockets.enlarge_buffers(self.reroute_in)
+        self.zygote_pid: int | None = None
+        self.zygote: socket.socket | None = None
+        self.spawn_ids = itertools.count(1)
+        self.worker_ids: dict[str, itertools.count] = {}
+        self.control: ControlServer | None = None
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.started_at = time.time()
+        self.next_idle_check = 0.0
+
+    # ============================================================ start and run
+    def start(self) -> None:
+        """Binds sockets, starts the zygote and front ends, loads pools.
+        Raises OSError when a listening or control socket cannot be made."""
+        if os.geteuid() != 0:
+            log.warning("no_isolation", "hostd is running WITHOUT ROOT: pools are not isolated "
+                        "from each other or from hostd (no cgroups, namespaces or own uids). "
+                        "Run as root for isolation.")
+        try:
+            proc.set_child_subreaper()
+        except OSError as exc:
+            log.warning("no_subreaper", f"cannot become child subreaper: {exc}")
+        self._install_signals()
+        self._bind()
+        self.main.run_dir.mkdir(parents=True, exist_ok=True)
+        self.control = ControlServer(self.main.run_dir / "control.sock", self)
+        self._watch(self.control.sock.fileno(), self._control_accept)
+        self._start_zygote()
+        pools, broken = hconfig.load_pools(self.main)
+        for name, cfg in sorted(pools.items()):
+            self._add_pool(name, cfg)
+        for name, errors in sorted(broken.items()):
+            self._add_broken_pool(name, errors)
+        for slot in range(len(self.slots)):
+            self._start_frontend(slot)
+        log.notice("start", f"hostd started: {len(self.pools)} pools, "
+                   f"{len(self.slots)} front ends, listening on "
+                   + ", ".join(_show_addr(h, p) for h, p in self.main.listen),
+                   CONFIG=str(self.config_path))
+
+    def run(self) -> int:
+        """The loop. Returns the exit code."""
+        while True:
+            timeout = TICK
+            try:
+                events = self.ep.poll(timeout)
+            except InterruptedError:
+                events = []
+            for fd, ev in events:
+                handler = self.handlers.get(fd)
+                if handler is not None:
+                    handler(ev)
+            while self.signals:
+                self._on_signal(self.signals.popleft())
+            now = time.monotonic()
+            self._tick(now)
+            if self.stopping and self._stopped(now):
+                break
+        self._close_everything()
+        log.notice("exit", "hostd stopped")
+        return protocol.EXIT_OK
+
+    # ============================================================ signals
+    def _install_signals(self) -> None:
+        self._sigr, self._sigw = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._sigw)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._queue_signal)
+        self._watch(self._sigr, self._drain_wakeup)
+
+    def _queue_signal(self, signum, _frame) -> None:
+        self.signals.append(signum)   # only queue: the loop dispatches
+
+    def _drain_wakeup(self, _ev) -> None:
+        try:
+            while os.read(self._sigr, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            self._reap()
+        elif signum == signal.SIGHUP:
+            self.reload()
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            self.stop(f"signal {signal.Signals(signum).name}")
+
+    # ============================================================ epoll helpers
+    def _watch(self, fd: int, handler, events: int = select.EPOLLIN) -> None:
+        self.ep.register(fd, events)
+        self.handlers[fd] = handler
+
+    def _unwatch(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+        try:
+            self.ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    # ============================================================ sockets
+    def _bind(self) -> None:
+        n = self.main.frontends or os.cpu_count() or 1
+        for _slot in range(n):
+            self.slots.append([sockets.listen_tcp(h, p) for h, p in self.main.listen])
+
+    # ============================================================ zygote
+    def _start_zygote(self) -> None:
+        mine, theirs = sockets.seqpacket_pair()
+        pid = os.fork()
+        if pid == 0:
+            code = protocol.EXIT_WORKER_BOOT
+            try:
+                proc.close_fds_except({theirs.fileno(), 2, 1})
+                from hostd.zygote import zygote_main
+                code = zygote_main(theirs, self.pid)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.zygote_pid, self.zygote = pid, mine
+        self._watch(mine.fileno(), self._zygote_readable)
+        log.info("zygote", "zygote started", CHILD_PID=pid)
+
+    def _zygote_readable(self, _ev) -> None:
+        while True:
+            try:
+                data = self.zygote.recv(protocol.MAX_CONTROL_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                return   # the zygote died: _reap restarts it
+            msg = protocol.decode(data)
+            worker = self.spawning.pop(msg.get("id"), None)
+            if worker is None:
+                continue
+            if msg["t"] == "spawned":
+                self._worker_spawned(worker, msg["pid"])
+            else:
+                worker.life.to(W.EXITED, f"spawn failed: {msg.get('error')}")
+                self._worker_gone(worker, failed=True, reason=str(msg.get("error")))
+
+    # ============================================================ front ends
+    def _start_frontend(self, slot: int) -> None:
+        mine, theirs = sockets.seqpacket_pair()
+        sockets.enlarge_buffers(mine)
+        listeners = self.slots[slot]
+        keep = {theirs.fileno(), self.reroute_out.fileno(), 1, 2} | {s.fileno() for s in listeners}
+        settings = {"max_header_bytes": self.main.max_header_bytes}
+        pid = os.fork()
+        if pid == 0:
+            code = protocol.EXIT_WORKER_BOOT
+            try:
+                proc.close_fds_except(keep)
+                from hostd.frontend import frontend_main
+                code = frontend_main(slot, listeners, theirs, self.reroute_out, settings)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        fe = FrontEndProc(slot, pid, mine)
+        self.frontends[slot] = fe
+        self.frontend_pids[pid] = slot
+        self._watch(mine.fileno(), lambda ev, fe=fe: self._frontend_readable(fe))
+        self._send_pools(fe)
+        log.info("frontend_start", f"front end #{slot} started", SLOT=slot, CHILD_PID=pid)
+
+    def _send_pools(self, fe: FrontEndProc) -> None:
+        """Sends the front end the descriptors it lacks, then the pool table."""
+        missing = [p for p in self.pools.values() if (p.name, id(p.queue_in)) not in fe.known_fds]
+        for i in range(0, len(missing), _POOL_FDS_BATCH):
+            batch = missing[i:i + _POOL_FDS_BATCH]
+            fds = [fd for p in batch for fd in (p.queue_in.fileno(), p.sem)]
+            try:
+                fdpass.send_with_fds(fe.ctl, protocol.encode(
+                    {"t": "pool_fds", "names": [p.name for p in batch]}), fds)
+            except OSError:
+                return   # it died; reaping restarts it and sends everything again
+            fe.known_fds.update((p.name, id(p.queue_in)) for p in batch)
+        table = {p.name: {"state": p.state.value,
+                          "lb": p.cfg.load_balancer_capabilities if p.cfg else "http_503"}
+                 for p in self.pools.values()}
+        try:
+            fe.ctl.sendall(protocol.encode({"t": protocol.POOLS, "pools": table,
+                                            "routes": self.router_table()}))
+        except OSError:
+            pass
+        live = {(p.name, id(p.queue_in)) for p in self.pools.values()}
+        fe.known_fds &= live
+
+    def _broadcast_pools(self) -> None:
+        for fe in self.frontends.values():
+            self._send_pools(fe)
+
+    def router_table(self) -> list:
+        """The whole binding table. Failed and stopped pools keep their bindings, so their
+        hosts are answered 503 rather than 404."""
+        entries = [(p.name, b) for p in self.pools.values() if p.cfg is not None
+                   for b in p.cfg.bindings]
+        return Router(entries).to_table()
+
+    def _frontend_readable(self, fe: FrontEndProc) -> None:
+        for _ in range(64):
+            try:
+                data, fds = fdpass.recv_with_fds(fe.ctl, protocol.MAX_HANDOFF_BYTES + 256,
+                                                 socket.MSG_DONTWAIT, maxfds=1)
+            except BlockingIOError:
+                return
+            except (OSError, RuntimeError):
+                return
+            if not data:
+                return
+            if data[:1] == b"P" and fds:
+                name, _, buf = data[1:].partition(b"\x00")
+                self._park(name.decode(), fds[0], buf)
+
+    # ============================================================ parking
+    def _park(self, name: str, fd: int, buf: bytes) -> None:
+        """A front end found the pool's kernel queue full; hold the connection until
+        there is room (it keeps the queue slot the front end took)."""
+        pool = self.pools.get(name)
+        if pool is None or pool.state not in (P.STARTED, P.STARTING):
+            self._answer_fd(fd, b"503", pool)
+            if pool is not None:
+                sockets.give_slot(pool.sem)
+            return
+        pool.parked.append((fd, buf))
+        self._flush_parked(pool)
+
+    def _flush_parked(self, pool: Pool) -> None:
+        while pool.parked:
+            fd, buf = pool.parked[0]
+            try:
+                fdpass.send_with_fds(pool.queue_in, buf, (fd,), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                pass
+            pool.parked.popleft()
+            os.close(fd)
+        want = bool(pool.parked)
+        if want != pool.watch_parked:
+            pool.watch_parked = want
+            if want:
+                self._watch(pool.queue_in.fileno(), lambda ev, p=pool: self._flush_parked(p),
+                            select.EPOLLOUT)
+            else:
+                self._unwatch(pool.queue_in.fileno())
+
+    def _answer_fd(self, fd: int, kind: bytes, pool: Pool | None) -> None:
+        """Answers a connection the supervisor holds: 503 (or RST for tcp_reset pools)."""
+        from hostd.frontend import unavailable
+        sock = socket.socket(fileno=fd)
+        if pool is not None and pool.cfg is not None and \
+                pool.cfg.load_balancer_capabilities == "tcp_reset":
+            sockets.reset_connection(sock)
+            return
+        try:
+            sock.setblocking(False)
+            sock.send(unavailable(pool.name if pool else "?"))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _fail_queue(self, pool: Pool) -> None:
+        """Answers every connection waiting for a pool that cannot serve them."""
+        while pool.parked:
+            fd, _ = pool.parked.popleft()
+            self._answer_fd(fd, b"503", pool)
+            sockets.give_slot(pool.sem)
+        while True:
+            try:
+                _data, fds = fdpass.recv_with_fds(pool.queue_out, protocol.MAX_HANDOFF_BYTES,
+                                                  socket.MSG_DONTWAIT, maxfds=1)
+            except (BlockingIOError, RuntimeError):
+                break
+            for fd in fds:
+                self._answer_fd(fd, b"503", pool)
+            sockets.give_slot(pool.sem)
+        if pool.watch_parked:
+            pool.watch_parked = False
+            self._unwatch(pool.queue_in.fileno())
+
+    def _reroute_queue(self, pool: Pool) -> None:
+        """Gives every connection waiting for a removed pool back to the front ends,
+        which route it again (to the pool that took the binding over, or 404)."""
+        while pool.parked:
+            fd, buf = pool.parked.popleft()
+            self._send_reroute(fd, buf)
+        while True:
+            try:
+                data, fds = fdpass.recv_with_fds(pool.queue_out, protocol.MAX_HANDOFF_BYTES,
+                                                 socket.MSG_DONTWAIT, maxfds=1)
+            except (BlockingIOError, RuntimeError):
+                break
+            for fd in fds:
+                self._send_reroute(fd, data)
+
+    def _send_reroute(self, fd: int, buf: bytes) -> None:
+        try:
+            fdpass.send_with_fds(self.reroute_in, buf, (fd,))
+        except OSError:
+            pass
+        os.close(fd)
+
+    # ============================================================ pools
+    def _add_pool(self, name: str, cfg) -> Pool:
+        pool = Pool(name, cfg)
+        self.pools[name] = pool
+        self.worker_ids.setdefault(name, itertools.count(1))
+        if cfg.start_mode == "always_running":
+            self._spawn(pool, "always_running")
+        else:
+            pool.life.to(P.STARTED, "on_demand: a worker starts with the first request")
+        self._update_demand(pool)
+        return pool
+
+    def _add_broken_pool(self, name: str, errors: list) -> Pool:
+        text = "; ".join(str(e) for e in errors)
+        for e in errors:
+            log.error("config_error", str(e), POOL=name)
+        pool = Pool(name, None, error=text)
+        pool.life.to(P.FAILED, "config_error")
+        self.pools[name] = pool
+        return pool
+
+    def _fail_pool(self, pool: Pool, reason: str, event: str) -> None:
+        if not pool.life.can(P.FAILED):
+            return
+        pool.life.to(P.FAILED, reason)
+        pool.error = reason
+        log.error(event, f"pool {pool.name} failed: {reason}", POOL=pool.name, REASON=reason)
+        for w in list(pool.workers.values()):
+            self._drain(w, "pool failed")
+        self._fail_queue(pool)
+        self._update_demand(pool)
+        self._broadcast_pools()
+
+    def start_pool(self, name: str) -> tuple[bool, str]:
+        """`hostctl pool start`: brings a stopped or failed pool back, resets rapid-fail."""
+        pool = self.pools.get(name)
+        if pool is None:
+            return False, f"no pool named {name}"
+        if pool.cfg is None:
+            return False, f"pool {name} has a broken configuration: {pool.error}"
+        if pool.state in (P.STARTED, P.STARTING):
+            return True, f"pool {name} is already {pool.state.value}"
+        pool.rapid.reset()
+        pool.error = None
+        pool.life.to(P.STARTING, "hostctl pool start")
+        if pool.cfg.start_mode == "always_running":
+            self._spawn(pool, "always_running")
+        else:
+            pool.life.to(P.STARTED, "on_demand")
+        self._update_demand(pool)
+        self._broadcast_pools()
+        return True, f"pool {name} started"
+
+    def stop_pool(self, name: str) -> tuple[bool, str]:
+        """`hostctl pool stop`: drains its workers; requests get 503 until started."""
+        pool = self.pools.get(name)
+        if pool is None:
+            return False, f"no pool named {name}"
+        if pool.state in (P.STOPPED, P.STOPPING):
+            return True, f"pool {name} is already {pool.state.value}"
+        pool.life.to(P.STOPPING, "hostctl pool stop")
+        for w in list(pool.workers.values()):
+            self._drain(w, "pool stop")
+        self._fail_queue(pool)
+        self._update_demand(pool)
+        self._broadcast_pools()
+        self._maybe_stopped(pool)
+        return True, f"pool {name} stopping"
+
+    def _maybe_stopped(self, pool: Pool) -> None:
+        if pool.state == P.STOPPING and not any(
+                w.state != W.EXITED for w in pool.workers.values()):
+            pool.life.to(P.STOPPED, "all workers exited")
+            self._broadcast_pools()
+
+    def _update_demand(self, pool: Pool) -> None:
+        """Watch the pool's queue while it has no worker: the first waiting connection
+        starts one (demand start). With workers, growth is checked on the tick, so
+        the supervisor is never woken per request."""
+        want = (pool.state in (P.STARTED, P.STARTING) and not self.stopping
+                and not pool.alive() and pool.cfg is not None)
+        if want == pool.watch_demand:
+            return
+        pool.watch_demand = want
+        fd = pool.queue_out.fileno()
+        if want:
+            self._watch(fd, lambda ev, p=pool: self._demand(p))
+        else:
+            self._unwatch(fd)
+
+    def _demand(self, pool: Pool) -> None:
+        self._spawn(pool, "demand")
+        self._update_demand(pool)
+
+    # ============================================================ workers
+    def _spawn(self, pool: Pool, reason: str) -> Worker | None:
+        """Asks the zygote for a worker of `pool` (current generation)."""
+        if self.zygote is None or pool.cfg is None:
+            return None
+        wid = next(self.worker_ids[pool.name])
+        worker = Worker(pool, wid, pool.generation)
+        ctl_mine, ctl_theirs = sockets.seqpacket_pair()
+        spec = {"pool": pool.name, "worker_id": wid, "generation": pool.generation,
+                "max_header_bytes": self.main.max_header_bytes, "keepalive_timeout": 75.0,
+                "config": pool.cfg.to_spec(), "routes": self.router_table()}
+        sid = next(self.spawn_ids)
+        fds = [ctl_theirs.fileno(), pool.queue_out.fileno(), pool.sem,
+               self.reroute_in.fileno(), worker.board.fd]
+        try:
+            fdpass.send_with_fds(self.zygote, protocol.encode(
+                {"t": "spawn", "id": sid, "spec": spec}), fds)
+        except OSError as exc:
+            ctl_mine.close()
+            ctl_theirs.close()
+            worker.close()
+            log.error("spawn_failed", f"cannot reach the zygote: {exc}", POOL=pool.name)
+            return None
+        ctl_theirs.close()
+        worker.ctl = ctl_mine
+        pool.workers[wid] = worker
+        self.spawning[sid] = worker
+        self._watch(ctl_mine.fileno(), lambda ev, w=worker: self._worker_readable(w))
+        log.info("spawn", f"starting worker {pool.name}#{wid} ({reason})",
+                 POOL=pool.name, WORKER_ID=wid, REASON=reason)
+        return worker
+
+    def _worker_spawned(self, worker: Worker, pid: int) -> None:
+        worker.pid = pid
+        self.workers_by_pid[pid] = worker
+        worker.life.to(W.STARTING, f"pid {pid}")
+        if pid in self.early_exits:
+            self._worker_exited(worker, self.early_exits.pop(pid))
+
+    def _worker_readable(self, worker: Worker) -> None:
+        while worker.ctl is not None:
+            try:
+                data = worker.ctl.recv(protocol.MAX_CONTROL_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                # EOF: the process is exiting; reaping decides what it means
+                self._unwatch(worker.ctl.fileno())
+                return
+            try:
+                msg = protocol.decode(data)
+            except ValueError:
+                continue
+            kind = msg["t"]
+            if kind == protocol.READY:
+                self._worker_ready(worker)
+            elif kind == protocol.STARTUP_FAILED:
+                worker.startup_error = str(msg.get("error", ""))
+
+    def _worker_ready(self, worker: Worker) -> None:
+        if worker.state != W.STARTING:
+            return
+        worker.ready_at = time.monotonic()
+        worker.life.to(W.READY, "app loaded")
+        pool = worker.pool
+        if pool.state == P.STARTING:
+            pool.life.to(P.STARTED, f"worker {worker.id} ready")
+            self._broadcast_pools()
+        if worker.generation == pool.generation:
+            # an overlapping replacement: the oldest worker of an older generation goes
+            old = [w for w in pool.workers.values()
+                   if w.generation < pool.generation and w.state in (W.READY, W.STARTING)]
+            if old:
+                self._drain(min(old, key=lambda w: w.id), "config changed")
+        if worker.generation < pool.generation or pool.state not in (P.STARTED, P.STARTING):
+            self._drain(worker, "superseded")
+
+    def _drain(self, worker: Worker, reason: str) -> None:
+        """Asks a worker to finish and exit; kills it if it has not started yet."""
+        if worker.state in (W.DRAINING, W.STOPPING, W.EXITED):
+            return
+        if worker.state == W.SPAWNING:
+            worker.drain_reason = reason
+            worker.drain_at = time.monotonic()
+            return   # drained as soon as it has a pid
+        if worker.state == W.STARTING:
+            worker.life.to(W.STOPPING, reason)
+            self._kill(worker)
+            return
+        worker.life.to(W.DRAINING, reason)
+        worker.drain_at = time.monotonic()
+        try:
+            worker.ctl.sendall(protocol.encode({"t": protocol.DRAIN, "reason": reason}))
+        except (OSError, AttributeError):
+            self._kill(worker)
+
+    def _kill(self, worker: Worker) -> None:
+        if worker.pid is not None:
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # ============================================================ reaping
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.workers_by_pid:
+                self._worker_exited(self.workers_by_pid.pop(pid), status)
+            elif pid in self.frontend_pids:
+                self._frontend_exited(self.frontend_pids.pop(pid), status)
+            elif pid == self.zygote_pid:
+                self._zygote_exited(status)
+            else:
+                self.early_exits[pid] = status
+
+    def _worker_exited(self, worker: Worker, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        worker.exit_status = code
+        pool = worker.pool
+        expected = worker.state in (W.DRAINING, W.STOPPING)
+        startup = worker.state == W.STARTING
+        if code == protocol.EXIT_APP_LOAD or startup and not expected:
+            reason = "startup failed: " + (worker.startup_error.strip().splitlines()[-1]
+                                           if worker.startup_error else f"exit {code}")
+            failed = True
+        elif expected:
+            reason, failed = f"exited ({_exit_text(code)})", False
+        else:
+            reason, failed = f"crashed ({_exit_text(code)})", True
+        worker.life.to(W.EXITED, reason)
+        if failed:
+            log.error("crash", f"worker {pool.name}#{worker.id} pid {worker.pid}: {reason}",
+                      POOL=pool.name, WORKER_PID=worker.pid, REASON=reason)
+        self._worker_gone(worker, failed, reason)
+
+    def _worker_gone(self, worker: Worker, failed: bool, reason: str) -> None:
+        pool = worker.pool
+        if worker.ctl is not None:
+            self._unwatch(worker.ctl.fileno())
+        worker.close()
+        pool.workers.pop(worker.id, None)
+        if failed and pool.state in (P.STARTED, P.STARTING):
+            if pool.rapid.record(time.monotonic()):
+                self._fail_pool(pool, f"rapid-fail protection: {pool.rapid.max_failures} "
+                                f"failures within {int(pool.rapid.interval)}s; last: {reason}",
+                                "rapid_fail")
+            elif pool.cfg is not None and pool.cfg.start_mode == "always_running" \
+                    and not pool.alive():
+                self._spawn(pool, "replace failed worker")
+        elif pool.state in (P.STARTED,) and pool.cfg is not None and \
+                pool.cfg.start_mode == "always_running" and not pool.alive() and not self.stopping:
+            self._spawn(pool, "always_running")
+        self._update_demand(pool)
+        self._maybe_stopped(pool)
+
+    def _frontend_exited(self, slot: int, status: int) -> None:
+        fe = self.frontends.pop(slot, None)
+        if fe is not None:
+            self._unwatch(fe.ctl.fileno())
+            fe.ctl.close()
+        if self.stopping:
+            return
+        log.error("frontend_crash", f"front end #{slot} exited ({_exit_text(os.waitstatus_to_exitcode(status))}); restarting",
+                  SLOT=slot)
+        self._start_frontend(slot)
+
+    def _zygote_exited(self, status: int) -> None:
+        if self.zygote is not None:
+            self._unwatch(self.zygote.fileno())
+            self.zygote.close()
+            self.zygote = None
+        for sid, worker in list(self.spawning.items()):
+            del self.spawning[sid]
+            worker.life.to(W.EXITED, "zygote died before spawning")
+            self._worker_gone(worker, failed=False, reason="zygote died")
+        if self.stopping:
+            return
+        log.error("zygote_crash", f"zygote exited ({_exit_text(os.waitstatus_to_exitcode(status))}); restarting")
+        self._start_zygote()
+        for pool in self.pools.values():
+            self._update_demand(pool)
+
+    # ============================================================ the tick
+    def _tick(self, now: float) -> None:
+        for pool in self.pools.values():
+            if pool.state == P.STARTED and pool.cfg is not None and not self.stopping:
+                self._grow(pool)
+            for w in list(pool.workers.values()):
+                if w.state == W.SPAWNING and w.drain_at is not None and w.pid is not None:
+                    self._drain(w, w.drain_reason)
+        for pool in list(self.pools.values()) + self.retired:
+            for w in list(pool.workers.values()):
+                if w.state == W.DRAINING and w.drain_at is not None and \
+                        now - w.drain_at > STOP_GRACE:
+                    w.life.to(W.STOPPING, f"did not exit within {STOP_GRACE:.0f}s")
+                    self._kill(w)
+        for pool in [p for p in self.retired if not p.workers]:
+            self._finish_retired(pool)
+        if now >= self.next_idle_check:
+            self.next_idle_check = now + 0.5
+            for pool in self.pools.values():
+                self._shrink(pool, now)
+
+    def _grow(self, pool: Pool) -> None:
+        """Web garden growth: a connection waiting while every worker is busy (workers
+        pull only when they have capacity) adds a worker, one at a time."""
+        alive = pool.alive()
+        if not alive or len(alive) >= pool.cfg.processes:
+            return
+        if any(w.state in (W.SPAWNING, W.STARTING) for w in alive):
+            return
+        if pool.parked or _readable(pool.queue_out):
+            self._spawn(pool, "queue waiting")
+
+    def _shrink(self, pool: Pool, now: float) -> None:
+        """Idle timeout, one worker at a time: workers above the first end after
+        idle_timeout without a request; the last one too, unless always_running."""
+        cfg = pool.cfg
+        if cfg is None or pool.state != P.STARTED or cfg.idle_timeout <= 0:
+            return
+        if any(w.state == W.DRAINING for w in pool.workers.values()):
+            return
+        ready = [w for w in pool.workers.values() if w.state == W.READY]
+        alive = pool.alive()
+        floor = 1 if cfg.start_mode == "always_running" else 0
+        if len(alive) <= floor:
+            return
+        idle = []
+        for w in ready:
+            s = w.stats()
+            last = max(s["last_activity"], w.ready_at or 0.0)
+            if s["active"] == 0 and now - last >= cfg.idle_timeout:
+                idle.append((last, w))
+        if idle:
+            _last, victim = min(idle, key=lambda t: t[0])
+            log.info("idle", f"worker {pool.name}#{victim.id} idle for {cfg.idle_timeout:g}s",
+                     POOL=pool.name, WORKER_PID=victim.pid, REASON="idle_timeout")
+            self._drain(victim, "idle_timeout")
+
+    # ============================================================ reload
+    def reload(self) -> None:
+        """SIGHUP: new pools start, removed pools drain, changed pools get new workers
+        before the old ones drain. Listening sockets stay open throughout."""
+        log.notice("reload", "reloading configuration", CONFIG=str(self.config_path))
+        try:
+            main = hconfig.load_main(self.config_path)
+            pools, broken = hconfig.load_pools(main)
+        except hconfig.ConfigErrors as exc:
+            for e in exc.errors:
+                log.error("config_error", str(e))
+            log.error("reload_failed", "main configuration is broken; keeping the running one")
+            return
+        if main.listen != self.main.listen or (main.frontends or os.cpu_count()) != len(self.slots):
+            log.warning("reload", "listen/frontends changed: restart hostd to apply them")
+        if main.run_dir != self.main.run_dir:
+            log.warning("reload", "run_dir changed: restart hostd to apply it")
+        self.main = main
+        for name in list(self.pools):
+            if name not in pools and name not in broken:
+                self._retire(self.pools.pop(name), "removed from configuration")
+        for name, errors in sorted(broken.items()):
+            old = self.pools.pop(name, None)
+            if old is not None:
+                self._retire(old, "configuration broken")
+            self._add_broken_pool(name, errors)
+        for name, cfg in sorted(pools.items()):
+            old = self.pools.get(name)
+            if old is None:
+                self._add_pool(name, cfg)
+            elif old.cfg is None:
+                self._retire(self.pools.pop(name), "configuration fixed")
+                self._add_pool(name, cfg)
+            elif old.cfg != cfg:
+                self._change_pool(old, cfg)
+        routes = self.router_table()
+        for pool in self.pools.values():
+            for w in pool.workers.values():
+                if w.ctl is not None and w.state in (W.STARTING, W.READY):
+                    try:
+                        w.ctl.sendall(protocol.encode({"t": protocol.ROUTES, "routes": routes}))
+                    except OSError:
+                        pass
+        self._broadcast_pools()
+        log.notice("reloaded", f"configuration reloaded: {len(self.pools)} pools")
+
+    def _change_pool(self, pool: Pool, cfg) -> None:
+        pool.cfg = cfg
+        pool.generation += 1
+        if cfg.queue_length != pool.queue_len:
+            self._resize_queue(pool, cfg.queue_length)
+        log.info("pool_changed", f"pool {pool.name} changed; replacing its workers",
+                 POOL=pool.name, REASON="config")
+        old = [w for w in pool.workers.values() if w.state in WORKER_ALIVE]
+        for w in old:
+            if w.state in (W.SPAWNING, W.STARTING):
+                self._drain(w, "config changed")
+        n = sum(1 for w in old if w.state == W.READY)
+        if cfg.start_mode == "always_running":
+            n = max(n, 1)
+        for _ in range(min(n, cfg.processes) or 0):
+            self._spawn(pool, "config changed")
+        # old READY workers beyond the new `processes` have no replacement: drain now
+        surplus = [w for w in old if w.state == W.READY][min(n, cfg.processes):]
+        for w in surplus:
+            self._drain(w, "config changed")
+        self._update_demand(pool)
+
+    def _resize_queue(self, pool: Pool, new_len: int) -> None:
+        delta = new_len - pool.queue_len
+        pool.queue_len = new_len
+        if delta > 0:
+            sockets.give_slot(pool.sem, delta)
+        else:
+            for _ in range(-delta):
+                if not sockets.take_slot(pool.sem):
+                    pool.sem_debt += 1
+
+    def _retire(self, pool: Pool, reason: str) -> None:
+        """Takes a pool out of service: routes are withdrawn (the caller broadcasts),
+        workers drain, waiting connections are routed again."""
+        if pool.life.can(P.STOPPING):
+            pool.life.to(P.STOPPING, reason)
+        pool.watch_demand and self._unwatch(pool.queue_out.fileno())
+        pool.watch_demand = False
+        for w in list(pool.workers.values()):
+            self._drain(w, reason)
+        self.retired.append(pool)
+        # what still waits in its queue is routed again once the front ends have the
+        # new table (the tick finishes retired pools whose workers are gone)
+        self._reroute_queue(pool)
+
+    def _finish_retired(self, pool: Pool) -> None:
+        self._reroute_queue(pool)
+        if pool.watch_parked:
+            self._unwatch(pool.queue_in.fileno())
+        if pool.life.can(P.STOPPED):
+            pool.life.to(P.STOPPED, "retired")
+        self.retired.remove(pool)
+        pool.close()
+
+    # ============================================================ stop
+    def stop(self, reason: str) -> None:
+        """SIGTERM/SIGINT: stop accepting, let in-flight requests finish, exit 0."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + STOP_GRACE
+        log.notice("stop", f"stopping ({reason})", REASON=reason)
+        for fe in self.frontends.values():
+            try:
+                fe.ctl.sendall(protocol.encode({"t": protocol.STOP}))
+            except OSError:
+                pass
+        for pool in list(self.pools.values()):
+            if pool.life.can(P.STOPPING):
+                pool.life.to(P.STOPPING, "hostd stopping")
+            pool.watch_demand and self._unwatch(pool.queue_out.fileno())
+            pool.watch_demand = False
+            for w in list(pool.workers.values()):
+                self._drain(w, "hostd stopping")
+        if self.control is not None:
+            self._unwatch(self.control.sock.fileno())
+            self.control.close()
+            self.control = None
+
+    def _stopped(self, now: float) -> bool:
+        workers_left = any(w.state != W.EXITED for p in list(self.pools.values()) + self.retired
+                           for w in p.workers.values())
+        if workers_left and now < self.stop_deadline:
+            return False
+        if workers_left:
+            for p in list(self.pools.values()) + self.retired:
+                for w in p.workers.values():
+                    self._kill(w)
+        # workers are gone: front ends may go (they only hold heads being read)
+        for fe in list(self.frontends.values()):
+            if fe.ctl is not None:
+                self._unwatch(fe.ctl.fileno())
+                fe.ctl.close()
+                fe.ctl = None
+        deadline = time.monotonic() + 5.0
+        children = set(self.frontend_pids) | {p for p in self.workers_by_pid}
+        if self.zygote is not None:
+            self._unwatch(self.zygote.fileno())
+            self.zygote.close()
+            self.zygote = None
+        if self.zygote_pid:
+            children.add(self.zygote_pid)
+        while children and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.01)
+                continue
+            children.discard(pid)
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return True
+
+    def _close_everything(self) -> None:
+        for slot in self.slots:
+            for s in slot:
+                s.close()
+        for pool in list(self.pools.values()) + self.retired:
+            for fd, _ in pool.parked:
+                os.close(fd)
+            pool.parked.clear()
+            pool.close()
+        self.reroute_in.close()
+        self.reroute_out.close()
+        self.ep.close()
+
+    # ============================================================ control socket
+    def _control_accept(self, _ev) -> None:
+        self.control.accept(self._watch, self._unwatch)
+
+    def status(self) -> dict:
+        """The `hostctl status` document (JSON shape is a contract; extend, don't change)."""
+        pools = []
+        for pool in sorted(self.pools.values(), key=lambda p: p.name):
+            workers = []
+            for w in sorted(pool.workers.values(), key=lambda w: w.id):
+                if w.state == W.EXITED:
+                    continue
+                s = w.stats() if w.board is not None else {"requests": 0, "active": 0,
+                                                          "connections": 0}
+                workers.append({"pid": w.pid, "id": w.id, "state": w.state.value,
+                                "requests": s["requests"], "active": s["active"],
+                                "connections": s["connections"], "rss": _rss(w.pid),
+                                "generation": w.generation,
+                                "started": round(w.started_wall, 3)})
+            queued = self.pools[pool.name].queue_len - _sem_value(pool)
+            pools.append({"name": pool.name, "state": pool.state.value,
+                          "bindings": [b.text for b in pool.cfg.bindings] if pool.cfg else [],
+                          "workers": workers, "queued": max(queued, 0),
+                          "processes": pool.cfg.processes if pool.cfg else 0,
+                          "start_mode": pool.cfg.start_mode if pool.cfg else None,
+                          "error": pool.error,
+                          "file": str(pool.cfg.file) if pool.cfg else None})
+        return {"pid": self.pid, "started": round(self.started_at, 3),
+                "listen": [_show_addr(h, p) for h, p in self.main.listen],
+                "frontends": [{"slot": fe.slot, "pid": fe.pid} for fe in
+                              sorted(self.frontends.values(), key=lambda f: f.slot)],
+                "zygote": self.zygote_pid, "pools": pools}
+
+
+def _sem_value(pool: Pool) -> int:
+    try:
+        return sockets.semaphore_value(pool.sem)
+    except OSError:
+        return pool.queue_len
+
+
+def _readable(sock: socket.socket) -> bool:
+    r, _, _ = select.select([sock], [], [], 0)
+    return bool(r)
+
+
+def _rss(pid: int | None) -> int:
+    if not pid:
+        return 0
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+def _show_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

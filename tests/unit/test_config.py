@@ -1,0 +1,469 @@
+"""hostd.config: the main file, pool files, and --check-config."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from hostd.config import (ConfigError, ConfigErrors, MainConfig, PoolConfig, check_config,
+                          load_main, load_pools)
+from hostd.router import Binding, Router
+
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A config tree: tmp/hostd.toml, tmp/pools.d/, tmp/srv/ (an app directory)."""
+    (tmp_path / "pools.d").mkdir()
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "hostd.toml").write_text("")
+    return tmp_path
+
+
+def write_main(site, text):
+    (site / "hostd.toml").write_text(text)
+    return site / "hostd.toml"
+
+
+def write_pool(site, name, text=None, bindings=None):
+    if text is None:
+        text = (f'app = "app.wsgi:application"\ndirectory = "{site / "srv"}"\n'
+                f'bindings = {json.dumps(bindings or [name + ".localhost"])}\n')
+    path = site / "pools.d" / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def main_errors(site, text):
+    write_main(site, text)
+    with pytest.raises(ConfigErrors) as info:
+        load_main(site / "hostd.toml")
+    return {e.key: e for e in info.value.errors}
+
+
+def pool_errors(site, text, name="p"):
+    write_pool(site, name, text)
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert name not in good
+    return {e.key: e for e in broken[name]}
+
+
+def load_one(site, text, name="p"):
+    write_pool(site, name, text)
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert broken == {}, broken
+    return good[name]
+
+
+BASE = 'app = "app.wsgi:application"\ndirectory = "../srv"\nbindings = ["p.localhost"]\n'
+
+
+# --- errors -----------------------------------------------------------------------
+def test_config_error_str_and_attributes():
+    e = ConfigError(Path("/etc/hostd/hostd.toml"), "hostd.listen", "bad")
+    assert (e.file, e.key, e.problem) == ("/etc/hostd/hostd.toml", "hostd.listen", "bad")
+    assert str(e) == "/etc/hostd/hostd.toml: hostd.listen: bad"
+    assert str(ConfigError("f.toml", None, "broken")) == "f.toml: broken"
+    errors = ConfigErrors([e, ConfigError("f.toml", None, "broken")])
+    assert str(errors) == "/etc/hostd/hostd.toml: hostd.listen: bad\nf.toml: broken"
+
+
+# --- main file --------------------------------------------------------------------
+def test_main_defaults(site):
+    main = load_main(write_main(site, ""))
+    assert main == MainConfig(
+        path=site / "hostd.toml", listen=(("127.0.0.1", 8080),), frontends=0,
+        pools_dir=site / "pools.d", state_dir=Path("/var/lib/hostd"),
+        run_dir=Path("/run/hostd"), max_header_bytes=16384, defaults={})
+    assert main.frontend_count() >= 1
+
+
+def test_main_all_keys(site):
+    main = load_main(write_main(site, """
+[hostd]
+listen = ["0.0.0.0:80", "[::1]:8080", "[::]:443"]
+frontends = 3
+pools_dir = "/etc/elsewhere"
+state_dir = "state"
+run_dir = "../run"
+max_header_bytes = "32K"
+[defaults]
+idle_timeout = "1h"
+processes = 4
+"""))
+    assert main.listen == (("0.0.0.0", 80), ("::1", 8080), ("::", 443))
+    assert main.frontends == 3 and main.frontend_count() == 3
+    assert main.pools_dir == Path("/etc/elsewhere")
+    assert main.state_dir == site / "state"
+    assert main.run_dir == site.parent / "run"
+    assert main.max_header_bytes == 32 * 1024
+    assert dict(main.defaults) == {"idle_timeout": 3600.0, "processes": 4}
+
+
+def test_main_relative_path_argument(site, monkeypatch):
+    monkeypatch.chdir(site)
+    main = load_main("hostd.toml")
+    assert main.path == site / "hostd.toml" and main.pools_dir == site / "pools.d"
+
+
+@pytest.mark.parametrize("line, key", [
+    ('listen = "127.0.0.1:8080"', "hostd.listen"),
+    ("listen = []", "hostd.listen"),
+    ('listen = ["127.0.0.1"]', "hostd.listen[0]"),
+    ('listen = ["127.0.0.1:0"]', "hostd.listen[0]"),
+    ('listen = ["127.0.0.1:65536"]', "hostd.listen[0]"),
+    ('listen = ["::1:8080"]', "hostd.listen[0]"),
+    ('listen = ["[::1]8080"]', "hostd.listen[0]"),
+    ('listen = ["localhost:8080"]', "hostd.listen[0]"),
+    ('listen = ["300.1.1.1:80"]', "hostd.listen[0]"),
+    ('listen = [8080]', "hostd.listen[0]"),
+    ('listen = ["1.2.3.4:80", "1.2.3.4:80"]', "hostd.listen[1]"),
+    ("frontends = -1", "hostd.frontends"),
+    ("frontends = true", "hostd.frontends"),
+    ('frontends = "2"', "hostd.frontends"),
+    ("frontends = 1.0", "hostd.frontends"),
+    ("pools_dir = 3", "hostd.pools_dir"),
+    ('pools_dir = ""', "hostd.pools_dir"),
+    ("state_dir = false", "hostd.state_dir"),
+    ("run_dir = []", "hostd.run_dir"),
+    ("max_header_bytes = 100", "hostd.max_header_bytes"),
+    ('max_header_bytes = "1G"', "hostd.max_header_bytes"),
+    ('max_header_bytes = "16X"', "hostd.max_header_bytes"),
+    ("max_header_bytes = true", "hostd.max_header_bytes"),
+    ("listn = []", "hostd.listn"),
+])
+def test_main_bad_hostd_keys(site, line, key):
+    errors = main_errors(site, f"[hostd]\n{line}\n")
+    assert list(errors) == [key]
+    assert errors[key].file == str(site / "hostd.toml")
+
+
+def test_main_unknown_key_suggests_the_right_one(site):
+    errors = main_errors(site, "[hostd]\nlistn = []\n")
+    assert "listen" in errors["hostd.listn"].problem
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[server]\n", "server"),
+    ('listen = ["1.2.3.4:80"]\n', "listen"),
+    ("hostd = 1\n", "hostd"),
+    ("defaults = 1\n", "defaults"),
+    ("[defaults]\nidle_timeout = \"5x\"\n", "defaults.idle_timeout"),
+    ("[defaults]\nprocesses = 0\n", "defaults.processes"),
+    ("[defaults]\nbindings = [\"a\"]\n", "defaults.bindings"),
+    ("[defaults]\nfoo = 1\n", "defaults.foo"),
+    ("[defaults]\ndirectory = \"missing\"\n", "defaults.directory"),
+])
+def test_main_bad_tables(site, text, key):
+    assert list(main_errors(site, text)) == [key]
+
+
+def test_main_reports_all_problems_at_once(site):
+    errors = main_errors(site, '[hostd]\nfrontends = -1\nlisten = ["x"]\n'
+                               '[defaults]\nthreads = "2"\n[extra]\n')
+    assert set(errors) == {"hostd.frontends", "hostd.listen[0]", "defaults.threads", "extra"}
+
+
+def test_main_toml_syntax_error_is_one_error_with_line(site):
+    errors = main_errors(site, "[hostd]\nfrontends = 1\nlisten = [\n[defaults]\n")
+    (error,) = errors.values()
+    assert error.key is None and error.file == str(site / "hostd.toml")
+    assert "line" in error.problem
+
+
+def test_main_missing_file(tmp_path):
+    with pytest.raises(ConfigErrors) as info:
+        load_main(tmp_path / "nope.toml")
+    assert info.value.errors[0].file == str(tmp_path / "nope.toml")
+
+
+# --- pool files -------------------------------------------------------------------
+def test_pool_minimal_gets_defaults(site):
+    pool = load_one(site, BASE)
+    assert pool == PoolConfig(
+        name="p", file=site / "pools.d" / "p.toml", app="app.wsgi:application",
+        directory=site / "srv", virtualenv=None, bindings=(Binding.parse("p.localhost"),),
+        start_mode="on_demand", processes=1, threads=1, queue_length=1000,
+        idle_timeout=1200.0, load_balancer_capabilities="http_503", env=())
+
+
+def test_pool_all_keys(site):
+    venv = site / "venv"
+    (venv / "lib" / f"python{PY}" / "site-packages").mkdir(parents=True)
+    pool = load_one(site, f"""
+app = "shop.wsgi:make_app.application"
+directory = "{site / 'srv'}"
+virtualenv = "../venv"
+bindings = ["shop.example.com", "*.shop.example.com", "example.com/shop/", "*:8081"]
+start_mode = "always_running"
+processes = 4
+threads = 8
+queue_length = 10
+idle_timeout = "0"
+load_balancer_capabilities = "tcp_reset"
+env = {{ DJANGO_SETTINGS_MODULE = "shop.settings", B = "" }}
+""")
+    assert pool.app == "shop.wsgi:make_app.application"
+    assert pool.virtualenv == venv
+    assert [b.text for b in pool.bindings] == ["shop.example.com", "*.shop.example.com",
+                                               "example.com/shop/", "*:8081"]
+    assert (pool.start_mode, pool.processes, pool.threads, pool.queue_length) == \
+        ("always_running", 4, 8, 10)
+    assert pool.idle_timeout == 0.0
+    assert pool.load_balancer_capabilities == "tcp_reset"
+    assert pool.env == (("B", ""), ("DJANGO_SETTINGS_MODULE", "shop.settings"))
+
+
+@pytest.mark.parametrize("line, key", [
+    ('app = "shop.wsgi"', "app"),
+    ('app = ":application"', "app"),
+    ('app = "shop.wsgi:"', "app"),
+    ('app = "shop..wsgi:app"', "app"),
+    ('app = "shop-app:app"', "app"),
+    ("app = 1", "app"),
+    ('directory = "missing"', "directory"),
+    ('directory = "p.toml"', "directory"),        # a file, not a directory
+    ("directory = 5", "directory"),
+    ('virtualenv = "missing"', "virtualenv"),
+    ('virtualenv = "../srv"', "virtualenv"),       # exists, but no Python in it
+    ("virtualenv = true", "virtualenv"),
+    ("bindings = []", "bindings"),
+    ('bindings = "p.localhost"', "bindings"),
+    ('bindings = ["ok.localhost", "a*.b"]', "bindings[1]"),
+    ('bindings = ["ok.localhost", 5]', "bindings[1]"),
+    ('bindings = ["a.localhost", "A.localhost."]', "bindings[1]"),
+    ('start_mode = "lazy"', "start_mode"),
+    ("start_mode = 1", "start_mode"),
+    ("processes = 0", "processes"),
+    ("processes = true", "processes"),
+    ('processes = "2"', "processes"),
+    ("processes = 2.0", "processes"),
+    ("threads = 0", "threads"),
+    ("threads = false", "threads"),
+    ("queue_length = 0", "queue_length"),
+    ("queue_length = -5", "queue_length"),
+    ('idle_timeout = "20"', "idle_timeout"),
+    ('idle_timeout = "forever"', "idle_timeout"),
+    ("idle_timeout = -1", "idle_timeout"),
+    ("idle_timeout = 1.5", "idle_timeout"),
+    ('load_balancer_capabilities = "http_502"', "load_balancer_capabilities"),
+    ('env = "A=1"', "env"),
+    ("env = { A = 1 }", "env.A"),
+    ('env = { "A=B" = "1" }', "env.A=B"),
+    ('env = { "" = "1" }', "env."),
+    ('env = { A = "a\\u0000b" }', "env.A"),
+    ("workers = 2", "workers"),
+    ("[limits]", "limits"),
+    ("[health]\ninterval = 1", "health"),
+])
+def test_pool_bad_keys(site, line, key):
+    # the bad line comes last, so it overrides BASE's value where it repeats a key
+    text = "\n".join(l for l in BASE.splitlines() if not l.startswith(line.split()[0] + " "))
+    errors = pool_errors(site, text + "\n" + line + "\n")
+    assert list(errors) == [key], errors
+    assert errors[key].file == str(site / "pools.d" / "p.toml")
+    assert errors[key].problem
+
+
+@pytest.mark.parametrize("missing", ["app", "directory", "bindings"])
+def test_pool_required_keys(site, missing):
+    text = "\n".join(l for l in BASE.splitlines() if not l.startswith(missing))
+    errors = pool_errors(site, text)
+    assert list(errors) == [missing]
+    assert "missing" in errors[missing].problem
+
+
+def test_pool_collects_all_problems_of_a_file(site):
+    errors = pool_errors(site, 'app = "x"\ndirectory = "nope"\nbindings = ["a*.b", "ok", ":0"]\n'
+                               'threads = 0\n[limits]\n')
+    assert set(errors) == {"app", "directory", "bindings[0]", "bindings[2]", "threads",
+                           "limits"}
+
+
+def test_pool_virtualenv_version_from_pyvenv_cfg(site):
+    good = site / "good"
+    good.mkdir()
+    (good / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion = {PY}.99\n")
+    assert load_one(site, BASE + 'virtualenv = "../good"\n').virtualenv == good
+    uv = site / "uv"
+    uv.mkdir()
+    (uv / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion_info = {PY}.1.final.0\n")
+    assert load_one(site, BASE + 'virtualenv = "../uv"\n').virtualenv == uv
+    old = site / "old"
+    (old / "lib" / f"python{PY}" / "site-packages").mkdir(parents=True)
+    (old / "pyvenv.cfg").write_text("version = 2.7.18\n")   # pyvenv.cfg wins
+    errors = pool_errors(site, BASE + 'virtualenv = "../old"\n')
+    assert "2.7" in errors["virtualenv"].problem
+
+
+@pytest.mark.parametrize("filename", ["Shop.toml", "-shop.toml", "a" * 33 + ".toml",
+                                      "sh op.toml", "shop.v2.toml", "_x.toml"])
+def test_bad_pool_name_is_an_error_naming_the_file(site, filename):
+    path = site / "pools.d" / filename
+    path.write_text(BASE)
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert good == {}
+    (errors,) = broken.values()
+    assert [e.file for e in errors] == [str(path)]
+    assert "pool name" in errors[0].problem
+
+
+def test_good_pool_names(site):
+    for name in ["a", "0", "shop_2-x", "a" * 32]:
+        write_pool(site, name)
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert sorted(good) == sorted(["a", "0", "shop_2-x", "a" * 32]) and broken == {}
+
+
+def test_other_files_are_ignored(site):
+    write_pool(site, "p")
+    for name in ["p.toml~", "p.toml.swp", ".#p.toml", ".hidden.toml", "README", "p.TOML"]:
+        (site / "pools.d" / name).write_text("garbage = [")
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert list(good) == ["p"] and broken == {}
+
+
+def test_pool_toml_syntax_error_is_one_error(site):
+    errors = list(pool_errors(site, BASE + "threads = = 2\n").values())
+    assert len(errors) == 1 and errors[0].key is None
+    assert "line 4" in errors[0].problem
+
+
+def test_broken_pool_does_not_stop_others(site):
+    write_pool(site, "a")
+    write_pool(site, "b", "app = 1\n")
+    write_pool(site, "c")
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert sorted(good) == ["a", "c"] and list(broken) == ["b"]
+
+
+def test_missing_pools_dir_is_an_error_of_the_main_file(site):
+    main = load_main(write_main(site, '[hostd]\npools_dir = "nowhere"\n'))
+    with pytest.raises(ConfigErrors) as info:
+        load_pools(main)
+    (error,) = info.value.errors
+    assert (error.file, error.key) == (str(site / "hostd.toml"), "hostd.pools_dir")
+
+
+def test_pools_dir_relative_to_main_file(site):
+    (site / "conf").mkdir()
+    (site / "conf" / "pools").mkdir()
+    (site / "conf" / "pools" / "x.toml").write_text(
+        f'app = "a:b"\ndirectory = "{site / "srv"}"\nbindings = ["x"]\n')
+    main = load_main(write_main(site / "conf", '[hostd]\npools_dir = "pools"\n'))
+    good, _ = load_pools(main)
+    assert list(good) == ["x"]
+
+
+# --- duplicates across pools -------------------------------------------------------
+def test_duplicate_binding_breaks_the_pool_that_sorts_later(site):
+    a = write_pool(site, "alpha", bindings=["alpha.localhost", "example.com/shop/"])
+    b = write_pool(site, "beta", bindings=["beta.localhost", "EXAMPLE.com/shop"])
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert list(good) == ["alpha"] and list(broken) == ["beta"]
+    (error,) = broken["beta"]
+    assert error.file == str(b) and error.key == "bindings[1]"
+    assert str(a) in error.problem and "EXAMPLE.com/shop" in error.problem
+    # the good pools always make a valid router
+    Router((name, bd) for name, p in good.items() for bd in p.bindings)
+
+
+def test_different_port_or_prefix_is_not_a_duplicate(site):
+    write_pool(site, "a", bindings=["example.com"])
+    write_pool(site, "b", bindings=["example.com:81"])
+    write_pool(site, "c", bindings=["example.com/c"])
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert sorted(good) == ["a", "b", "c"] and broken == {}
+
+
+def test_duplicate_claims_count_even_for_a_broken_pool(site):
+    write_pool(site, "a", 'app = "bad"\ndirectory = "../srv"\nbindings = ["x.localhost"]\n')
+    write_pool(site, "b", bindings=["x.localhost"])
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert good == {} and sorted(broken) == ["a", "b"]
+
+
+# --- defaults merging ---------------------------------------------------------------
+def test_defaults_fill_in_and_pool_values_win(site):
+    write_main(site, '[defaults]\nidle_timeout = "5m"\nprocesses = 3\nthreads = 2\n'
+                     'env = { LANG = "C.UTF-8", TZ = "UTC" }\n')
+    pool = load_one(site, BASE + 'threads = 4\nenv = { TZ = "Europe/Paris" }\n')
+    assert pool.idle_timeout == 300.0        # from [defaults]
+    assert pool.processes == 3               # from [defaults]
+    assert pool.threads == 4                 # pool wins
+    assert pool.queue_length == 1000         # built-in default
+    assert dict(pool.env) == {"LANG": "C.UTF-8", "TZ": "Europe/Paris"}  # merged per name
+
+
+def test_defaults_paths_are_relative_to_the_main_file(site):
+    write_main(site, '[defaults]\ndirectory = "srv"\napp = "a.wsgi:app"\n')
+    pool = load_one(site, 'bindings = ["p.localhost"]\n')
+    assert pool.directory == site / "srv" and pool.app == "a.wsgi:app"
+
+
+# --- PoolConfig --------------------------------------------------------------------
+def test_pool_equality_means_nothing_changed(site):
+    one = load_one(site, BASE + 'env = { A = "1", B = "2" }\n')
+    same = load_one(site, 'env = { B = "2", A = "1" }\n' + BASE)
+    assert one == same and hash(one) == hash(same)
+    assert load_one(site, BASE + "threads = 2\n") != one
+    assert load_one(site, BASE + 'env = { A = "1", B = "3" }\n') != one
+
+
+def test_to_spec_is_json_and_round_trips(site):
+    pool = load_one(site, BASE + 'env = { A = "1" }\nidle_timeout = "90s"\n')
+    spec = json.loads(json.dumps(pool.to_spec()))
+    assert spec == {
+        "name": "p", "file": str(site / "pools.d" / "p.toml"), "app": "app.wsgi:application",
+        "directory": str(site / "srv"), "virtualenv": None, "bindings": ["p.localhost"],
+        "start_mode": "on_demand", "processes": 1, "threads": 1, "queue_length": 1000,
+        "idle_timeout": 90.0, "load_balancer_capabilities": "http_503", "env": {"A": "1"}}
+    assert PoolConfig.from_spec(spec) == pool
+
+
+# --- check_config ----------------------------------------------------------------
+def test_check_config_three_mistakes_in_two_files(site):
+    write_main(site, '[hostd]\nfrontends = -2\n')
+    write_pool(site, "good")
+    write_pool(site, "shop", 'app = "shop.wsgi:application"\ndirectory = "/nonexistent-xyz"\n'
+                             'bindings = ["shop.example.com", "a*.b"]\n')
+    summary, errors = check_config(site / "hostd.toml")
+    assert sorted((Path(e.file).name, e.key) for e in errors) == [
+        ("hostd.toml", "hostd.frontends"), ("shop.toml", "bindings[1]"),
+        ("shop.toml", "directory")]
+    assert "good" in summary and "good.localhost" in summary
+    assert "shop" in summary and "BROKEN" in summary
+    assert "127.0.0.1:8080" in summary
+
+
+def test_check_config_clean(site):
+    write_main(site, '[hostd]\nlisten = ["[::1]:8080"]\n')
+    write_pool(site, "a", bindings=["a.localhost", "*:8081"])
+    summary, errors = check_config(site / "hostd.toml")
+    assert errors == []
+    assert "[::1]:8080" in summary and "a.localhost, *:8081" in summary
+
+
+def test_check_config_reports_duplicates_and_missing_pools_dir(site):
+    write_pool(site, "a", bindings=["x"])
+    write_pool(site, "b", bindings=["x"])
+    _, errors = check_config(site / "hostd.toml")
+    assert [(Path(e.file).name, e.key) for e in errors] == [("b.toml", "bindings[0]")]
+    write_main(site, '[hostd]\npools_dir = "gone"\n')
+    _, errors = check_config(site / "hostd.toml")
+    assert [e.key for e in errors] == ["hostd.pools_dir"]
+
+
+def test_check_config_main_syntax_error(site):
+    write_main(site, "[hostd\n")
+    summary, errors = check_config(site / "hostd.toml")
+    assert len(errors) == 1 and errors[0].key is None and "line 1" in errors[0].problem
+
+
+# --- docs -------------------------------------------------------------------------
+def test_every_key_is_documented():
+    from hostd.config import HOSTD_KEYS, POOL_KEYS
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [k for k in [*HOSTD_KEYS, *POOL_KEYS] if f"| `{k}` |" not in docs]
+    assert missing == []

@@ -1,0 +1,443 @@
+"""The worker process (the IIS w3wp role): one epoll loop that pulls client connections
+from its pool's queue, serves the pool's WSGI application on them, keeps them alive,
+and hands them back to the front end when they belong elsewhere or when it drains.
+
+Entry point: `run_worker`, called by the zygote in the forked worker process.
+"""
+from __future__ import annotations
+
+import os
+import queue as _queue
+import select
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections import deque
+
+from hostd import log, protocol
+from hostd.router import Router, decode_path, normalise_host, split_target
+from kernel.fdpass import recv_with_fds, send_with_fds
+
+from .app import load_app
+from .http import Connection
+from .wsgi import ErrorStream, FileWrapper
+
+_IN = select.EPOLLIN
+_QUEUE_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
+_ONE = (1).to_bytes(8, "little")
+#: how long a reroute send may wait for the front ends to make room
+REROUTE_TIMEOUT = 5.0
+
+
+class Worker:
+    def __init__(self, spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int,
+                 reroute: socket.socket, scoreboard: protocol.Scoreboard, app):
+        config = spec.get("config") or {}
+        self.pool = spec["pool"]
+        self.worker_id = spec.get("worker_id", 0)
+        self.max_header_bytes = int(spec.get("max_header_bytes") or 16384)
+        self.keepalive_timeout = float(spec.get("keepalive_timeout") or 75.0)
+        self.threads = max(1, int(config.get("threads") or 1))
+        self.inline = self.threads == 1
+        self.app = app
+        self.ctl = ctl
+        self.queue = queue
+        self.sem_fd = sem_fd
+        self.reroute = reroute
+        self.board = scoreboard
+        self.pid = os.getpid()
+        self.router = Router.from_table(spec.get("routes") or [])
+        self.route_cache: dict = {}
+        self.base_env = {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": ErrorStream(self.pool),
+            "wsgi.multithread": not self.inline,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "SCRIPT_NAME": "",
+            "hostd.pool": self.pool,
+            "hostd.worker_pid": self.pid,
+        }
+        self.conns: dict[int, Connection] = {}
+        self.ep = select.epoll()
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.queue_registered = False
+        self.draining = False
+        self.exit_code = protocol.EXIT_OK
+        self.stop_signal = False
+        self.ctl_open = True
+        self.now = time.monotonic()
+        self.served = 0
+        self.running = 0
+        # threads > 1
+        self.jobs: _queue.SimpleQueue | None = None
+        self.done: deque = deque()
+        self.pool_threads: list[threading.Thread] = []
+
+    # --- helpers called by connections ------------------------------------------
+    def resolve(self, host, port, url):
+        """Route cache miss: (route, SCRIPT_NAME, PATH_INFO, QUERY_STRING, SERVER_NAME)."""
+        authority, raw_path, raw_query = split_target(url)
+        path = decode_path(raw_path)
+        route = self.router.route(authority if authority is not None else host, port, path)
+        if route is None or route.pool != self.pool:
+            hit = (route, "", "", "", "")
+        else:
+            prefix = route.binding.prefix
+            if prefix == "/":
+                prefix = ""
+            hit = (route, prefix, path[len(prefix):], raw_query.decode("latin-1"),
+                   authority or normalise_host(host))
+        cache = self.route_cache
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[(host, url, port)] = hit
+        return hit
+
+    def request_done(self) -> None:
+        """Inline mode: one request answered; keep the scoreboard current."""
+        self.served += 1
+        self.board.write(self.served, 0, len(self.conns), time.monotonic(), self.pid)
+
+    def forget(self, conn: Connection) -> None:
+        """A connection closed itself. Pool threads leave the bookkeeping to the loop."""
+        if not self.inline and conn.owned:
+            return
+        if conn.registered:
+            conn.registered = False
+            try:
+                self.ep.unregister(conn.fd)
+            except OSError:
+                pass
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+
+    def drop(self, conn: Connection) -> None:
+        """Loop thread: the peer closed or failed; close our side."""
+        conn.close()
+
+    def reroute_send(self, fd: int, data: bytes) -> bool:
+        """Sends a connection (fd + bytes) to the front ends. False when it can't."""
+        deadline = None
+        while True:
+            try:
+                send_with_fds(self.reroute, data, [fd], socket.MSG_DONTWAIT)
+                return True
+            except BlockingIOError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + REROUTE_TIMEOUT
+                if now >= deadline:
+                    log.warning("reroute_full", "front ends did not take a connection",
+                                POOL=self.pool)
+                    return False
+                p = select.poll()
+                p.register(self.reroute.fileno(), select.POLLOUT)
+                p.poll((deadline - now) * 1000.0)
+            except OSError as exc:
+                log.warning("reroute_failed", str(exc), POOL=self.pool)
+                return False
+
+    # --- scheduling ---------------------------------------------------------------
+    def dispatch(self, conn: Connection) -> None:
+        """Loop thread: conn has requests to answer (or an error to send)."""
+        if self.inline:
+            if conn.run_pending() and not conn.registered and not conn.closed:
+                self.ep.register(conn.fd, _IN)
+                conn.registered = True
+            return
+        if conn.registered:
+            conn.registered = False
+            self.ep.unregister(conn.fd)
+        conn.owned = True
+        self.running += 1
+        if self.running >= self.threads and self.queue_registered:
+            self._queue_off()
+        self.board.write(self.served, self.running, len(self.conns), self.now, self.pid)
+        self.jobs.put(conn)
+
+    def _thread_main(self) -> None:
+        jobs = self.jobs
+        done = self.done
+        wake = self.wake_fd
+        while True:
+            conn = jobs.get()
+            if conn is None:
+                return
+            try:
+                conn.run_pending()
+            except BaseException:
+                log.error("worker_thread_error", traceback.format_exc(), POOL=self.pool)
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+            done.append(conn)
+            os.eventfd_write(wake, 1)
+
+    def _returned(self) -> None:
+        """Loop thread: pool threads finished with these connections."""
+        done = self.done
+        while done:
+            conn = done.popleft()
+            conn.owned = False
+            self.running -= 1
+            self.served += conn.nserved
+            conn.nserved = 0
+            if conn.closed:
+                if self.conns.get(conn.fd) is conn:
+                    del self.conns[conn.fd]
+            elif self.draining:
+                conn.handoff()
+            else:
+                self.ep.register(conn.fd, _IN)
+                conn.registered = True
+        self.board.write(self.served, self.running, len(self.conns), time.monotonic(),
+                         self.pid)
+        if not self.draining and not self.queue_registered and self.running < self.threads:
+            self._queue_on()
+
+    # --- the queue ------------------------------------------------------------------
+    def _queue_on(self) -> None:
+        if self.queue is not None:
+            self.ep.register(self.queue.fileno(), _QUEUE_EVENTS)
+            self.queue_registered = True
+
+    def _queue_off(self) -> None:
+        if self.queue_registered:
+            self.queue_registered = False
+            self.ep.unregister(self.queue.fileno())
+
+    def _take(self) -> None:
+        """One connection from the pool queue (if another worker did not take it)."""
+        try:
+            data, fds = recv_with_fds(self.queue, protocol.MAX_HANDOFF_BYTES,
+                                      socket.MSG_DONTWAIT, maxfds=1)
+        except BlockingIOError:
+            return
+        except RuntimeError as exc:  # truncated: the descriptor was lost, slot still taken
+            os.write(self.sem_fd, _ONE)
+            log.error("queue_truncated", str(exc), POOL=self.pool)
+            return
+        except OSError as exc:
+            log.error("queue_error", str(exc), POOL=self.pool)
+            self._queue_off()
+            self.queue = None
+            return
+        if not fds:
+            if not data:  # every sender closed: the pool is going away
+                self._queue_off()
+                self.queue = None
+            return
+        os.write(self.sem_fd, _ONE)
+        try:
+            sock = socket.socket(fileno=fds[0])
+        except OSError:
+            os.close(fds[0])
+            return
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        conn = Connection(self, sock)
+        conn.owned = False
+        conn.last = self.now
+        self.conns[conn.fd] = conn
+        if data:
+            conn.feed(data)
+        if conn.pending or conn.broken:
+            if self.inline:
+                if not conn.run_pending() or conn.closed:
+                    return
+            else:
+                self.dispatch(conn)
+                return
+        self.ep.register(conn.fd, _IN)
+        conn.registered = True
+
+    # --- control ----------------------------------------------------------------------
+    def _on_ctl(self) -> None:
+        try:
+            data = self.ctl.recv(protocol.MAX_CONTROL_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.ctl_open = False
+            self.ep.unregister(self.ctl.fileno())
+            self.begin_drain(protocol.EXIT_SUPERVISOR_GONE)
+            return
+        try:
+            msg = protocol.decode(data)
+        except ValueError as exc:
+            log.warning("bad_control_message", str(exc), POOL=self.pool)
+            return
+        t = msg["t"]
+        if t == protocol.PING:
+            self._ctl_send({"t": protocol.PONG, "seq": msg.get("seq"), "stuck": False})
+        elif t == protocol.DRAIN:
+            self.begin_drain(protocol.EXIT_OK)
+        elif t == protocol.ROUTES:
+            try:
+                self.router = Router.from_table(msg.get("routes") or [])
+            except (ValueError, TypeError) as exc:
+                log.error("bad_routes", str(exc), POOL=self.pool)
+                return
+            self.route_cache.clear()
+        else:
+            log.warning("unknown_control_message", t, POOL=self.pool)
+
+    def _ctl_send(self, msg: dict) -> None:
+        if not self.ctl_open:
+            return
+        try:
+            self.ctl.send(protocol.encode(msg))
+        except OSError:
+            pass
+
+    def begin_drain(self, code: int) -> None:
+        """Stop taking work; hand idle connections back; busy ones follow when done."""
+        if not self.draining:
+            self.exit_code = code
+        self.draining = True
+        self._queue_off()
+        for conn in list(self.conns.values()):
+            if not conn.owned:
+                conn.handoff()
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = True
+        try:
+            os.eventfd_write(self.wake_fd, 1)
+        except OSError:
+            pass
+
+    # --- the loop -----------------------------------------------------------------------
+    def _sweep(self) -> None:
+        """Closes idle keep-alive connections past keepalive_timeout."""
+        limit = self.now - self.keepalive_timeout
+        for conn in [c for c in self.conns.values() if c.registered and c.last < limit]:
+            conn.close()
+
+    def run(self) -> int:
+        ep = self.ep
+        ctl_fd = self.ctl.fileno()
+        self.ctl.setblocking(False)
+        self.queue.setblocking(False)
+        ep.register(ctl_fd, _IN)
+        ep.register(self.wake_fd, _IN)
+        if not self.inline:
+            self.jobs = _queue.SimpleQueue()
+            for i in range(self.threads):
+                t = threading.Thread(target=self._thread_main, daemon=True,
+                                     name=f"{self.pool}#{self.worker_id}-{i}")
+                t.start()
+                self.pool_threads.append(t)
+        self._queue_on()
+        self.board.write(0, 0, 0, time.monotonic(), self.pid)
+        conns = self.conns
+        wake_fd = self.wake_fd
+        queue_fd = self.queue.fileno()
+        interval = max(0.05, min(1.0, self.keepalive_timeout / 4))
+        next_sweep = time.monotonic() + interval
+        poll = ep.poll
+        monotonic = time.monotonic
+        while True:
+            events = poll(interval)
+            self.now = now = monotonic()
+            for fd, _ev in events:
+                conn = conns.get(fd)
+                if conn is not None:
+                    if conn.registered:
+                        conn.on_readable()
+                elif fd == queue_fd:
+                    if self.queue_registered:
+                        self._take()
+                elif fd == ctl_fd:
+                    if self.ctl_open:
+                        self._on_ctl()
+                elif fd == wake_fd:
+                    try:
+                        os.eventfd_read(wake_fd)
+                    except BlockingIOError:
+                        pass
+                    if self.done:
+                        self._returned()
+                    if self.stop_signal and not self.draining:
+                        self.begin_drain(protocol.EXIT_OK)
+            if now >= next_sweep:
+                next_sweep = now + interval
+                self._sweep()
+                if not self.inline:
+                    self.board.write(self.served, self.running, len(conns), now, self.pid)
+            if self.draining and self.running == 0:
+                # anything left is owned by nobody: hand it back too
+                for conn in list(conns.values()):
+                    conn.handoff()
+                break
+        self._shutdown()
+        return self.exit_code
+
+    def _shutdown(self) -> None:
+        if self.jobs is not None:
+            for _ in self.pool_threads:
+                self.jobs.put(None)
+            for t in self.pool_threads:
+                t.join(timeout=5.0)
+        try:
+            self.base_env["wsgi.errors"].flush()
+        except Exception:
+            pass
+        self.board.write(self.served, 0, 0, time.monotonic(), self.pid)
+
+
+def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int,
+               reroute: socket.socket, scoreboard: protocol.Scoreboard) -> int:
+    """The worker process's main. Returns the exit code (the caller os._exit()s with it).
+
+    Loads the pool's application (startup_failed + EXIT_APP_LOAD when that fails), says
+    "ready" on ctl, then serves until drained (EXIT_OK) or the supervisor goes away
+    (EXIT_SUPERVISOR_GONE).
+    """
+    pool = spec.get("pool", "?")
+    log.set_process(f"worker {pool}#{spec.get('worker_id', 0)}")
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (only in odd embeddings)
+        pass
+    try:
+        app = load_app(spec.get("config") or {})
+    except BaseException:
+        tb = traceback.format_exc()
+        log.error("startup_failed", tb, POOL=pool)
+        try:
+            ctl.send(protocol.encode({"t": protocol.STARTUP_FAILED, "error": tb}))
+        except OSError:
+            pass
+        return protocol.EXIT_APP_LOAD
+    try:
+        worker = Worker(spec, ctl, queue, sem_fd, reroute, scoreboard, app)
+    except BaseException:
+        tb = traceback.format_exc()
+        log.error("worker_boot_failed", tb, POOL=pool)
+        try:
+            ctl.send(protocol.encode({"t": protocol.STARTUP_FAILED, "error": tb}))
+        except OSError:
+            pass
+        return protocol.EXIT_WORKER_BOOT
+    try:
+        signal.signal(signal.SIGTERM, worker._on_signal)
+    except ValueError:
+        pass
+    try:
+        ctl.send(protocol.encode({"t": protocol.READY}))
+    except OSError:
+        return protocol.EXIT_SUPERVISOR_GONE
+    return worker.run()
