@@ -80,11 +80,14 @@ class _Pending:
         self.registered = False
 
     # httptools callbacks
+    # only the first request's head is the front end's business; callbacks for
+    # pipelined requests behind it (same feed) are ignored - the worker parses them
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        if not self.done:
+            self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) == 4 and name.lower() == b"host":
+        if not self.done and len(name) == 4 and name.lower() == b"host":
             # a second Host header is a malformed request (RFC 9112 §3.2)
             self.host = value if self.host is None else b"\x00dup"
 
@@ -120,13 +123,14 @@ class FrontEnd:
         self.lingering: dict[int, tuple[socket.socket, float]] = {}
         self.ep = select.epoll()
         self.stopping = False
+        self.listening = False
         self.running = True
 
     # --- loop ----------------------------------------------------------------
     def run(self) -> int:
         ep = self.ep
-        for fd in self.listeners:
-            ep.register(fd, _EPOLLIN | select.EPOLLEXCLUSIVE)
+        # listeners are registered when the first pool table arrives (_set_pools): a
+        # front end that accepted before knowing the pools would answer 404
         ep.register(self.ctl.fileno(), _EPOLLIN)
         ep.register(self.reroute.fileno(), _EPOLLIN | select.EPOLLEXCLUSIVE)
         ctl_fd, reroute_fd = self.ctl.fileno(), self.reroute.fileno()
@@ -417,15 +421,18 @@ class FrontEnd:
             pool.state = info["state"]
             pool.lb = info["lb"]
         self.router = Router.from_table(routes)
+        if not self.listening and not self.stopping:
+            self.listening = True
+            for fd in self.listeners:
+                self.ep.register(fd, _EPOLLIN | select.EPOLLEXCLUSIVE)
 
     def _stop(self) -> None:
         """Stop accepting; heads being read are still finished and handed off."""
         self.stopping = True
-        for fd in list(self.listeners):
-            try:
+        if self.listening:
+            self.listening = False
+            for fd in self.listeners:
                 self.ep.unregister(fd)
-            except OSError:
-                pass
 
 
 protocol_slot = (1).to_bytes(8, "little")

@@ -60,6 +60,7 @@ class Worker:
         self.drain_reason = ""
         self.exit_status: int | None = None
         self.startup_error: str | None = None
+        self.ready_early = False   # READY can overtake the zygote's "spawned" reply
 
     @property
     def state(self) -> WorkerState:
@@ -577,6 +578,8 @@ class Supervisor:
         worker.life.to(W.STARTING, f"pid {pid}")
         if pid in self.early_exits:
             self._worker_exited(worker, self.early_exits.pop(pid))
+        elif worker.ready_early:
+            self._worker_ready(worker)
 
     def _worker_readable(self, worker: Worker) -> None:
         while worker.ctl is not None:
@@ -601,6 +604,9 @@ class Supervisor:
                 worker.startup_error = str(msg.get("error", ""))
 
     def _worker_ready(self, worker: Worker) -> None:
+        if worker.state == W.SPAWNING:
+            worker.ready_early = True
+            return
         if worker.state != W.STARTING:
             return
         worker.ready_at = time.monotonic()

@@ -230,6 +230,7 @@ class Connection:
         self.head_req = False
         self.nobody = False
         self.http11 = True
+        self.req = None
 
     # --- parser callbacks ------------------------------------------------------------
     def on_message_begin(self):
@@ -462,6 +463,15 @@ class Connection:
                 else:
                     self.close_after = True
         self.clen = clen
+        req = self.req
+        if not req.complete and not self.close_after:
+            # body left unread: will it be drained or the connection closed? (say so now)
+            if req.expect or self.stopped:
+                self.close_after = True
+            else:
+                cl = req.env.get("CONTENT_LENGTH")
+                if cl is not None and cl.isdigit() and int(cl) > DISCARD_LIMIT:
+                    self.close_after = True
         if date:
             hb += _date()
         if server:
@@ -624,6 +634,7 @@ class Connection:
         self.close_after = not req.keep_alive or self.stopped
         self.head_req = self.nobody = env["REQUEST_METHOD"] == "HEAD"
         self.http11 = req.http11
+        self.req = req
         result = None
         try:
             result = worker.app(env, self.start_response)
