@@ -81,7 +81,7 @@ class Key:
 
     convert: (raw TOML value, directory of the file it is in) -> checked value; raises
     ValueError (or _Problems) with the problem. default: the checked value used when
-    the key is absent, or REQUIRED. doc: its meaning (docs/configuration.md has the long
+    the key is absent, or REQUIRED. doc: its meaning (the README's configuration reference has the long
     form). in_defaults: whether the main file's [defaults] may set it. merge: how a pool
     value combines with the [defaults] value (None: the pool value replaces it).
     """

@@ -5,7 +5,7 @@ worker (every kept-alive request, to notice one that belongs to another pool), s
 `Router.route` does dict lookups and short list scans only: no regex, and it returns
 `Route` objects built once in the constructor.
 
-Precedence (a contract, see docs/configuration.md):
+Precedence (a contract, see the README's "Bindings"):
 
 1. host pattern: the exact host, then `*.suffix` wildcards longest suffix first (a
    wildcard never matches the bare suffix), then `*`;

@@ -464,6 +464,6 @@ def test_check_config_main_syntax_error(site):
 # --- docs -------------------------------------------------------------------------
 def test_every_key_is_documented():
     from hostd.config import HOSTD_KEYS, POOL_KEYS
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [k for k in [*HOSTD_KEYS, *POOL_KEYS] if f"| `{k}` |" not in docs]
     assert missing == []
