@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import select
 import stat
-import sys
 import time
 import traceback
 from collections import deque
@@ -37,7 +36,7 @@ from email.utils import formatdate
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from hostd import log
-from hostd.router import decode_path, normalise_host, split_target
+from hostd.protocol import MAX_HANDOFF_BYTES
 
 from .wsgi import (EMPTY_INPUT, K_CONNECTION, K_DATE, K_HOP, K_LENGTH, K_SERVER,
                    BadRequestBody, ClientDisconnected, FileWrapper, HeaderError, Input,
@@ -609,7 +608,7 @@ class Connection:
         worker = self.worker
         env = req.env
         host = env.get("HTTP_HOST")
-        key = (host, req.url)
+        key = (host, req.url, self.local_port)
         hit = worker.route_cache.get(key)
         if hit is None:
             hit = worker.resolve(host, self.local_port, req.url)
@@ -635,13 +634,16 @@ class Connection:
         self.head_req = self.nobody = env["REQUEST_METHOD"] == "HEAD"
         self.http11 = req.http11
         self.req = req
+        if worker.inline:
+            worker.request_start()
         result = None
         try:
             result = worker.app(env, self.start_response)
-            if type(result) is list and len(result) == 1 and not self.sent \
-                    and type(result[0]) is bytes:
-                # the common case: one block, Content-Length known, one send
-                body = result[0]
+            if (type(result) is list or type(result) is tuple) and not self.sent \
+                    and (len(result) == 1 and type(result[0]) is bytes
+                         or all(type(b) is bytes for b in result)):
+                # the common case: the whole body is here; Content-Length known, one send
+                body = result[0] if len(result) == 1 else b"".join(result)
                 head = self._head(len(body))
                 self.sent = True
                 if self.nobody:
@@ -754,7 +756,6 @@ class Connection:
         if self.closed:
             return
         data = None if self.stopped else self.unconsumed()
-        from hostd.protocol import MAX_HANDOFF_BYTES
         if data is None or len(data) > MAX_HANDOFF_BYTES:
             if self.pending:
                 self._send_quietly(R421)

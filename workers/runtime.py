@@ -73,6 +73,7 @@ class Worker:
         self.now = time.monotonic()
         self.served = 0
         self.running = 0
+        self.last_activity = self.now
         # threads > 1
         self.jobs: _queue.SimpleQueue | None = None
         self.done: deque = deque()
@@ -98,10 +99,19 @@ class Worker:
         cache[(host, url, port)] = hit
         return hit
 
+    def request_start(self) -> None:
+        """Inline mode: a request is about to run (so the worker never looks idle)."""
+        self.board.write(self.served, 1, len(self.conns), self.now, self.pid)
+
     def request_done(self) -> None:
         """Inline mode: one request answered; keep the scoreboard current."""
         self.served += 1
-        self.board.write(self.served, 0, len(self.conns), time.monotonic(), self.pid)
+        self.last_activity = t = time.monotonic()
+        self.board.write(self.served, 0, len(self.conns), t, self.pid)
+
+    def _board(self) -> None:
+        self.board.write(self.served, self.running, len(self.conns), self.last_activity,
+                         self.pid)
 
     def forget(self, conn: Connection) -> None:
         """A connection closed itself. Pool threads leave the bookkeeping to the loop."""
@@ -157,7 +167,8 @@ class Worker:
         self.running += 1
         if self.running >= self.threads and self.queue_registered:
             self._queue_off()
-        self.board.write(self.served, self.running, len(self.conns), self.now, self.pid)
+        self.last_activity = self.now
+        self._board()
         self.jobs.put(conn)
 
     def _thread_main(self) -> None:
@@ -196,8 +207,8 @@ class Worker:
             else:
                 self.ep.register(conn.fd, _IN)
                 conn.registered = True
-        self.board.write(self.served, self.running, len(self.conns), time.monotonic(),
-                         self.pid)
+        self.last_activity = time.monotonic()
+        self._board()
         if not self.draining and not self.queue_registered and self.running < self.threads:
             self._queue_on()
 
@@ -246,8 +257,7 @@ class Worker:
             except OSError:
                 pass
         conn = Connection(self, sock)
-        conn.owned = False
-        conn.last = self.now
+        conn.last = self.last_activity = self.now
         self.conns[conn.fd] = conn
         if data:
             conn.feed(data)
@@ -341,7 +351,7 @@ class Worker:
                 t.start()
                 self.pool_threads.append(t)
         self._queue_on()
-        self.board.write(0, 0, 0, time.monotonic(), self.pid)
+        self._board()
         conns = self.conns
         wake_fd = self.wake_fd
         queue_fd = self.queue.fileno()
@@ -375,8 +385,7 @@ class Worker:
             if now >= next_sweep:
                 next_sweep = now + interval
                 self._sweep()
-                if not self.inline:
-                    self.board.write(self.served, self.running, len(conns), now, self.pid)
+                self._board()
             if self.draining and self.running == 0:
                 # anything left is owned by nobody: hand it back too
                 for conn in list(conns.values()):
@@ -395,7 +404,9 @@ class Worker:
             self.base_env["wsgi.errors"].flush()
         except Exception:
             pass
-        self.board.write(self.served, 0, 0, time.monotonic(), self.pid)
+        self.running = 0
+        self.conns.clear()
+        self._board()
 
 
 def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int,

@@ -274,7 +274,10 @@ def read_response(sock: socket.socket, method: str = "GET"):
         parts = []
         while True:
             while b"\r\n" not in buf:
-                buf += sock.recv(65536)
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed mid-chunked body")
+                buf += data
             size_line, _, buf = buf.partition(b"\r\n")
             size = int(size_line.split(b";")[0], 16)
             while len(buf) < size + 2:
