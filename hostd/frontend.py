@@ -174,8 +174,7 @@ class FrontEnd:
                     continue
                 raise
             sock = socket.socket(lsock.family, socket.SOCK_STREAM, 0, fd)
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)   # TCP_NODELAY is inherited from the listener
             conn = _Pending(sock, port, time.monotonic())
             # TCP_DEFER_ACCEPT: the head is usually here already
             self._readable(conn)

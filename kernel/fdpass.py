@@ -58,6 +58,30 @@ def recv_with_fds(sock: socket.socket, bufsize: int, flags: int = 0,
     return data, fds
 
 
+def recv_into_with_fds(sock: socket.socket, buf, flags: int = 0,
+                       maxfds: int = 8) -> tuple[int, list[int]]:
+    """Like recv_with_fds, into a caller-owned buffer (a bytearray or memoryview).
+
+    The hot path (a worker dequeuing a connection) reuses one buffer: recvmsg() with a
+    large bufsize allocates that much per call, and above malloc's mmap threshold
+    (128 KiB) that is an mmap + munmap per message.
+    Returns: (payload length, descriptors); (0, []) means the peer closed.
+    Raises: as recv_with_fds.
+    """
+    anc = _ANC_8 if maxfds <= 8 else socket.CMSG_SPACE(maxfds * _FD_SIZE)
+    nbytes, ancdata, msg_flags, _addr = sock.recvmsg_into([buf], anc, flags)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % _FD_SIZE
+            fds.extend(array.array("i", payload[:usable]))
+    if msg_flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        for fd in fds:
+            _close_quietly(fd)
+        raise RuntimeError(f"message truncated (flags={msg_flags:#x}); descriptors dropped")
+    return nbytes, fds
+
+
 def _close_quietly(fd: int) -> None:
     import os
     try:

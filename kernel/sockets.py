@@ -32,6 +32,9 @@ def listen_tcp(host: str, port: int, backlog: int = 4096, reuseport: bool = True
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, _DEFER_ACCEPT_SECONDS)
+        # accepted sockets inherit it: responses go out without Nagle delays, and no
+        # process on the request path pays a setsockopt per connection
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)

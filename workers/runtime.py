@@ -18,7 +18,7 @@ from collections import deque
 
 from hostd import log, protocol
 from hostd.router import Router, decode_path, normalise_host, split_target
-from kernel.fdpass import recv_with_fds, send_with_fds
+from kernel.fdpass import recv_into_with_fds, recv_with_fds, send_with_fds
 
 from .app import load_app
 from .http import Connection
@@ -44,6 +44,8 @@ class Worker:
         self.app = app
         self.ctl = ctl
         self.queue = queue
+        self.qbuf = bytearray(protocol.MAX_HANDOFF_BYTES)   # reused by every dequeue
+        self.qview = memoryview(self.qbuf)
         self.sem_fd = sem_fd
         self.reroute = reroute
         self.board = scoreboard
@@ -226,8 +228,7 @@ class Worker:
     def _take(self) -> None:
         """One connection from the pool queue (if another worker did not take it)."""
         try:
-            data, fds = recv_with_fds(self.queue, protocol.MAX_HANDOFF_BYTES,
-                                      socket.MSG_DONTWAIT, maxfds=1)
+            n, fds = recv_into_with_fds(self.queue, self.qbuf, socket.MSG_DONTWAIT, maxfds=1)
         except BlockingIOError:
             return
         except RuntimeError as exc:  # truncated: the descriptor was lost, slot still taken
@@ -239,6 +240,7 @@ class Worker:
             self._queue_off()
             self.queue = None
             return
+        data = self.qview[:n].tobytes() if n else b""
         if not fds:
             if not data:  # every sender closed: the pool is going away
                 self._queue_off()
@@ -250,12 +252,8 @@ class Worker:
         except OSError:
             os.close(fds[0])
             return
+        # TCP_NODELAY comes from the listening socket (accepted sockets inherit it)
         sock.setblocking(False)
-        if sock.family != socket.AF_UNIX:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         conn = Connection(self, sock)
         conn.last = self.last_activity = self.now
         self.conns[conn.fd] = conn
