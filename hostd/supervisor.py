@@ -31,6 +31,7 @@ from hostd.control import ControlServer
 from hostd.lifecycle import (WORKER_ALIVE, PoolState, RapidFail, WorkerState,
                              pool_lifecycle, worker_lifecycle)
 from hostd.router import Router
+from hostd.sdnotify import Notifier
 from kernel import fdpass, proc, sockets
 
 P, W = PoolState, WorkerState
@@ -144,7 +145,10 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline = 0.0
         self.started_at = time.time()
+        self.start_mono = time.monotonic()
         self.next_idle_check = 0.0
+        self.notify = Notifier()
+        self.ready_sent = False
 
     # ============================================================ start and run
     def start(self) -> None:
@@ -192,11 +196,28 @@ class Supervisor:
                 self._on_signal(self.signals.popleft())
             now = time.monotonic()
             self._tick(now)
+            if not self.ready_sent:
+                self._maybe_ready(now)
             if self.stopping and self._stopped(now):
                 break
         self._close_everything()
         log.notice("exit", "hostd stopped")
         return protocol.EXIT_OK
+
+    def _maybe_ready(self, now: float) -> None:
+        """READY=1 once the sockets are bound and every always_running pool has a
+        ready worker (or has failed), so `systemctl start` returns when hostd serves."""
+        waiting = [p.name for p in self.pools.values() if p.state == P.STARTING]
+        if waiting and now - self.start_mono < STOP_GRACE:
+            return
+        self.ready_sent = True
+        self.notify.ready(self._status_line())
+        log.notice("ready", "hostd is ready", POOLS=len(self.pools))
+
+    def _status_line(self) -> str:
+        workers = sum(len(p.alive()) for p in self.pools.values())
+        failed = sum(1 for p in self.pools.values() if p.state == P.FAILED)
+        return f"{len(self.pools)} pools ({failed} failed), {workers} workers"
 
     # ============================================================ signals
     def _install_signals(self) -> None:
@@ -797,6 +818,13 @@ class Supervisor:
         """SIGHUP: new pools start, removed pools drain, changed pools get new workers
         before the old ones drain. Listening sockets stay open throughout."""
         log.notice("reload", "reloading configuration", CONFIG=str(self.config_path))
+        self.notify.reloading()
+        try:
+            self._reload()
+        finally:
+            self.notify.ready(self._status_line())
+
+    def _reload(self) -> None:
         try:
             main = hconfig.load_main(self.config_path)
             pools, broken = hconfig.load_pools(main)
@@ -899,6 +927,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
+        self.notify.stopping()
         self.stop_deadline = time.monotonic() + STOP_GRACE
         log.notice("stop", f"stopping ({reason})", REASON=reason)
         for fe in self.frontends.values():
