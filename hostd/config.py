@@ -321,6 +321,54 @@ POOL_KEYS: dict[str, Key | Table] = {
     # "limits": Table({"memory": Key(_size(...), None, "...")}, build=Limits),
 }
 
+@dataclass(frozen=True)
+class Health:
+    """A pool's [health] table (IIS: ping, startup/shutdown limits, rapid-fail protection,
+    orphaning). Durations in seconds; 0 switches a timer off where the doc says so."""
+
+    ping_interval: float = 30.0
+    ping_timeout: float = 90.0
+    request_timeout: float = 0.0
+    startup_limit: float = 90.0
+    shutdown_limit: float = 90.0
+    rapid_fail_max_crashes: int = 5
+    rapid_fail_interval: float = 300.0
+    unhealthy_action: str = "recycle"
+    orphan: bool = False
+    orphan_action: str = ""
+
+
+def _bool(value, base) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {_type_name(value)}")
+    return value
+
+
+def _positive_duration(value, base) -> float:
+    seconds = _duration(value, base)
+    if seconds <= 0:
+        raise ValueError("must be longer than 0")
+    return seconds
+
+
+HEALTH_KEYS: dict[str, Key] = {
+    "ping_interval": Key(_duration, 30.0, "how often the supervisor pings each worker; \"0\" = no pinging"),
+    "ping_timeout": Key(_positive_duration, 90.0, "no answer in time, or every app thread busy on "
+                        "the same request this long → the worker is unhealthy"),
+    "request_timeout": Key(_duration, 0.0, "a request running longer marks the worker unhealthy; \"0\" = off"),
+    "startup_limit": Key(_positive_duration, 90.0, "a worker must report ready within this, else it is killed and counted as a failure"),
+    "shutdown_limit": Key(_positive_duration, 90.0, "a draining worker must exit within this, else its cgroup is killed"),
+    "rapid_fail_max_crashes": Key(_int(0), 5, "failures within rapid_fail_interval that stop the pool (0 = never)"),
+    "rapid_fail_interval": Key(_positive_duration, 300.0, "the rapid-fail window"),
+    "unhealthy_action": Key(_choice("recycle", "kill"), "recycle",
+                            "recycle: start a replacement, then drain; kill: kill at once"),
+    "orphan": Key(_bool, False, "keep a failed (hung) worker alive, out of the queue, for debugging"),
+    "orphan_action": Key(lambda v, b: _string(v), "", "command run when a worker is orphaned; {pid} and {pool} substituted"),
+}
+
+POOL_KEYS["health"] = Table(HEALTH_KEYS, "health monitoring and rapid-fail protection",
+                            build=lambda values: Health(**values))
+
 #: the keys of the main file's [hostd] table
 HOSTD_KEYS: dict[str, Key] = {
     "listen": Key(_listen, (("127.0.0.1", 8080),), "addresses the front ends bind"),
@@ -517,6 +565,7 @@ class PoolConfig:
     idle_timeout: float
     load_balancer_capabilities: str
     env: tuple[tuple[str, str], ...]
+    health: Health = Health()
 
     def to_spec(self) -> dict:
         """Returns: a JSON-able dict of every field (paths as str, bindings as their
@@ -530,6 +579,8 @@ class PoolConfig:
                 value = [b.text for b in value]
             elif field.name == "env":
                 value = dict(value)
+            elif dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
             spec[field.name] = value
         return spec
 
@@ -545,6 +596,8 @@ class PoolConfig:
             values["virtualenv"] = Path(values["virtualenv"])
         values["bindings"] = tuple(Binding.parse(t) for t in values["bindings"])
         values["env"] = tuple(sorted(values["env"].items()))
+        if "health" in values:
+            values["health"] = Health(**values["health"])
         return cls(**values)
 
 

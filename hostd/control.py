@@ -6,6 +6,8 @@ Endpoints (later issues add more):
   GET  /status                     -> the status document (hostd.supervisor.status)
   POST /pools/NAME/start|stop      -> {"ok": bool, "message": str}
   POST /reload                     -> {"ok": true, "message": ...}
+  GET  /orphans                    -> {"orphans": [{"pool", "pid", "id", "reason", "orphaned_for", "rss"}]}
+  POST /orphans/PID/kill           -> {"ok": bool, "message": str}
 """
 from __future__ import annotations
 
@@ -93,6 +95,15 @@ class ControlServer:
                 if method != "GET":
                     return 405, {"ok": False, "message": "use GET"}
                 return 200, sup.status()
+            if parts == ["orphans"] and method == "GET":
+                return 200, {"orphans": sup.orphans()}
+            if len(parts) == 3 and parts[0] == "orphans" and parts[2] == "kill" and method == "POST":
+                try:
+                    pid = int(parts[1])
+                except ValueError:
+                    return 400, {"ok": False, "message": f"not a pid: {parts[1]!r}"}
+                ok, message = sup.kill_orphan(pid)
+                return (200 if ok else 404), {"ok": ok, "message": message}
             if parts == ["reload"] and method == "POST":
                 sup.reload()
                 return 200, {"ok": True, "message": "reloaded"}

@@ -2,6 +2,8 @@
 
   hostctl [--config PATH | --socket PATH] status [--json]
   hostctl [...] pool start|stop NAME [--json]
+  hostctl [...] orphans [--json]
+  hostctl [...] orphan kill PID [--json]
   hostctl [...] reload [--json]
 """
 from __future__ import annotations
@@ -89,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("action", choices=["start", "stop"])
     pl.add_argument("name")
     pl.add_argument("--json", action="store_true")
+    orp = sub.add_parser("orphans", help="workers kept alive for debugging ([health] orphan)")
+    orp.add_argument("--json", action="store_true")
+    ok = sub.add_parser("orphan", help="end an orphaned worker")
+    ok.add_argument("action", choices=["kill"])
+    ok.add_argument("pid", type=int)
+    ok.add_argument("--json", action="store_true")
     rl = sub.add_parser("reload", help="re-read the configuration (as SIGHUP)")
     rl.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -98,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             code, doc = call(path, "GET", "/status")
         elif args.cmd == "pool":
             code, doc = call(path, "POST", f"/pools/{args.name}/{args.action}")
+        elif args.cmd == "orphans":
+            code, doc = call(path, "GET", "/orphans")
+        elif args.cmd == "orphan":
+            code, doc = call(path, "POST", f"/orphans/{args.pid}/kill")
         else:
             code, doc = call(path, "POST", "/reload")
     except OSError as exc:
@@ -107,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=2))
     elif args.cmd == "status" and code == 200:
         print(show_status(doc))
+    elif args.cmd == "orphans" and code == 200:
+        print(table([[o["pool"], o["pid"], f'{o["orphaned_for"]:g}s', _mib(o["rss"]), o["reason"]]
+                     for o in doc["orphans"]], ["POOL", "PID", "ORPHANED", "RSS", "REASON"]))
     else:
         print(doc.get("message", doc))
     return EXIT_OK if code == 200 else EXIT_FAILED

@@ -62,6 +62,13 @@ class Worker:
         self.exit_status: int | None = None
         self.startup_error: str | None = None
         self.ready_early = False   # READY can overtake the zygote's "spawned" reply
+        self.ping_seq = 0
+        self.ping_sent: float | None = None    # outstanding ping (monotonic)
+        self.failure_counted = False           # counted once for rapid-fail
+        self.replaces: "Worker | None" = None  # the unhealthy/recycled worker it replaces
+        self.orphaned_at: float | None = None
+        self.last_ping: float | None = None
+        self.reason = ""                        # why it was drained/killed/orphaned
 
     @property
     def state(self) -> WorkerState:
@@ -95,7 +102,8 @@ class Pool:
         self.sem = sockets.semaphore(self.queue_len)
         self.sem_debt = 0
         self.parked: collections.deque = collections.deque()
-        self.rapid = RapidFail()
+        h = cfg.health if cfg is not None else None
+        self.rapid = RapidFail(h.rapid_fail_max_crashes, h.rapid_fail_interval) if h else RapidFail()
         self.watch_demand = False
         self.watch_parked = False
         self.last_shrink = 0.0
@@ -148,6 +156,8 @@ class Supervisor:
         self.start_mono = time.monotonic()
         self.next_idle_check = 0.0
         self.notify = Notifier()
+        self.actions: dict[int, tuple] = {}    # orphan_action pid -> (worker, cmd, proc, output)
+        self.cgroups = None                    # kernel.cgroups tree, when available
         self.ready_sent = False
 
     # ============================================================ start and run
@@ -623,6 +633,15 @@ class Supervisor:
                 self._worker_ready(worker)
             elif kind == protocol.STARTUP_FAILED:
                 worker.startup_error = str(msg.get("error", ""))
+            elif kind == protocol.PONG:
+                if msg.get("seq") == worker.ping_seq:
+                    worker.ping_sent = None
+                if msg.get("stuck") and worker.state == W.READY:
+                    self._unhealthy(worker, "every app thread is stuck on the same request "
+                                    f"for over {worker.pool.cfg.health.ping_timeout:g}s")
+            elif kind == "unhealthy":
+                if worker.state == W.READY:
+                    self._unhealthy(worker, str(msg.get("reason", "reported by the worker")))
 
     def _worker_ready(self, worker: Worker) -> None:
         if worker.state == W.SPAWNING:
@@ -636,7 +655,11 @@ class Supervisor:
         if pool.state == P.STARTING:
             pool.life.to(P.STARTED, f"worker {worker.id} ready")
             self._broadcast_pools()
-        if worker.generation == pool.generation:
+        if worker.replaces is not None:
+            # overlapping recycle: the replacement is ready, the old one drains now
+            self._drain(worker.replaces, worker.replaces.reason or "replaced")
+            worker.replaces = None
+        elif worker.generation == pool.generation:
             # an overlapping replacement: the oldest worker of an older generation goes
             old = [w for w in pool.workers.values()
                    if w.generation < pool.generation and w.state in (W.READY, W.STARTING)]
@@ -648,6 +671,10 @@ class Supervisor:
     def _drain(self, worker: Worker, reason: str) -> None:
         """Asks a worker to finish and exit; kills it if it has not started yet."""
         if worker.state in (W.DRAINING, W.STOPPING, W.EXITED):
+            return
+        if worker.state == W.ORPHANED:     # it hangs by definition: nothing to drain
+            worker.life.to(W.STOPPING, reason)
+            self._kill(worker)
             return
         if worker.state == W.SPAWNING:
             worker.drain_reason = reason
@@ -665,7 +692,21 @@ class Supervisor:
             self._kill(worker)
 
     def _kill(self, worker: Worker) -> None:
-        if worker.pid is not None:
+        """Kills the worker and everything it started: its cgroup when it has one, else
+        its process group (every worker is a session leader)."""
+        if worker.pid is None:
+            return
+        cg = getattr(worker, "cgroup", None)
+        if cg is not None:
+            try:
+                cg.kill()
+                return
+            except OSError as exc:
+                log.error("cgroup_kill_failed", str(exc), POOL=worker.pool.name,
+                          WORKER_PID=worker.pid)
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             try:
                 os.kill(worker.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -686,6 +727,8 @@ class Supervisor:
                 self._frontend_exited(self.frontend_pids.pop(pid), status)
             elif pid == self.zygote_pid:
                 self._zygote_exited(status)
+            elif pid in self.actions:
+                self._orphan_action_done(pid, status)
             else:
                 self.early_exits[pid] = status
 
@@ -693,7 +736,7 @@ class Supervisor:
         code = os.waitstatus_to_exitcode(status)
         worker.exit_status = code
         pool = worker.pool
-        expected = worker.state in (W.DRAINING, W.STOPPING)
+        expected = worker.state in (W.DRAINING, W.STOPPING, W.ORPHANED)
         startup = worker.state == W.STARTING
         if code == protocol.EXIT_APP_LOAD or startup and not expected:
             reason = "startup failed: " + (worker.startup_error.strip().splitlines()[-1]
@@ -707,7 +750,8 @@ class Supervisor:
         if failed:
             log.error("crash", f"worker {pool.name}#{worker.id} pid {worker.pid}: {reason}",
                       POOL=pool.name, WORKER_PID=worker.pid, REASON=reason)
-        self._worker_gone(worker, failed, reason)
+        # a worker killed for its health was counted when it was killed
+        self._worker_gone(worker, failed and not worker.failure_counted, reason)
 
     def _worker_gone(self, worker: Worker, failed: bool, reason: str) -> None:
         pool = worker.pool
@@ -716,12 +760,9 @@ class Supervisor:
         worker.close()
         pool.workers.pop(worker.id, None)
         if failed and pool.state in (P.STARTED, P.STARTING):
-            if pool.rapid.record(time.monotonic()):
-                self._fail_pool(pool, f"rapid-fail protection: {pool.rapid.max_failures} "
-                                f"failures within {int(pool.rapid.interval)}s; last: {reason}",
-                                "rapid_fail")
-            elif pool.cfg is not None and pool.cfg.start_mode == "always_running" \
-                    and not pool.alive():
+            self._count_failure(worker, reason)
+            if pool.state in (P.STARTED, P.STARTING) and pool.cfg is not None \
+                    and pool.cfg.start_mode == "always_running" and not pool.alive():
                 self._spawn(pool, "replace failed worker")
         elif pool.state in (P.STARTED,) and pool.cfg is not None and \
                 pool.cfg.start_mode == "always_running" and not pool.alive() and not self.stopping:
@@ -765,17 +806,165 @@ class Supervisor:
                 if w.state == W.SPAWNING and w.drain_at is not None and w.pid is not None:
                     self._drain(w, w.drain_reason)
         for pool in list(self.pools.values()) + self.retired:
-            for w in list(pool.workers.values()):
-                if w.state == W.DRAINING and w.drain_at is not None and \
-                        now - w.drain_at > STOP_GRACE:
-                    w.life.to(W.STOPPING, f"did not exit within {STOP_GRACE:.0f}s")
-                    self._kill(w)
+            self._check_health(pool, now)
         for pool in [p for p in self.retired if not p.workers]:
             self._finish_retired(pool)
         if now >= self.next_idle_check:
             self.next_idle_check = now + 0.5
             for pool in self.pools.values():
                 self._shrink(pool, now)
+
+    def _check_health(self, pool: Pool, now: float) -> None:
+        """Startup and shutdown limits, pings and their timeouts, for one pool."""
+        h = pool.cfg.health if pool.cfg is not None else None
+        startup_limit = h.startup_limit if h else 90.0
+        shutdown_limit = h.shutdown_limit if h else STOP_GRACE
+        for w in list(pool.workers.values()):
+            state = w.state
+            if state == W.STARTING and now - w.spawned_at > startup_limit:
+                reason = f"not ready within startup_limit ({startup_limit:g}s)"
+                w.life.to(W.STOPPING, reason)
+                log.error("startup_timeout", f"worker {pool.name}#{w.id} pid {w.pid}: {reason}",
+                          POOL=pool.name, WORKER_PID=w.pid, REASON=reason)
+                self._count_failure(w, reason)
+                self._kill(w)
+            elif state == W.DRAINING and w.drain_at is not None and \
+                    now - w.drain_at > shutdown_limit:
+                reason = f"did not exit within shutdown_limit ({shutdown_limit:g}s)"
+                w.life.to(W.STOPPING, reason)
+                log.warning("shutdown_timeout", f"worker {pool.name}#{w.id} pid {w.pid}: {reason}",
+                            POOL=pool.name, WORKER_PID=w.pid, REASON=reason)
+                self._kill(w)
+            elif state == W.READY and h is not None and h.ping_interval > 0 and w.ctl is not None:
+                if w.ping_sent is None:
+                    if now - (w.last_ping or w.ready_at or now) >= h.ping_interval:
+                        w.ping_seq += 1
+                        w.ping_sent = w.last_ping = now
+                        try:
+                            w.ctl.sendall(protocol.encode({"t": protocol.PING, "seq": w.ping_seq}))
+                        except OSError:
+                            pass   # it is dying; reaping tells
+                elif now - w.ping_sent > h.ping_timeout:
+                    self._unhealthy(w, f"no answer to ping within ping_timeout ({h.ping_timeout:g}s)")
+
+    def _count_failure(self, worker: Worker, reason: str) -> None:
+        """Crashes, startup failures and health kills count toward rapid-fail protection."""
+        if worker.failure_counted:
+            return
+        worker.failure_counted = True
+        pool = worker.pool
+        if pool.state in (P.STARTED, P.STARTING) and pool.rapid.record(time.monotonic()):
+            h = pool.cfg.health if pool.cfg else None
+            self._fail_pool(pool, f"rapid-fail protection: {pool.rapid.max_failures} failures "
+                            f"within {pool.rapid.interval:g}s; last: {reason}", "rapid_fail")
+
+    def _unhealthy(self, worker: Worker, reason: str) -> None:
+        """A worker failed its health check: orphan it, kill it or recycle it (overlapping)."""
+        if worker.state != W.READY:
+            return
+        pool = worker.pool
+        h = pool.cfg.health
+        worker.reason = f"unhealthy: {reason}"
+        log.error("unhealthy", f"worker {pool.name}#{worker.id} pid {worker.pid}: {reason}",
+                  POOL=pool.name, WORKER_PID=worker.pid, REASON=reason)
+        self._count_failure(worker, worker.reason)
+        if h.orphan:
+            self._orphan(worker, reason)
+        elif h.unhealthy_action == "kill":
+            worker.life.to(W.STOPPING, worker.reason)
+            self._kill(worker)
+        else:
+            if pool.state == P.STARTED and not self.stopping:
+                new = self._spawn(pool, f"replace unhealthy worker {worker.id}")
+                if new is not None:
+                    new.replaces = worker
+                    return
+            self._drain(worker, worker.reason)
+        if pool.state == P.STARTED and not pool.alive() and not self.stopping:
+            self._spawn(pool, f"replace worker {worker.id}")
+
+    def _orphan(self, worker: Worker, reason: str) -> None:
+        """Keeps a failed worker alive for debugging: out of the queue, not killed; its
+        orphan_action runs; a replacement serves the pool."""
+        pool = worker.pool
+        worker.life.to(W.ORPHANED, reason)
+        worker.orphaned_at = time.monotonic()
+        try:
+            worker.ctl.sendall(protocol.encode({"t": "orphan"}))
+        except (OSError, AttributeError):
+            pass
+        cg = getattr(worker, "cgroup", None)
+        if cg is not None and self.cgroups is not None:
+            try:
+                worker.cgroup = cg.move_to(self.cgroups.orphans(pool.name))
+            except OSError as exc:
+                log.warning("orphan_cgroup", str(exc), POOL=pool.name, WORKER_PID=worker.pid)
+        log.warning("orphan", f"worker {pool.name}#{worker.id} pid {worker.pid} orphaned: {reason}",
+                    POOL=pool.name, WORKER_PID=worker.pid, REASON=reason)
+        action = pool.cfg.health.orphan_action
+        if action:
+            self._run_orphan_action(worker, action.replace("{pid}", str(worker.pid))
+                                    .replace("{pool}", pool.name))
+        if pool.state == P.STARTED and not self.stopping:
+            self._spawn(pool, f"replace orphaned worker {worker.id}")
+
+    def _run_orphan_action(self, worker: Worker, command: str) -> None:
+        """Runs the admin's command with /bin/sh; its output is logged when it ends."""
+        import subprocess
+        try:
+            proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    close_fds=True, start_new_session=True)
+        except OSError as exc:
+            log.error("orphan_action", f"cannot run {command!r}: {exc}", POOL=worker.pool.name)
+            return
+        self.actions[proc.pid] = (worker, command, proc, bytearray())
+        fd = proc.stdout.fileno()
+        os.set_blocking(fd, False)
+
+        def readable(_ev, pid=proc.pid):
+            _w, _c, p, buf = self.actions[pid]
+            try:
+                chunk = os.read(p.stdout.fileno(), 65536)
+            except BlockingIOError:
+                return
+            if chunk and len(buf) < 1 << 20:
+                buf += chunk
+            if not chunk:
+                self._unwatch(p.stdout.fileno())
+        self._watch(fd, readable)
+
+    def _orphan_action_done(self, pid: int, status: int) -> None:
+        worker, command, proc, buf = self.actions.pop(pid)
+        try:
+            rest = proc.stdout.read()
+            if rest:
+                buf += rest
+        except (OSError, ValueError):
+            pass
+        self._unwatch(proc.stdout.fileno())
+        proc.stdout.close()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.notice("orphan_action", f"{command!r} exited ({_exit_text(proc.returncode)})",
+                   POOL=worker.pool.name, WORKER_PID=worker.pid, OUTPUT=buf.decode("utf-8", "replace"))
+
+    def orphans(self) -> list[dict]:
+        """`hostctl orphans`."""
+        now = time.monotonic()
+        return [{"pool": p.name, "pid": w.pid, "id": w.id, "reason": w.reason,
+                 "orphaned_for": round(now - w.orphaned_at, 1), "rss": _rss(w.pid)}
+                for p in list(self.pools.values()) + self.retired
+                for w in p.workers.values() if w.state == W.ORPHANED]
+
+    def kill_orphan(self, pid: int) -> tuple[bool, str]:
+        """`hostctl orphan kill PID`."""
+        for p in list(self.pools.values()) + self.retired:
+            for w in p.workers.values():
+                if w.pid == pid and w.state == W.ORPHANED:
+                    w.life.to(W.STOPPING, "hostctl orphan kill")
+                    self._kill(w)
+                    return True, f"orphan {pid} of pool {p.name} killed"
+        return False, f"no orphaned worker with pid {pid}"
 
     def _grow(self, pool: Pool) -> None:
         """Web garden growth: a connection waiting while every worker is busy (workers
@@ -868,6 +1057,8 @@ class Supervisor:
 
     def _change_pool(self, pool: Pool, cfg) -> None:
         pool.cfg = cfg
+        pool.rapid.max_failures = cfg.health.rapid_fail_max_crashes
+        pool.rapid.interval = cfg.health.rapid_fail_interval
         pool.generation += 1
         if cfg.queue_length != pool.queue_len:
             self._resize_queue(pool, cfg.queue_length)
@@ -928,7 +1119,8 @@ class Supervisor:
             return
         self.stopping = True
         self.notify.stopping()
-        self.stop_deadline = time.monotonic() + STOP_GRACE
+        limits = [p.cfg.health.shutdown_limit for p in self.pools.values() if p.cfg is not None]
+        self.stop_deadline = time.monotonic() + max(limits or [STOP_GRACE]) + 1.0
         log.notice("stop", f"stopping ({reason})", REASON=reason)
         for fe in self.frontends.values():
             try:

@@ -115,6 +115,9 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int
             pass
         if os.getppid() != supervisor_pid:
             os._exit(protocol.EXIT_SUPERVISOR_GONE)
+        # its own session and process group: killing the group takes whatever the
+        # app started with it (the cgroup does that fully where hostd has cgroups)
+        os.setsid()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         proc.set_title(f"hostd: worker {spec['pool']} #{spec['worker_id']}")

@@ -31,11 +31,14 @@ import stat
 import time
 import traceback
 from collections import deque
+from threading import get_ident as _get_ident
 from email.utils import formatdate
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from hostd import log
+
+_monotonic = time.monotonic
 from hostd.protocol import MAX_HANDOFF_BYTES
 
 from .wsgi import (EMPTY_INPUT, K_CONNECTION, K_DATE, K_HOP, K_LENGTH, K_SERVER,
@@ -636,6 +639,9 @@ class Connection:
         self.req = req
         if worker.inline:
             worker.request_start()
+        tid = _get_ident()
+        busy = worker.busy
+        busy[tid] = (_monotonic(), env)   # seen by pings (stuck) and request_timeout
         result = None
         try:
             result = worker.app(env, self.start_response)
@@ -669,6 +675,7 @@ class Connection:
                     result.close()
                 except Exception as exc:
                     self._app_failed(exc)
+            busy.pop(tid, None)
         if self.closed:
             raise _Gone
         if not req.complete and not self._discard_body(req):

@@ -64,6 +64,15 @@ class Worker:
             "hostd.pool": self.pool,
             "hostd.worker_pid": self.pid,
         }
+        health = config.get("health") or {}
+        self.ping_timeout = float(health.get("ping_timeout") or 90.0)
+        self.request_timeout = float(health.get("request_timeout") or 0.0)
+        #: app thread id -> (start monotonic, environ) of the request it runs now; read
+        #: by the control thread for pings (stuck) and request_timeout
+        self.busy: dict[int, tuple] = {}
+        self.reported_slow: set[int] = set()
+        self.ctl_events: deque = deque()   # control messages for the loop thread
+        self.orphaned = False
         self.conns: dict[int, Connection] = {}
         self.ep = select.epoll()
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -216,7 +225,7 @@ class Worker:
 
     # --- the queue ------------------------------------------------------------------
     def _queue_on(self) -> None:
-        if self.queue is not None:
+        if self.queue is not None and not self.orphaned and not self.queue_registered:
             self.ep.register(self.queue.fileno(), _QUEUE_EVENTS)
             self.queue_registered = True
 
@@ -270,43 +279,96 @@ class Worker:
         conn.registered = True
 
     # --- control ----------------------------------------------------------------------
-    def _on_ctl(self) -> None:
-        try:
-            data = self.ctl.recv(protocol.MAX_CONTROL_BYTES)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.ctl_open = False
-            self.ep.unregister(self.ctl.fileno())
-            self.begin_drain(protocol.EXIT_SUPERVISOR_GONE)
-            return
-        try:
-            msg = protocol.decode(data)
-        except ValueError as exc:
-            log.warning("bad_control_message", str(exc), POOL=self.pool)
-            return
-        t = msg["t"]
-        if t == protocol.PING:
-            self._ctl_send({"t": protocol.PONG, "seq": msg.get("seq"), "stuck": False})
-        elif t == protocol.DRAIN:
-            self.begin_drain(protocol.EXIT_OK)
-        elif t == protocol.ROUTES:
+    # The control channel is read by its own thread, never by the loop: a ping must be
+    # answered even while the app hangs the loop (threads = 1) or every pool thread.
+    # The thread answers pings itself and hands everything else to the loop thread.
+    def _control_thread(self) -> None:
+        ctl = self.ctl
+        tick = 0.5
+        if self.request_timeout > 0:
+            tick = min(tick, self.request_timeout / 4)
+        while True:
+            r, _, _ = select.select([ctl], [], [], tick)
+            if self.request_timeout > 0:
+                self._check_request_timeout()
+            if not r:
+                continue
             try:
-                self.router = Router.from_table(msg.get("routes") or [])
-            except (ValueError, TypeError) as exc:
-                log.error("bad_routes", str(exc), POOL=self.pool)
+                data = ctl.recv(protocol.MAX_CONTROL_BYTES)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._to_loop({"t": "eof"})
                 return
-            self.route_cache.clear()
-        else:
-            log.warning("unknown_control_message", t, POOL=self.pool)
+            try:
+                msg = protocol.decode(data)
+            except ValueError as exc:
+                log.warning("bad_control_message", str(exc), POOL=self.pool)
+                continue
+            if msg["t"] == protocol.PING:
+                self._ctl_send({"t": protocol.PONG, "seq": msg.get("seq"),
+                                "stuck": self.stuck(time.monotonic()),
+                                "busy": len(self.busy)})
+            elif msg["t"] == "orphan":
+                # out of the queue at once, even if the loop never runs again
+                self.orphaned = True
+                try:
+                    self.ep.unregister(self.queue.fileno())
+                except (OSError, ValueError, AttributeError):
+                    pass
+                self.queue_registered = False
+            else:
+                self._to_loop(msg)
+
+    def stuck(self, now: float) -> bool:
+        """Every app thread has been busy on the same request for > ping_timeout."""
+        busy = list(self.busy.values())
+        return (len(busy) >= self.threads
+                and all(now - start > self.ping_timeout for start, _env in busy))
+
+    def _check_request_timeout(self) -> None:
+        now = time.monotonic()
+        for tid, (start, env) in list(self.busy.items()):
+            if now - start > self.request_timeout and (tid, start) not in self.reported_slow:
+                self.reported_slow.add((tid, start))
+                self._ctl_send({"t": "unhealthy", "reason":
+                                f"request_timeout: {env.get('REQUEST_METHOD')} "
+                                f"{env.get('PATH_INFO')} running {now - start:.1f}s"})
+
+    def _to_loop(self, msg: dict) -> None:
+        self.ctl_events.append(msg)
+        try:
+            os.eventfd_write(self.wake_fd, 1)
+        except OSError:
+            pass
+
+    def _on_ctl_events(self) -> None:
+        """Loop thread: control messages the control thread passed on."""
+        while self.ctl_events:
+            msg = self.ctl_events.popleft()
+            t = msg["t"]
+            if t == "eof":
+                self.ctl_open = False
+                self.begin_drain(protocol.EXIT_SUPERVISOR_GONE)
+            elif t == protocol.DRAIN:
+                self.begin_drain(protocol.EXIT_OK)
+            elif t == protocol.ROUTES:
+                try:
+                    self.router = Router.from_table(msg.get("routes") or [])
+                except (ValueError, TypeError) as exc:
+                    log.error("bad_routes", str(exc), POOL=self.pool)
+                    continue
+                self.route_cache.clear()
+            else:
+                log.warning("unknown_control_message", t, POOL=self.pool)
 
     def _ctl_send(self, msg: dict) -> None:
         if not self.ctl_open:
             return
         try:
-            self.ctl.send(protocol.encode(msg))
+            self.ctl.sendall(protocol.encode(msg))
         except OSError:
             pass
 
@@ -336,11 +398,11 @@ class Worker:
 
     def run(self) -> int:
         ep = self.ep
-        ctl_fd = self.ctl.fileno()
         self.ctl.setblocking(False)
         self.queue.setblocking(False)
-        ep.register(ctl_fd, _IN)
         ep.register(self.wake_fd, _IN)
+        threading.Thread(target=self._control_thread, daemon=True,
+                         name=f"{self.pool}#{self.worker_id}-control").start()
         if not self.inline:
             self.jobs = _queue.SimpleQueue()
             for i in range(self.threads):
@@ -368,9 +430,6 @@ class Worker:
                 elif fd == queue_fd:
                     if self.queue_registered:
                         self._take()
-                elif fd == ctl_fd:
-                    if self.ctl_open:
-                        self._on_ctl()
                 elif fd == wake_fd:
                     try:
                         os.eventfd_read(wake_fd)
@@ -378,6 +437,8 @@ class Worker:
                         pass
                     if self.done:
                         self._returned()
+                    if self.ctl_events:
+                        self._on_ctl_events()
                     if self.stop_signal and not self.draining:
                         self.begin_drain(protocol.EXIT_OK)
             if now >= next_sweep:

@@ -255,7 +255,12 @@ env = {{ DJANGO_SETTINGS_MODULE = "shop.settings", B = "" }}
     ('env = { A = "a\\u0000b" }', "env.A"),
     ("workers = 2", "workers"),
     ("[limits]", "limits"),
-    ("[health]\ninterval = 1", "health"),
+    ("[health]\ninterval = 1", "health.interval"),
+    ('[health]\nping_timeout = "0"', "health.ping_timeout"),
+    ('[health]\nunhealthy_action = "restart"', "health.unhealthy_action"),
+    ("[health]\norphan = 1", "health.orphan"),
+    ("[health]\nrapid_fail_max_crashes = -1", "health.rapid_fail_max_crashes"),
+    ("health = 5", "health"),
 ])
 def test_pool_bad_keys(site, line, key):
     # the bad line comes last, so it overrides BASE's value where it repeats a key
@@ -418,7 +423,11 @@ def test_to_spec_is_json_and_round_trips(site):
         "name": "p", "file": str(site / "pools.d" / "p.toml"), "app": "app.wsgi:application",
         "directory": str(site / "srv"), "virtualenv": None, "bindings": ["p.localhost"],
         "start_mode": "on_demand", "processes": 1, "threads": 1, "queue_length": 1000,
-        "idle_timeout": 90.0, "load_balancer_capabilities": "http_503", "env": {"A": "1"}}
+        "idle_timeout": 90.0, "load_balancer_capabilities": "http_503", "env": {"A": "1"},
+        "health": {"ping_interval": 30.0, "ping_timeout": 90.0, "request_timeout": 0.0,
+                   "startup_limit": 90.0, "shutdown_limit": 90.0, "rapid_fail_max_crashes": 5,
+                   "rapid_fail_interval": 300.0, "unhealthy_action": "recycle",
+                   "orphan": False, "orphan_action": ""}}
     assert PoolConfig.from_spec(spec) == pool
 
 
@@ -465,5 +474,26 @@ def test_check_config_main_syntax_error(site):
 def test_every_key_is_documented():
     from hostd.config import HOSTD_KEYS, POOL_KEYS
     docs = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    missing = [k for k in [*HOSTD_KEYS, *POOL_KEYS] if f"| `{k}` |" not in docs]
+    from hostd.config import HEALTH_KEYS
+    missing = [k for k in [*HOSTD_KEYS, *POOL_KEYS, *HEALTH_KEYS] if f"| `{k}` |" not in docs]
     assert missing == []
+
+
+def test_health_table_defaults_and_inheritance(site, tmp_path):
+    from hostd.config import Health
+    main = tmp_path / "hostd.toml"
+    site = site / "srv"
+    main.write_text('[hostd]\npools_dir = "pools.d"\n[defaults.health]\nping_interval = "5s"\n'
+                    'shutdown_limit = "10s"\n')
+    (tmp_path / "pools.d" / "a.toml").write_text(
+        f'app = "m:app"\ndirectory = "{site}"\nbindings = ["a.test"]\n'
+        '[health]\nshutdown_limit = "3s"\norphan = true\norphan_action = "echo {pid}"\n')
+    (tmp_path / "pools.d" / "b.toml").write_text(
+        f'app = "m:app"\ndirectory = "{site}"\nbindings = ["b.test"]\n')
+    pools, broken = load_pools(load_main(main))
+    assert broken == {}
+    a, b = pools["a"].health, pools["b"].health
+    assert (a.ping_interval, a.shutdown_limit, a.orphan, a.orphan_action) == (5.0, 3.0, True, "echo {pid}")
+    assert (b.ping_interval, b.shutdown_limit, b.orphan) == (5.0, 10.0, False)
+    assert b.ping_timeout == Health().ping_timeout == 90.0
+    assert PoolConfig.from_spec(pools["a"].to_spec()) == pools["a"]
