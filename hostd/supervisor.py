@@ -32,6 +32,7 @@ from hostd.lifecycle import (WORKER_ALIVE, PoolState, RapidFail, WorkerState,
                              pool_lifecycle, worker_lifecycle)
 from hostd.router import Router
 from hostd.sdnotify import Notifier
+from kernel import cgroups as kcgroups
 from kernel import fdpass, proc, sockets
 
 P, W = PoolState, WorkerState
@@ -69,6 +70,7 @@ class Worker:
         self.orphaned_at: float | None = None
         self.last_ping: float | None = None
         self.reason = ""                        # why it was drained/killed/orphaned
+        self.cgroup = None                      # kernel.cgroups.Cgroup, when available
 
     @property
     def state(self) -> WorkerState:
@@ -173,6 +175,7 @@ class Supervisor:
         except OSError as exc:
             log.warning("no_subreaper", f"cannot become child subreaper: {exc}")
         self._install_signals()
+        self._setup_cgroups()
         self._bind()
         self.main.run_dir.mkdir(parents=True, exist_ok=True)
         self.control = ControlServer(self.main.run_dir / "control.sock", self)
@@ -189,6 +192,23 @@ class Supervisor:
                    f"{len(self.slots)} front ends, listening on "
                    + ", ".join(_show_addr(h, p) for h, p in self.main.listen),
                    CONFIG=str(self.config_path))
+
+    def _setup_cgroups(self) -> None:
+        """Every worker gets a cgroup of its own under hostd's subtree (IIS job-object
+        semantics: stopping a worker kills everything it started). Without root or
+        cgroups, workers are killed by process group instead, and we say so."""
+        if os.geteuid() != 0:
+            return
+        try:
+            # v1 (hybrid hosts): one base per supervisor, so two hostds never share one
+            tree = kcgroups.detect(name=f"hostd.{self.pid}")
+            tree.setup()
+        except (kcgroups.CgroupUnavailable, OSError) as exc:
+            log.warning("no_cgroups", f"cgroups unavailable, workers are not contained: {exc}")
+            return
+        self.cgroups = tree
+        log.info("cgroups", f"cgroup v{tree.version} subtree at {tree.path}",
+                 CGROUP=tree.path, VERSION=tree.version)
 
     def run(self) -> int:
         """The loop. Returns the exit code."""
@@ -579,7 +599,14 @@ class Supervisor:
         wid = next(self.worker_ids[pool.name])
         worker = Worker(pool, wid, pool.generation)
         ctl_mine, ctl_theirs = sockets.seqpacket_pair()
+        if self.cgroups is not None:
+            try:
+                worker.cgroup = self.cgroups.worker(pool.name, wid)
+            except OSError as exc:
+                log.error("cgroup_failed", f"cannot create the worker's cgroup: {exc}",
+                          POOL=pool.name)
         spec = {"pool": pool.name, "worker_id": wid, "generation": pool.generation,
+                "cgroup_procs": worker.cgroup.procs_files() if worker.cgroup else [],
                 "max_header_bytes": self.main.max_header_bytes, "keepalive_timeout": 75.0,
                 "config": pool.cfg.to_spec(), "routes": self.router_table()}
         sid = next(self.spawn_ids)
@@ -696,7 +723,7 @@ class Supervisor:
         its process group (every worker is a session leader)."""
         if worker.pid is None:
             return
-        cg = getattr(worker, "cgroup", None)
+        cg = worker.cgroup
         if cg is not None:
             try:
                 cg.kill()
@@ -758,6 +785,17 @@ class Supervisor:
         if worker.ctl is not None:
             self._unwatch(worker.ctl.fileno())
         worker.close()
+        if worker.cgroup is not None:
+            # whatever the worker started dies with it (a double-forked daemon too)
+            try:
+                if worker.cgroup.pids():
+                    log.info("cgroup_leftovers", f"killing what worker {pool.name}#{worker.id} "
+                             "left behind", POOL=pool.name, WORKER_PID=worker.pid)
+                    worker.cgroup.kill()
+                worker.cgroup.remove()
+            except OSError as exc:
+                log.warning("cgroup_remove", str(exc), POOL=pool.name)
+            worker.cgroup = None
         pool.workers.pop(worker.id, None)
         if failed and pool.state in (P.STARTED, P.STARTING):
             self._count_failure(worker, reason)
@@ -893,7 +931,7 @@ class Supervisor:
             worker.ctl.sendall(protocol.encode({"t": "orphan"}))
         except (OSError, AttributeError):
             pass
-        cg = getattr(worker, "cgroup", None)
+        cg = worker.cgroup
         if cg is not None and self.cgroups is not None:
             try:
                 worker.cgroup = cg.move_to(self.cgroups.orphans(pool.name))
@@ -1190,6 +1228,11 @@ class Supervisor:
         self.reroute_in.close()
         self.reroute_out.close()
         self.ep.close()
+        if self.cgroups is not None:
+            try:
+                self.cgroups.teardown()
+            except (OSError, TimeoutError) as exc:
+                log.warning("cgroup_teardown", str(exc))
 
     # ============================================================ control socket
     def _control_accept(self, _ev) -> None:

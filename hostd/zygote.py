@@ -103,6 +103,11 @@ def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int) -> int
 def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int) -> None:
     code = protocol.EXIT_WORKER_BOOT
     try:
+        # join the worker's cgroup before anything else runs, so nothing it will ever
+        # start can be outside it
+        for path in spec.get("cgroup_procs") or ():
+            with open(path, "w") as f:
+                f.write("0")
         proc.close_fds_except(set(fds))
         # wait to be re-parented, then die with the supervisor (SIGTERM: drain first);
         # setting PDEATHSIG before that would fire when the intermediate exits

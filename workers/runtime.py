@@ -111,12 +111,13 @@ class Worker:
         return hit
 
     def request_start(self) -> None:
-        """Inline mode: a request is about to run (so the worker never looks idle)."""
+        """Inline mode: a request is about to run. It is counted now, not after its
+        response went out, so a status query right after the response sees it."""
+        self.served += 1
         self.board.write(self.served, 1, len(self.conns), self.now, self.pid)
 
     def request_done(self) -> None:
         """Inline mode: one request answered; keep the scoreboard current."""
-        self.served += 1
         self.last_activity = t = time.monotonic()
         self.board.write(self.served, 0, len(self.conns), t, self.pid)
 

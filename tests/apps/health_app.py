@@ -21,6 +21,16 @@ def application(environ, start_response):
         with open(environ["QUERY_STRING"], "w") as f:   # the test reads the child's pid
             f.write(str(child.pid))
         time.sleep(60)
+    if path == "/daemon":
+        # the classic double fork: a session of its own, re-parented away from us
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                with open(environ["QUERY_STRING"], "w") as f:
+                    f.write(str(os.getpid()))
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                time.sleep(600)
+            os._exit(0)
     body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]

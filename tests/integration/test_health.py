@@ -248,3 +248,25 @@ def test_orphan_kept_for_debugging(tmp_path):
         s.close()
     finally:
         h.stop()
+
+
+@pytest.mark.root
+def test_stopping_a_pool_kills_its_double_forked_daemon(tmp_path):
+    """IIS job-object semantics through the worker's cgroup: a daemon that left the
+    worker's session and process tree still dies with the pool."""
+    h = Hostd(tmp_path, {"a": pool(["a.test"])})
+    h.start()
+    try:
+        if "no_cgroups" in h.log():
+            pytest.skip("cgroups unavailable here: " + h.log())
+        marker = tmp_path / "daemon.pid"
+        assert h.get("a.test", f"/daemon?{marker}")[0] == 200
+        daemon = int(h.wait_for(lambda: marker.exists() and marker.read_text()))
+        assert alive(daemon)
+        (worker,) = ready_pids(h, "a")
+        assert os.getsid(daemon) != os.getsid(worker)   # it escaped the worker's session
+        assert os.getpgid(daemon) != os.getpgid(worker)  # and its process group
+        assert h.ctl("pool", "stop", "a").returncode == 0
+        h.wait_for(lambda: not alive(daemon), timeout=10, what="daemon killed with its pool")
+    finally:
+        h.stop()
