@@ -317,6 +317,9 @@ POOL_KEYS: dict[str, Key | Table] = {
     "load_balancer_capabilities": Key(_choice("http_503", "tcp_reset"), "http_503",
                                       "how a refused connection is answered"),
     "env": Key(_env, (), "environment variables for the app", merge=_merge_env),
+    "max_connections": Key(_int(0), 0, "open client connections of this pool; beyond → 503 (0 = only the [hostd] limit)"),
+    "max_body_size": Key(lambda v, b: parse_size(v), None, "largest request body (→ 413); default: [hostd] max_body_size"),
+    "max_bandwidth": Key(lambda v, b: parse_size(v), 0, "response bytes/s per binding, per worker (IIS MaxBandwidth); 0 = unlimited"),
     # a future table plugs in here, e.g.
     # "limits": Table({"memory": Key(_size(...), None, "...")}, build=Limits),
 }
@@ -378,6 +381,12 @@ HOSTD_KEYS: dict[str, Key] = {
     "run_dir": Key(_path, Path("/run/hostd"), "runtime files; the control socket"),
     "max_header_bytes": Key(_size(1024, MAX_HANDOFF_BYTES), 16384,
                             "largest request head (request line + headers)"),
+    "header_timeout": Key(_positive_duration, 10.0, "a complete request head must arrive within this (slowloris) → 408"),
+    "keepalive_timeout": Key(_positive_duration, 75.0, "close a keep-alive connection idle this long"),
+    "max_connections": Key(_int(1), 10000, "open client connections, all pools together → 503 beyond"),
+    "min_request_bytes_per_second": Key(_int(0), 240, "request bodies slower than this are cut (IIS MinBytesPerSec); 0 = off"),
+    "send_timeout": Key(_positive_duration, 60.0, "a client that reads nothing of its response this long is cut"),
+    "max_body_size": Key(lambda v, b: parse_size(v), 100 << 20, "largest request body → 413 (per pool overridable)"),
 }
 
 MAIN_KEYS: dict[str, Table] = {
@@ -487,6 +496,12 @@ class MainConfig:
     run_dir: Path
     max_header_bytes: int
     defaults: Mapping[str, Any]
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 10000
+    min_request_bytes_per_second: int = 240
+    send_timeout: float = 60.0
+    max_body_size: int = 100 << 20
 
     def frontend_count(self) -> int:
         """Returns: how many front-end processes to run (frontends, or the CPU count
@@ -566,6 +581,9 @@ class PoolConfig:
     load_balancer_capabilities: str
     env: tuple[tuple[str, str], ...]
     health: Health = Health()
+    max_connections: int = 0
+    max_body_size: int | None = None
+    max_bandwidth: int = 0
 
     def to_spec(self) -> dict:
         """Returns: a JSON-able dict of every field (paths as str, bindings as their
