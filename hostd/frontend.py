@@ -7,10 +7,18 @@ byte read so far to the pool's queue over SCM_RIGHTS. It keeps no copy of a conn
 it handed off, so it holds only heads still being read: a front end that dies loses
 those and nothing else, and its replacement accepts from the same backlog.
 
-Answers of its own (short text body, Connection: close): 400 malformed head or HTTP/1.1
-without Host, 404 no binding, 431 head too large, 503 pool stopped/failed (Retry-After)
-or queue full; a pool with load_balancer_capabilities = "tcp_reset" gets an RST instead
-of its 503s.
+Answers of its own (short text body, Connection: close): 400 malformed head (see
+hostd/limits.py: the rules the workers apply too) or HTTP/1.1 without Host, 404 no
+binding, 408 head not complete within header_timeout, 413 Content-Length over the
+pool's max_body_size, 414 request target too long, 431 head too large, 503 pool
+stopped/failed (Retry-After), queue full or max_connections reached; a pool with
+load_balancer_capabilities = "tcp_reset" gets an RST instead of its 503s. An HTTP/2
+prior-knowledge preface is closed at once.
+
+Connection slots: every connection this process holds has taken one slot of the global
+max_connections semaphore (an eventfd shared with the workers), and one of its pool's
+once routed. The slots travel with the socket; whoever finally closes it gives them
+back (a worker handing a connection back to the front ends gives back the pool's).
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ import time
 
 import httptools
 
-from hostd import log, protocol
+from hostd import limits, log, protocol
 from hostd.router import Router, decode_path, split_target
 from kernel import fdpass
 from kernel.sockets import reset_connection
@@ -32,6 +40,8 @@ _EPOLLIN = select.EPOLLIN
 _RECV = 65536
 _ACCEPT_BATCH = 64
 _LINGER_SECONDS = 2.0
+#: how often heads that take too long are looked for (header_timeout is kept to +0.5 s)
+_SWEEP = 0.5
 _DONTWAIT = socket.MSG_DONTWAIT
 
 #: pool states in which a request is queued (a STARTING pool's queue already exists)
@@ -47,6 +57,13 @@ def _answer(status: str, text: str, extra: str = "") -> bytes:
 BAD_REQUEST = _answer("400 Bad Request", "Bad request")
 NO_HOST = _answer("400 Bad Request", "Bad request: HTTP/1.1 request without Host header")
 TOO_LARGE = _answer("431 Request Header Fields Too Large", "Request header fields too large")
+URI_TOO_LONG = _answer("414 URI Too Long", "Request target too long")
+BODY_TOO_LARGE = _answer("413 Content Too Large", "Request body too large")
+TIMEOUT = _answer("408 Request Timeout", "Request timeout")
+TOO_MANY = _answer("503 Service Unavailable", "Service unavailable: too many connections",
+                   "Retry-After: 1\r\n")
+_REJECT_ANSWERS = {414: URI_TOO_LONG, 431: TOO_LARGE, 413: BODY_TOO_LARGE}
+_H2_PREFACE = b"PRI * HTTP/2.0"
 QUEUE_FULL = _answer("503 Service Unavailable", "Service unavailable: the site's queue is full",
                      "Retry-After: 1\r\n")
 
@@ -61,11 +78,12 @@ def not_found(host: str) -> bytes:
     return _answer("404 Not Found", f"No site is bound to host {shown[:200]}")
 
 
-class _Pending:
+class _Pending(limits.HeadState):
     """A connection whose request head is still being read; also its parser's protocol."""
 
     __slots__ = ("sock", "fd", "port", "buf", "parser", "url", "host", "done", "since",
-                 "registered")
+                 "registered", "clen", "te")
+    max_url = limits.MAX_URL_BYTES   # set by the FrontEnd
 
     def __init__(self, sock: socket.socket, port: int, now: float):
         self.sock = sock
@@ -78,6 +96,8 @@ class _Pending:
         self.done = False
         self.since = now
         self.registered = False
+        self.clen = -1
+        self.te = False
 
     # httptools callbacks
     # only the first request's head is the front end's business; callbacks for
@@ -85,18 +105,21 @@ class _Pending:
     def on_url(self, url: bytes) -> None:
         if not self.done:
             self.url += url
+            if len(self.url) > self.max_url:
+                raise limits.Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.done and len(name) == 4 and name.lower() == b"host":
-            # a second Host header is a malformed request (RFC 9112 §3.2)
-            self.host = value if self.host is None else b"\x00dup"
+        if not self.done and len(name) in limits.SPECIAL_LENGTHS:
+            self.rule_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self.done = True
+        if not self.done:
+            self.rule_complete(self.parser.get_http_version())
+            self.done = True
 
 
 class _Pool:
-    __slots__ = ("name", "state", "lb", "queue", "sem")
+    __slots__ = ("name", "state", "lb", "queue", "sem", "csem", "max_body")
 
     def __init__(self, name: str):
         self.name = name
@@ -104,6 +127,8 @@ class _Pool:
         self.lb = "http_503"
         self.queue: socket.socket | None = None
         self.sem = -1
+        self.csem = -1          # the pool's max_connections semaphore (-1: no pool limit)
+        self.max_body = -1      # -1: the [hostd] max_body_size
 
 
 class FrontEnd:
@@ -117,6 +142,10 @@ class FrontEnd:
         self.reroute = reroute
         self.max_header = int(settings.get("max_header_bytes", 16384))
         self.header_timeout = float(settings.get("header_timeout", 10.0))
+        self.max_body = int(settings.get("max_body_size", 100 << 20))
+        self.csem = int(settings.get("conn_sem", -1))   # global max_connections
+        _Pending.max_url = min(limits.MAX_URL_BYTES, self.max_header)
+        self.counters = limits.Counters(SLOT=slot)
         self.router = Router([])
         self.pools: dict[str, _Pool] = {}
         self.pending: dict[int, _Pending] = {}
@@ -135,10 +164,10 @@ class FrontEnd:
         ep.register(self.reroute.fileno(), _EPOLLIN | select.EPOLLEXCLUSIVE)
         ctl_fd, reroute_fd = self.ctl.fileno(), self.reroute.fileno()
         listeners, pending = self.listeners, self.pending
-        next_sweep = time.monotonic() + 1.0
+        next_sweep = time.monotonic() + _SWEEP
         while self.running:
             try:
-                events = ep.poll(1.0)
+                events = ep.poll(_SWEEP)
             except InterruptedError:
                 continue
             for fd, ev in events:
@@ -155,7 +184,7 @@ class FrontEnd:
             now = time.monotonic()
             if now >= next_sweep:
                 self._sweep(now)
-                next_sweep = now + 1.0
+                next_sweep = now + _SWEEP
         return protocol.EXIT_OK
 
     # --- accepting and reading -------------------------------------------------
@@ -175,6 +204,13 @@ class FrontEnd:
                 raise
             sock = socket.socket(lsock.family, socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)   # TCP_NODELAY is inherited from the listener
+            if self.csem >= 0:
+                try:
+                    os.read(self.csem, 8)
+                except BlockingIOError:
+                    self.counters.hit("max_connections", "all connection slots taken")
+                    self._reply_sock(sock, TOO_MANY)
+                    continue
             conn = _Pending(sock, port, time.monotonic())
             # TCP_DEFER_ACCEPT: the head is usually here already
             self._readable(conn)
@@ -199,22 +235,38 @@ class FrontEnd:
             conn.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # head complete; the worker deals with the upgrade request
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             # an error after the head (in a body or a pipelined request) is the
             # worker's to answer: it parses the same bytes with the same parser
             if not conn.done:
-                self._reply(conn, BAD_REQUEST)
+                self._reject(conn, exc)
                 return
         if not conn.done:
             if len(conn.buf) > self.max_header:
+                self.counters.hit("head_too_large")
                 self._reply(conn, TOO_LARGE)
             else:
                 self._wait(conn)
             return
         if len(conn.buf) > self.max_header and conn.buf.find(b"\r\n\r\n", 0, self.max_header) < 0:
+            self.counters.hit("head_too_large")
             self._reply(conn, TOO_LARGE)
             return
         self._dispatch(conn)
+
+    def _reject(self, conn: _Pending, exc: Exception) -> None:
+        """The head broke a rule or did not parse: answer (or close) and count it."""
+        rule = limits.rejected(exc)
+        if rule is not None:
+            self.counters.hit(f"reject_{rule.status}", rule.reason)
+            self._reply(conn, _REJECT_ANSWERS.get(rule.status) or BAD_REQUEST)
+        elif conn.buf.startswith(_H2_PREFACE):
+            # HTTP/2 prior knowledge: a 1.1 answer means nothing to it; close cleanly
+            self.counters.hit("http2_preface")
+            self._reply(conn, b"")
+        else:
+            self.counters.hit("reject_400", str(exc))
+            self._reply(conn, BAD_REQUEST)
 
     def _wait(self, conn: _Pending) -> None:
         if not conn.registered:
@@ -230,14 +282,19 @@ class FrontEnd:
 
     def _drop(self, conn: _Pending) -> None:
         self._forget(conn)
+        self._give(None)
         conn.sock.close()
+
+    def _give(self, pool: "_Pool | None") -> None:
+        """A connection this process holds is being closed: its slots go back."""
+        if self.csem >= 0:
+            os.write(self.csem, protocol_slot)
+        if pool is not None and pool.csem >= 0:
+            os.write(pool.csem, protocol_slot)
 
     # --- routing and handing off -------------------------------------------------
     def _dispatch(self, conn: _Pending) -> None:
         host = conn.host
-        if host == b"\x00dup":
-            self._reply(conn, BAD_REQUEST)
-            return
         if host is None and conn.parser.get_http_version() == "1.1":
             self._reply(conn, NO_HOST)
             return
@@ -251,14 +308,24 @@ class FrontEnd:
         if pool is None or pool.queue is None or pool.state not in _SERVING:
             self._refuse(conn, pool, route.pool)
             return
+        if conn.clen > (pool.max_body if pool.max_body >= 0 else self.max_body):
+            self.counters.hit("max_body_size", f"pool {pool.name}: Content-Length {conn.clen}")
+            self._reply(conn, BODY_TOO_LARGE)
+            return
+        if pool.csem >= 0:
+            try:
+                os.read(pool.csem, 8)     # take a slot of the pool's max_connections
+            except BlockingIOError:
+                self.counters.hit("pool_max_connections", f"pool {pool.name}")
+                self._refuse(conn, pool, route.pool, TOO_MANY)
+                return
         try:
             os.read(pool.sem, 8)          # take a queue slot
         except BlockingIOError:
-            if pool.lb == "tcp_reset":
-                self._forget(conn)
-                reset_connection(conn.sock)
-            else:
-                self._reply(conn, QUEUE_FULL)
+            self.counters.hit("queue_full", f"pool {pool.name}")
+            if pool.csem >= 0:
+                os.write(pool.csem, protocol_slot)
+            self._refuse(conn, pool, route.pool, QUEUE_FULL)
             return
         self._forget(conn)
         try:
@@ -267,6 +334,8 @@ class FrontEnd:
             self._park(pool, conn)
         except OSError:
             os.write(pool.sem, protocol_slot)
+            if pool.csem >= 0:
+                os.write(pool.csem, protocol_slot)
             self._reply(conn, unavailable(pool.name))
             return
         conn.sock.close()
@@ -283,19 +352,23 @@ class FrontEnd:
                 fdpass.send_with_fds(self.ctl, msg, (conn.fd,), _DONTWAIT)
             except OSError:
                 os.write(pool.sem, protocol_slot)
+                self._give(pool)
                 self._reply_sock(conn.sock, QUEUE_FULL)
                 return
         except OSError:
             os.write(pool.sem, protocol_slot)
+            self._give(pool)
             self._reply_sock(conn.sock, QUEUE_FULL)
             return
 
-    def _refuse(self, conn: _Pending, pool: _Pool | None, name: str) -> None:
+    def _refuse(self, conn: _Pending, pool: _Pool | None, name: str,
+                answer: bytes | None = None) -> None:
         if pool is not None and pool.lb == "tcp_reset":
             self._forget(conn)
+            self._give(None)
             reset_connection(conn.sock)
             return
-        self._reply(conn, unavailable(name))
+        self._reply(conn, answer or unavailable(name))
 
     def _take_rerouted(self) -> None:
         """Connections handed back by workers: route them again from their first byte."""
@@ -317,6 +390,7 @@ class FrontEnd:
                 continue
             sock.setblocking(False)
             if self.stopping:
+                self._give(None)
                 sock.close()
                 continue
             conn = _Pending(sock, port, time.monotonic())
@@ -328,6 +402,7 @@ class FrontEnd:
     # --- own answers ---------------------------------------------------------------
     def _reply(self, conn: _Pending, response: bytes) -> None:
         self._forget(conn)
+        self._give(None)
         self._reply_sock(conn.sock, response)
 
     def _reply_sock(self, sock: socket.socket, response: bytes) -> None:
@@ -335,7 +410,8 @@ class FrontEnd:
         the client still sends for a moment, so the kernel does not turn unread input
         into an RST that destroys the answer before the client reads it."""
         try:
-            sock.send(response)
+            if response:
+                sock.send(response)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             sock.close()
@@ -358,10 +434,12 @@ class FrontEnd:
             sock.close()
 
     def _sweep(self, now: float) -> None:
-        """Once a second: heads that take too long, lingering closes that are over."""
-        late = [c for c in self.pending.values() if now - c.since > self.header_timeout]
+        """Every _SWEEP: heads that take too long, lingering closes that are over."""
+        limit = now - self.header_timeout
+        late = [c for c in self.pending.values() if c.since <= limit]
         for conn in late:
-            self._reply(conn, _answer("408 Request Timeout", "Request timeout"))
+            self.counters.hit("header_timeout")
+            self._reply(conn, TIMEOUT)
         over = [fd for fd, (_s, deadline) in self.lingering.items() if now > deadline]
         for fd in over:
             sock, _ = self.lingering.pop(fd)
@@ -389,13 +467,16 @@ class FrontEnd:
             msg = protocol.decode(data)
             kind = msg["t"]
             if kind == "pool_fds":
-                self._adopt_fds(msg["names"], fds)
+                self._adopt_fds(msg["names"], fds, msg.get("conn_sems") or [])
             elif kind == protocol.POOLS:
                 self._set_pools(msg["pools"], msg["routes"])
             elif kind == protocol.STOP:
                 self._stop()
 
-    def _adopt_fds(self, names: list[str], fds: list[int]) -> None:
+    def _adopt_fds(self, names: list[str], fds: list[int], conn_sems: list[bool]) -> None:
+        """Per pool: its queue, the queue's semaphore and, where conn_sems[i] says so,
+        its max_connections semaphore."""
+        it = iter(fds)
         for i, name in enumerate(names):
             pool = self.pools.get(name)
             if pool is None:
@@ -403,8 +484,13 @@ class FrontEnd:
             if pool.queue is not None:
                 pool.queue.close()
                 os.close(pool.sem)
-            pool.queue = socket.socket(fileno=fds[2 * i])
-            pool.sem = fds[2 * i + 1]
+            if pool.csem >= 0:
+                os.close(pool.csem)
+                pool.csem = -1
+            pool.queue = socket.socket(fileno=next(it))
+            pool.sem = next(it)
+            if i < len(conn_sems) and conn_sems[i]:
+                pool.csem = next(it)
 
     def _set_pools(self, states: dict, routes: list) -> None:
         for name in list(self.pools):
@@ -413,12 +499,15 @@ class FrontEnd:
                 if pool.queue is not None:
                     pool.queue.close()
                     os.close(pool.sem)
+                if pool.csem >= 0:
+                    os.close(pool.csem)
         for name, info in states.items():
             pool = self.pools.get(name)
             if pool is None:
                 pool = self.pools[name] = _Pool(name)
             pool.state = info["state"]
             pool.lb = info["lb"]
+            pool.max_body = info.get("max_body", -1)
         self.router = Router.from_table(routes)
         if not self.listening and not self.stopping:
             self.listening = True

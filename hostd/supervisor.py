@@ -102,6 +102,8 @@ class Pool:
         sockets.enlarge_buffers(self.queue_in)
         self.queue_len = cfg.queue_length if cfg else 1
         self.sem = sockets.semaphore(self.queue_len)
+        # max_connections of the pool (slots travel with connections: hostd/frontend.py)
+        self.csem = sockets.semaphore(cfg.max_connections) if cfg and cfg.max_connections else -1
         self.sem_debt = 0
         self.parked: collections.deque = collections.deque()
         h = cfg.health if cfg is not None else None
@@ -121,6 +123,8 @@ class Pool:
         self.queue_in.close()
         self.queue_out.close()
         os.close(self.sem)
+        if self.csem >= 0:
+            os.close(self.csem)
 
 
 class FrontEndProc:
@@ -338,7 +342,8 @@ class Supervisor:
         sockets.enlarge_buffers(mine)
         listeners = self.slots[slot]
         keep = {theirs.fileno(), self.reroute_out.fileno(), 1, 2} | {s.fileno() for s in listeners}
-        settings = {"max_header_bytes": self.main.max_header_bytes}
+        settings = {"max_header_bytes": self.main.max_header_bytes, **self._limit_settings()}
+        keep.add(settings["conn_sem"])
         pid = os.fork()
         if pid == 0:
             code = protocol.EXIT_WORKER_BOOT
@@ -363,15 +368,18 @@ class Supervisor:
         missing = [p for p in self.pools.values() if (p.name, id(p.queue_in)) not in fe.known_fds]
         for i in range(0, len(missing), _POOL_FDS_BATCH):
             batch = missing[i:i + _POOL_FDS_BATCH]
-            fds = [fd for p in batch for fd in (p.queue_in.fileno(), p.sem)]
+            fds = [fd for p in batch for fd in (p.queue_in.fileno(), p.sem, p.csem) if fd != -1]
             try:
                 fdpass.send_with_fds(fe.ctl, protocol.encode(
-                    {"t": "pool_fds", "names": [p.name for p in batch]}), fds)
+                    {"t": "pool_fds", "names": [p.name for p in batch],
+                     "conn_sems": [p.csem >= 0 for p in batch]}), fds)
             except OSError:
                 return   # it died; reaping restarts it and sends everything again
             fe.known_fds.update((p.name, id(p.queue_in)) for p in batch)
         table = {p.name: {"state": p.state.value,
-                          "lb": p.cfg.load_balancer_capabilities if p.cfg else "http_503"}
+                          "lb": p.cfg.load_balancer_capabilities if p.cfg else "http_503",
+                          "max_body": p.cfg.max_body_size if p.cfg and
+                          p.cfg.max_body_size is not None else -1}
                  for p in self.pools.values()}
         try:
             fe.ctl.sendall(protocol.encode({"t": protocol.POOLS, "pools": table,
@@ -443,6 +451,9 @@ class Supervisor:
     def _answer_fd(self, fd: int, kind: bytes, pool: Pool | None) -> None:
         """Answers a connection the supervisor holds: 503 (or RST for tcp_reset pools)."""
         from hostd.frontend import unavailable
+        sockets.give_slot(self._limit_settings()["conn_sem"])   # its connection slots
+        if pool is not None and pool.csem >= 0:
+            sockets.give_slot(pool.csem)
         sock = socket.socket(fileno=fd)
         if pool is not None and pool.cfg is not None and \
                 pool.cfg.load_balancer_capabilities == "tcp_reset":
@@ -488,9 +499,22 @@ class Supervisor:
             except (BlockingIOError, RuntimeError):
                 break
             for fd in fds:
-                self._send_reroute(fd, data)
+                self._send_reroute(fd, data, pool)
 
-    def _send_reroute(self, fd: int, buf: bytes) -> None:
+    def _limit_settings(self) -> dict:
+        """The client limits of [hostd] for front ends and workers, and the global
+        max_connections semaphore (made once: a new value needs a restart)."""
+        if getattr(self, "conn_sem", None) is None:
+            self.conn_sem = sockets.semaphore(self.main.max_connections)
+        m = self.main
+        return {"conn_sem": self.conn_sem, "header_timeout": m.header_timeout,
+                "keepalive_timeout": m.keepalive_timeout, "send_timeout": m.send_timeout,
+                "min_request_bytes_per_second": m.min_request_bytes_per_second,
+                "max_body_size": m.max_body_size}
+
+    def _send_reroute(self, fd: int, buf: bytes, pool: Pool | None = None) -> None:
+        if pool is not None and pool.csem >= 0:
+            sockets.give_slot(pool.csem)   # it leaves the pool (keeps its global slot)
         try:
             fdpass.send_with_fds(self.reroute_in, buf, (fd,))
         except OSError:
@@ -607,11 +631,13 @@ class Supervisor:
                           POOL=pool.name)
         spec = {"pool": pool.name, "worker_id": wid, "generation": pool.generation,
                 "cgroup_procs": worker.cgroup.procs_files() if worker.cgroup else [],
-                "max_header_bytes": self.main.max_header_bytes, "keepalive_timeout": 75.0,
+                "max_header_bytes": self.main.max_header_bytes, **self._limit_settings(),
                 "config": pool.cfg.to_spec(), "routes": self.router_table()}
         sid = next(self.spawn_ids)
         fds = [ctl_theirs.fileno(), pool.queue_out.fileno(), pool.sem,
-               self.reroute_in.fileno(), worker.board.fd]
+               self.reroute_in.fileno(), worker.board.fd, self._limit_settings()["conn_sem"]]
+        if pool.csem >= 0:
+            fds.append(pool.csem)
         try:
             fdpass.send_with_fds(self.zygote, protocol.encode(
                 {"t": "spawn", "id": sid, "spec": spec}), fds)
@@ -782,6 +808,12 @@ class Supervisor:
 
     def _worker_gone(self, worker: Worker, failed: bool, reason: str) -> None:
         pool = worker.pool
+        if worker.board is not None:
+            held = worker.stats()["connections"]
+            if held:   # it died holding connections: their slots
+                sockets.give_slot(self._limit_settings()["conn_sem"], held)
+                if pool.csem >= 0:
+                    sockets.give_slot(pool.csem, held)
         if worker.ctl is not None:
             self._unwatch(worker.ctl.fileno())
         worker.close()

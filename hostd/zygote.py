@@ -57,7 +57,7 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
             return protocol.EXIT_OK
         try:
             msg = protocol.decode(data)
-            if msg["t"] != SPAWN or len(fds) != 5:
+            if msg["t"] != SPAWN or len(fds) < 5:
                 raise ValueError(f"unexpected request {msg.get('t')!r} with {len(fds)} fds")
             pid = _spawn(msg["spec"], fds, supervisor_pid, chan.fileno())
             reply = {"t": SPAWNED, "id": msg["id"], "pid": pid}
@@ -131,6 +131,7 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int
         reroute = socket.socket(fileno=fds[3])
         board = protocol.Scoreboard(fds[4])
         from workers.runtime import run_worker
+        spec["conn_sems"] = fds[5:]   # max_connections semaphores (global, pool's)
         code = run_worker(spec, ctl, queue, fds[2], reroute, board)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else protocol.EXIT_WORKER_BOOT

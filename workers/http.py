@@ -36,7 +36,7 @@ from email.utils import formatdate
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from hostd import log
+from hostd import limits, log
 
 _monotonic = time.monotonic
 from hostd.protocol import MAX_HANDOFF_BYTES
@@ -70,6 +70,29 @@ R400 = _error_response("400 Bad Request", "Bad Request")
 R421 = _error_response("421 Misdirected Request", "Misdirected Request")
 R431 = _error_response("431 Request Header Fields Too Large",
                        "Request Header Fields Too Large")
+R413 = _error_response("413 Content Too Large", "Content Too Large")
+R414 = _error_response("414 URI Too Long", "URI Too Long")
+_REJECTS = {400: R400, 413: R413, 414: R414, 431: R431}
+#: limit hits of this worker process (logged at a bounded rate)
+COUNTERS = limits.Counters()
+_ONE = (1).to_bytes(8, "little")
+
+
+def configure(worker, spec: dict) -> None:
+    """Sets the client limits a worker's connections read from it (from the spawn spec:
+    the [hostd] values, the pool's overrides, the connection-slot semaphores)."""
+    config = spec.get("config") or {}
+    worker.send_timeout = float(spec.get("send_timeout") or SEND_TIMEOUT)
+    worker.min_body_rate = int(spec.get("min_request_bytes_per_second") or 0)
+    body = config.get("max_body_size")
+    worker.max_body = int(body if body is not None else
+                          spec.get("max_body_size") or 100 << 20)
+    worker.max_bandwidth = int(config.get("max_bandwidth") or 0)
+    worker.throttles = {}
+    sems = list(spec.get("conn_sems") or [])
+    worker.csem = sems[0] if len(sems) > 0 else -1
+    worker.pool_csem = sems[1] if len(sems) > 1 else -1
+    worker.body_grace = float(spec.get("header_timeout") or 10.0)
 R503 = _error_response("503 Service Unavailable", "Service Unavailable")
 _BODY500 = b"Internal Server Error\n"
 
@@ -122,11 +145,12 @@ class _Gone(Exception):
     """The connection was closed or handed off while serving; stop using it."""
 
 
-class Request:
+class Request(limits.HeadState):
     """One parsed (or being parsed) request of a connection."""
 
     __slots__ = ("index", "env", "url", "headers_done", "complete", "buf", "discard",
-                 "head_size", "keep_alive", "expect", "http11")
+                 "head_size", "keep_alive", "expect", "http11", "host", "clen", "te",
+                 "got", "t0")
 
     def __init__(self, index: int, env: dict):
         self.index = index
@@ -137,6 +161,11 @@ class Request:
         self.buf = None          # bytearray of body bytes not yet read by the app
         self.discard = False     # body bytes are dropped (app finished)
         self.head_size = 0
+        self.host = None         # the shared head rules' state (hostd/limits.py)
+        self.clen = -1
+        self.te = False
+        self.got = 0             # body bytes received
+        self.t0 = 0.0            # when the app first waited for body bytes
 
 
 def _wait(fd: int, events: int, timeout: float) -> bool:
@@ -206,6 +235,9 @@ class Connection:
         self.last = 0.0
         self.nserved = 0
         self.max_head = worker.max_header_bytes
+        self.max_url = min(limits.MAX_URL_BYTES, self.max_head)
+        self.throttle = None
+        self.handed = False
         try:
             local = sock.getsockname()
             peer = sock.getpeername()
@@ -243,13 +275,15 @@ class Connection:
         r = self.cur
         r.url += url
         r.head_size += len(url)
-        if r.head_size > self.max_head:
-            raise _HeadTooLarge
+        if r.head_size > self.max_url:
+            raise limits.Reject(414, "request target too long")
 
     def on_header(self, name, value):
         r = self.cur
         if r.headers_done:
             return  # trailer fields of a chunked body: not part of the environ
+        if len(name) in limits.SPECIAL_LENGTHS:
+            r.rule_header(name, value)
         key = _hkeys.get(name)
         if key is None:
             key = _hkey(name)
@@ -275,6 +309,10 @@ class Connection:
             method = _methods[m] = m.decode("latin-1")
         env["REQUEST_METHOD"] = method
         ver = p.get_http_version()
+        if ver != "1.1":
+            r.rule_complete(ver)
+        if r.clen > self.worker.max_body:
+            raise limits.Reject(413, f"Content-Length {r.clen}")
         env["SERVER_PROTOCOL"] = _protocols.get(ver) or "HTTP/" + ver
         r.http11 = ver == "1.1"
         r.keep_alive = p.should_keep_alive()
@@ -283,6 +321,9 @@ class Connection:
 
     def on_body(self, body):
         r = self.cur
+        r.got += len(body)
+        if r.te and r.got > self.worker.max_body:
+            raise limits.Reject(413, "chunked body too large")
         if r.discard:
             return
         if r.buf is None:
@@ -311,10 +352,16 @@ class Connection:
         except HttpParserUpgrade:
             self.stopped = True
         except HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
+            ctx = exc.__context__
+            if isinstance(ctx, _HeadTooLarge):
                 self.broken = R431
+                COUNTERS.hit("head_too_large")
+            elif isinstance(ctx, limits.Reject):
+                self.broken = _REJECTS.get(ctx.status, R400)
+                COUNTERS.hit(f"reject_{ctx.status}", ctx.reason)
             else:
                 self.broken = R400
+                COUNTERS.hit("reject_400", str(exc))
             self.stopped = True
         else:
             r = self.cur
@@ -353,12 +400,24 @@ class Connection:
         if self.stopped:
             raise BadRequestBody("request body is malformed")
         sock = self.sock
+        worker = self.worker
         while True:
             try:
                 data = sock.recv(RECV_SIZE)
             except BlockingIOError:
-                if not _wait(self.fd, _POLLIN, BODY_TIMEOUT):
+                rate = worker.min_body_rate
+                if rate:
+                    # IIS MinBytesPerSec: after a grace period, the body must come in at
+                    # an average of at least `rate` bytes/s
+                    now = _monotonic()
+                    if not req.t0:
+                        req.t0 = now - req.got / rate
+                    wait = min(BODY_TIMEOUT, req.t0 + worker.body_grace + req.got / rate - now)
+                else:
+                    wait = BODY_TIMEOUT
+                if wait <= 0 or not _wait(self.fd, _POLLIN, wait):
                     self.close_after = True
+                    COUNTERS.hit("min_request_bytes_per_second" if rate else "body_timeout")
                     raise ClientDisconnected("timed out reading the request body") from None
                 continue
             except OSError as exc:
@@ -371,11 +430,14 @@ class Connection:
         self.feed(data)
         if self.broken is not None and not req.complete:
             self.close_after = True
-            raise BadRequestBody("request body is malformed")
+            raise BadRequestBody("request body is malformed or too large")
 
     # --- output --------------------------------------------------------------------
     def send(self, data) -> None:
         """Sends all of `data`, waiting (poll) while the socket buffer is full."""
+        if self.throttle is not None:
+            self._send_throttled(memoryview(data))
+            return
         try:
             n = self.sock.send(data)
         except BlockingIOError:
@@ -385,17 +447,39 @@ class Connection:
         self._send_rest(memoryview(data)[n:])
 
     def _send_rest(self, view) -> None:
+        """send_timeout bounds each wait for the client to make room (a client that
+        reads slowly but reads is not cut; one that stops reading is)."""
         sock = self.sock
-        deadline = time.monotonic() + SEND_TIMEOUT
+        timeout = self.worker.send_timeout
+        deadline = time.monotonic() + timeout
         while view:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not _wait(self.fd, _POLLOUT, remaining):
+                COUNTERS.hit("send_timeout")
                 raise ClientDisconnected("timed out sending the response")
             try:
                 n = sock.send(view)
             except BlockingIOError:
                 continue
             view = view[n:]
+            deadline = time.monotonic() + timeout
+
+    def _send_throttled(self, view) -> None:
+        """max_bandwidth: sends in slices, sleeping as the binding's token bucket says."""
+        throttle = self.throttle
+        step = max(4096, int(throttle.rate) // 20)
+        while view:
+            part = view[:step]
+            delay = throttle.take(len(part))
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                n = self.sock.send(part)
+            except BlockingIOError:
+                n = 0
+            if n < len(part):
+                self._send_rest(part[n:])
+            view = view[len(part):]
 
     def start_response(self, status, headers, exc_info=None):
         if exc_info is not None:
@@ -543,7 +627,7 @@ class Connection:
             st = os.fstat(fd)
         except Exception:
             return False
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) or self.throttle is not None:
             return False
         try:
             offset = f.tell()
@@ -559,13 +643,15 @@ class Connection:
         if self.clen is not None and self.clen > size:
             self.close_after = True
         sockfd = self.fd
-        deadline = time.monotonic() + SEND_TIMEOUT
+        send_timeout = self.worker.send_timeout
+        deadline = time.monotonic() + send_timeout
         while count > 0:
             try:
                 n = os.sendfile(sockfd, fd, offset, count)
             except BlockingIOError:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not _wait(sockfd, _POLLOUT, remaining):
+                    COUNTERS.hit("send_timeout")
                     raise ClientDisconnected("timed out sending the response") from None
                 continue
             if n == 0:
@@ -573,7 +659,7 @@ class Connection:
                 break
             offset += n
             count -= n
-            deadline = time.monotonic() + SEND_TIMEOUT
+            deadline = time.monotonic() + send_timeout
         self.body_sent = self.clen if self.clen is not None else size
         return True
 
@@ -586,6 +672,8 @@ class Connection:
         pending = self.pending
         try:
             while pending:
+                if self.broken is not None and not pending[0].complete:
+                    break   # its own body is malformed or too large: answer that instead
                 if not self._serve(pending[0]):
                     return False
                 pending.popleft()
@@ -619,6 +707,11 @@ class Connection:
         if route is None or route.pool != worker.pool:
             self.handoff()
             return False
+        if worker.max_bandwidth:
+            self.throttle = worker.throttles.get(route.binding.text)
+            if self.throttle is None:
+                self.throttle = worker.throttles[route.binding.text] = \
+                    limits.Throttle(worker.max_bandwidth)
         env["SCRIPT_NAME"] = script_name
         env["PATH_INFO"] = path_info
         env["QUERY_STRING"] = query
@@ -633,7 +726,9 @@ class Connection:
         self.chunked = False
         self.clen = None
         self.body_sent = 0
-        self.close_after = not req.keep_alive or self.stopped
+        # after an upgrade nothing more can be read: close; after a malformed request
+        # behind this one, its 400 follows this response and closes
+        self.close_after = not req.keep_alive or (self.stopped and self.broken is None)
         self.head_req = self.nobody = env["REQUEST_METHOD"] == "HEAD"
         self.http11 = req.http11
         self.req = req
@@ -690,12 +785,17 @@ class Connection:
         if self.closed:
             return
         worker = self.worker
-        if not isinstance(exc, (ClientDisconnected, BrokenPipeError, ConnectionResetError)):
+        if not isinstance(exc, (ClientDisconnected, BadRequestBody, BrokenPipeError,
+                                ConnectionResetError)):
             if isinstance(exc, HeaderError):
                 log.error("bad_response", str(exc), POOL=worker.pool)
             else:
                 log.error("app_error", traceback.format_exc(), POOL=worker.pool)
         if self.sent or isinstance(exc, ClientDisconnected):
+            self.close()
+            return
+        if isinstance(exc, BadRequestBody) and self.broken is not None:
+            self._send_quietly(self.broken)   # 400 or 413, not 500: the client's fault
             self.close()
             return
         self.sent = True
@@ -771,13 +871,21 @@ class Connection:
         if not self.worker.reroute_send(self.fd, data):
             self.close()
             return
+        self.handed = True   # the front end owns it now (and its global slot)
         self.close()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self.worker.forget(self)
+        worker = self.worker
+        worker.forget(self)
+        # the connection's slots (see hostd/frontend.py): the pool's always, the global
+        # one unless the front end took the connection back
+        if worker.pool_csem >= 0:
+            os.write(worker.pool_csem, _ONE)
+        if worker.csem >= 0 and not self.handed:
+            os.write(worker.csem, _ONE)
         try:
             self.sock.close()
         except OSError:

@@ -21,7 +21,7 @@ from hostd.router import Router, decode_path, normalise_host, split_target
 from kernel.fdpass import recv_into_with_fds, recv_with_fds, send_with_fds
 
 from .app import load_app
-from .http import Connection
+from .http import Connection, configure as configure_limits
 from .wsgi import ErrorStream, FileWrapper
 
 _IN = select.EPOLLIN
@@ -39,6 +39,7 @@ class Worker:
         self.worker_id = spec.get("worker_id", 0)
         self.max_header_bytes = int(spec.get("max_header_bytes") or 16384)
         self.keepalive_timeout = float(spec.get("keepalive_timeout") or 75.0)
+        configure_limits(self, spec)   # client limits (workers/http.py)
         self.threads = max(1, int(config.get("threads") or 1))
         self.inline = self.threads == 1
         self.app = app
