@@ -372,6 +372,62 @@ HEALTH_KEYS: dict[str, Key] = {
 POOL_KEYS["health"] = Table(HEALTH_KEYS, "health monitoring and rapid-fail protection",
                             build=lambda values: Health(**values))
 
+@dataclass(frozen=True)
+class Recycling:
+    """A pool's [recycling] table: when workers are replaced before they rot."""
+
+    overlapping: bool = True
+    time: float = 0.0
+    requests: int = 0
+    schedule: tuple[str, ...] = ()
+    private_memory: int = 0
+    virtual_memory: int = 0
+
+
+def _schedule(value, base) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be an array of \"HH:MM\" times, not {_type_name(value)}")
+    out = []
+    for i, item in enumerate(value):
+        m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", item) if isinstance(item, str) else None
+        if m is None:
+            raise ValueError(f"[{i}]: {item!r} is not a local time \"HH:MM\" (00:00 to 23:59)")
+        out.append(f"{int(m.group(1)):02d}:{m.group(2)}")
+    return tuple(out)
+
+
+def _size_or_zero(value, base) -> int:
+    if value == "0" or value == 0:
+        return 0
+    return _size(1 << 20, 1 << 50)(value, base)
+
+
+RECYCLING_KEYS: dict[str, Key] = {
+    "overlapping": Key(_bool, True, "start the replacement first (no request waits); false: stop, then start"),
+    "time": Key(_duration, 0.0, "recycle a worker after this long (\"0\" = off); staggered across a web garden"),
+    "requests": Key(_int(0), 0, "recycle a worker after this many requests (0 = off); staggered"),
+    "schedule": Key(_schedule, (), "local times of day (\"HH:MM\") at which every worker is recycled, one at a time"),
+    "private_memory": Key(_size_or_zero, 0, "recycle a worker whose cgroup memory passes this (\"0\" = off); a kernel event, not a poll"),
+    "virtual_memory": Key(_size_or_zero, 0, "recycle a worker whose VmSize passes this (\"0\" = off); checked every second"),
+}
+
+POOL_KEYS["recycling"] = Table(RECYCLING_KEYS, "when workers are recycled",
+                               build=lambda values: Recycling(**values))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A pool's [limits] table (the isolation work adds the pool-wide limits)."""
+
+    worker_memory_max: int = 0
+
+
+LIMITS_KEYS: dict[str, Key] = {
+    "worker_memory_max": Key(_size_or_zero, 0, "hard memory cap of each worker's cgroup (\"0\" = none); a worker reaching it is recycled at once"),
+}
+
+POOL_KEYS["limits"] = Table(LIMITS_KEYS, "resource limits", build=lambda values: Limits(**values))
+
 #: the keys of the main file's [hostd] table
 HOSTD_KEYS: dict[str, Key] = {
     "listen": Key(_listen, (("127.0.0.1", 8080),), "addresses the front ends bind"),
@@ -584,6 +640,8 @@ class PoolConfig:
     max_connections: int = 0
     max_body_size: int | None = None
     max_bandwidth: int = 0
+    recycling: Recycling = Recycling()
+    limits: Limits = Limits()
 
     def to_spec(self) -> dict:
         """Returns: a JSON-able dict of every field (paths as str, bindings as their
@@ -616,6 +674,12 @@ class PoolConfig:
         values["env"] = tuple(sorted(values["env"].items()))
         if "health" in values:
             values["health"] = Health(**values["health"])
+        if "recycling" in values:
+            rec = dict(values["recycling"])
+            rec["schedule"] = tuple(rec.get("schedule", ()))
+            values["recycling"] = Recycling(**rec)
+        if "limits" in values:
+            values["limits"] = Limits(**values["limits"])
         return cls(**values)
 
 

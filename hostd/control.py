@@ -4,7 +4,8 @@ hostctl. Served from the supervisor's loop: requests are tiny and answered at on
 
 Endpoints (later issues add more):
   GET  /status                     -> the status document (hostd.supervisor.status)
-  POST /pools/NAME/start|stop      -> {"ok": bool, "message": str}
+  POST /pools/NAME/start|stop|recycle -> {"ok": bool, "message": str}
+  POST /workers/PID/recycle        -> {"ok": bool, "message": str}
   POST /reload                     -> {"ok": true, "message": ...}
   GET  /orphans                    -> {"orphans": [{"pool", "pid", "id", "reason", "orphaned_for", "rss"}]}
   POST /orphans/PID/kill           -> {"ok": bool, "message": str}
@@ -104,12 +105,21 @@ class ControlServer:
                     return 400, {"ok": False, "message": f"not a pid: {parts[1]!r}"}
                 ok, message = sup.kill_orphan(pid)
                 return (200 if ok else 404), {"ok": ok, "message": message}
+            if len(parts) == 3 and parts[0] == "workers" and parts[2] == "recycle" and method == "POST":
+                try:
+                    pid = int(parts[1])
+                except ValueError:
+                    return 400, {"ok": False, "message": f"not a pid: {parts[1]!r}"}
+                ok, message = sup.recycle_worker(pid)
+                return (200 if ok else 404 if "no worker" in message else 409), \
+                    {"ok": ok, "message": message}
             if parts == ["reload"] and method == "POST":
                 sup.reload()
                 return 200, {"ok": True, "message": "reloaded"}
             if len(parts) == 3 and parts[0] == "pools" and method == "POST":
                 name, action = parts[1], parts[2]
-                actions = {"start": sup.start_pool, "stop": sup.stop_pool}
+                actions = {"start": sup.start_pool, "stop": sup.stop_pool,
+                           "recycle": sup.recycle_pool}
                 if action not in actions:
                     return 404, {"ok": False, "message": f"unknown pool action {action!r}"}
                 ok, message = actions[action](name)

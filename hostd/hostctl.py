@@ -1,7 +1,8 @@
 """`hostctl`: drive a running hostd through its control socket.
 
   hostctl [--config PATH | --socket PATH] status [--json]
-  hostctl [...] pool start|stop NAME [--json]
+  hostctl [...] pool start|stop|recycle NAME [--json]
+  hostctl [...] worker recycle PID [--json]
   hostctl [...] orphans [--json]
   hostctl [...] orphan kill PID [--json]
   hostctl [...] reload [--json]
@@ -72,10 +73,14 @@ def show_status(doc: dict) -> str:
     errors = [f"  {p['name']}: {p['error']}" for p in doc["pools"] if p.get("error")]
     if errors:
         out.append("\nerrors:\n" + "\n".join(errors))
-    workers = [[p["name"], w["pid"], w["state"], w["requests"], _mib(w["rss"])]
+    import time as _t
+    workers = [[p["name"], w["pid"], w["state"], w["requests"], _mib(w["rss"]),
+                _t.strftime("%H:%M:%S", _t.localtime(w.get("started", 0))),
+                w.get("last_recycle_reason") or "-"]
                for p in doc["pools"] for w in p["workers"]]
     if workers:
-        out.append("\n" + table(workers, ["POOL", "PID", "STATE", "REQUESTS", "RSS"]))
+        out.append("\n" + table(workers, ["POOL", "PID", "STATE", "REQUESTS", "RSS", "STARTED",
+                                           "LAST RECYCLE"]))
     return "\n".join(out)
 
 
@@ -88,9 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="pools, bindings and workers")
     st.add_argument("--json", action="store_true")
     pl = sub.add_parser("pool", help="start or stop a pool")
-    pl.add_argument("action", choices=["start", "stop"])
+    pl.add_argument("action", choices=["start", "stop", "recycle"])
     pl.add_argument("name")
     pl.add_argument("--json", action="store_true")
+    wk = sub.add_parser("worker", help="recycle a worker")
+    wk.add_argument("action", choices=["recycle"])
+    wk.add_argument("pid", type=int)
+    wk.add_argument("--json", action="store_true")
     orp = sub.add_parser("orphans", help="workers kept alive for debugging ([health] orphan)")
     orp.add_argument("--json", action="store_true")
     ok = sub.add_parser("orphan", help="end an orphaned worker")
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             code, doc = call(path, "GET", "/status")
         elif args.cmd == "pool":
             code, doc = call(path, "POST", f"/pools/{args.name}/{args.action}")
+        elif args.cmd == "worker":
+            code, doc = call(path, "POST", f"/workers/{args.pid}/{args.action}")
         elif args.cmd == "orphans":
             code, doc = call(path, "GET", "/orphans")
         elif args.cmd == "orphan":

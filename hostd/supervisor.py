@@ -33,6 +33,7 @@ from hostd.lifecycle import (WORKER_ALIVE, PoolState, RapidFail, WorkerState,
 from hostd.router import Router
 from hostd.sdnotify import Notifier
 from kernel import cgroups as kcgroups
+from kernel import memevents
 from kernel import fdpass, proc, sockets
 
 P, W = PoolState, WorkerState
@@ -71,6 +72,15 @@ class Worker:
         self.last_ping: float | None = None
         self.reason = ""                        # why it was drained/killed/orphaned
         self.cgroup = None                      # kernel.cgroups.Cgroup, when available
+        self.memwatch = None                    # kernel.memevents.MemoryWatch
+        self.slot = 0                           # its place in the web garden at spawn
+        self.spawn_reason = ""                  # why it started (a recycle's reason)
+        self.recycling = ""                     # set once a recycle of it has begun
+        self.respawn_after = False              # non-overlapping recycle: spawn on exit
+        self.recycle_at: float | None = None    # [recycling] time deadline (monotonic)
+        self.request_limit = 0                  # [recycling] requests limit
+        self.oom = False
+        self.recycle_started = 0.0
 
     @property
     def state(self) -> WorkerState:
@@ -111,6 +121,10 @@ class Pool:
         self.watch_demand = False
         self.watch_parked = False
         self.last_shrink = 0.0
+        self.recycles: collections.Counter = collections.Counter()   # reason -> count
+        self.pending_recycles: collections.deque = collections.deque()
+        self.schedule_fired: set[str] = set()   # "YYYY-MM-DD HH:MM" already done
+        self.served_by_gone = 0                 # requests of workers that have exited
 
     @property
     def state(self) -> PoolState:
@@ -161,6 +175,7 @@ class Supervisor:
         self.started_at = time.time()
         self.start_mono = time.monotonic()
         self.next_idle_check = 0.0
+        self.next_second = 0.0
         self.notify = Notifier()
         self.actions: dict[int, tuple] = {}    # orphan_action pid -> (worker, cmd, proc, output)
         self.cgroups = None                    # kernel.cgroups tree, when available
@@ -491,7 +506,7 @@ class Supervisor:
         which route it again (to the pool that took the binding over, or 404)."""
         while pool.parked:
             fd, buf = pool.parked.popleft()
-            self._send_reroute(fd, buf)
+            self._send_reroute(fd, buf, pool)
         while True:
             try:
                 data, fds = fdpass.recv_with_fds(pool.queue_out, protocol.MAX_HANDOFF_BYTES,
@@ -623,12 +638,24 @@ class Supervisor:
         wid = next(self.worker_ids[pool.name])
         worker = Worker(pool, wid, pool.generation)
         ctl_mine, ctl_theirs = sockets.seqpacket_pair()
+        worker.slot = len(pool.alive())
+        worker.spawn_reason = reason
+        self._plan_recycle(pool, worker, first_life=not reason.startswith("recycle"))
         if self.cgroups is not None:
             try:
                 worker.cgroup = self.cgroups.worker(pool.name, wid)
+                self._memory_limits(pool, worker)
             except OSError as exc:
-                log.error("cgroup_failed", f"cannot create the worker's cgroup: {exc}",
+                log.error("cgroup_failed", f"worker cgroup of pool {pool.name}: {exc}",
                           POOL=pool.name)
+                if worker.cgroup is not None:
+                    try:
+                        worker.cgroup.remove()
+                    except OSError:
+                        pass
+                worker.close()
+                self._count_failure(worker, f"cgroup: {exc}")
+                return None
         spec = {"pool": pool.name, "worker_id": wid, "generation": pool.generation,
                 "cgroup_procs": worker.cgroup.procs_files() if worker.cgroup else [],
                 "max_header_bytes": self.main.max_header_bytes, **self._limit_settings(),
@@ -693,7 +720,10 @@ class Supervisor:
                     self._unhealthy(worker, "every app thread is stuck on the same request "
                                     f"for over {worker.pool.cfg.health.ping_timeout:g}s")
             elif kind == "unhealthy":
-                if worker.state == W.READY:
+                if worker.state == W.READY and msg.get("app"):
+                    # the app asked for it (workers.report_unhealthy): a recycle
+                    self.recycle(worker, "app: " + str(msg.get("reason", ""))[:200])
+                elif worker.state == W.READY:
                     self._unhealthy(worker, str(msg.get("reason", "reported by the worker")))
 
     def _worker_ready(self, worker: Worker) -> None:
@@ -708,9 +738,19 @@ class Supervisor:
         if pool.state == P.STARTING:
             pool.life.to(P.STARTED, f"worker {worker.id} ready")
             self._broadcast_pools()
+        if worker.spawn_reason.startswith("recycle: ") and worker.replaces is None:
+            log.info("recycle_ready", f"replacement worker {pool.name}#{worker.id} ready",
+                     POOL=pool.name, WORKER_PID=worker.pid,
+                     REASON=worker.spawn_reason[len("recycle: "):],
+                     ELAPSED_MS=round((time.monotonic() - worker.spawned_at) * 1000, 1))
         if worker.replaces is not None:
             # overlapping recycle: the replacement is ready, the old one drains now
-            self._drain(worker.replaces, worker.replaces.reason or "replaced")
+            old = worker.replaces
+            log.info("recycle_ready", f"replacement of worker {pool.name}#{old.id} ready",
+                     POOL=pool.name, WORKER_PID=worker.pid, OLD_PID=old.pid,
+                     REASON=old.recycling,
+                     ELAPSED_MS=round((time.monotonic() - old.recycle_started) * 1000, 1))
+            self._drain(old, old.reason or "replaced")
             worker.replaces = None
         elif worker.generation == pool.generation:
             # an overlapping replacement: the oldest worker of an older generation goes
@@ -795,6 +835,8 @@ class Supervisor:
             reason = "startup failed: " + (worker.startup_error.strip().splitlines()[-1]
                                            if worker.startup_error else f"exit {code}")
             failed = True
+        elif worker.oom and code == -signal.SIGKILL:
+            reason, failed = "killed by the OOM killer (oom_kill)", True
         elif expected:
             reason, failed = f"exited ({_exit_text(code)})", False
         else:
@@ -809,14 +851,19 @@ class Supervisor:
     def _worker_gone(self, worker: Worker, failed: bool, reason: str) -> None:
         pool = worker.pool
         if worker.board is not None:
-            held = worker.stats()["connections"]
-            if held:   # it died holding connections: their slots
-                sockets.give_slot(self._limit_settings()["conn_sem"], held)
+            stats = worker.stats()
+            pool.served_by_gone += stats["requests"]
+            if stats["connections"]:   # it died holding connections: their slots
+                sockets.give_slot(self._limit_settings()["conn_sem"], stats["connections"])
                 if pool.csem >= 0:
-                    sockets.give_slot(pool.csem, held)
+                    sockets.give_slot(pool.csem, stats["connections"])
         if worker.ctl is not None:
             self._unwatch(worker.ctl.fileno())
         worker.close()
+        if worker.memwatch is not None:
+            self._unwatch(worker.memwatch.fileno())
+            worker.memwatch.close()
+            worker.memwatch = None
         if worker.cgroup is not None:
             # whatever the worker started dies with it (a double-forked daemon too)
             try:
@@ -837,8 +884,16 @@ class Supervisor:
         elif pool.state in (P.STARTED,) and pool.cfg is not None and \
                 pool.cfg.start_mode == "always_running" and not pool.alive() and not self.stopping:
             self._spawn(pool, "always_running")
+        if worker.replaces is not None:
+            # the replacement died before it was ready: the old worker keeps serving,
+            # and may be recycled again by the next trigger
+            worker.replaces.recycling = ""
+            worker.replaces = None
+        if worker.respawn_after and pool.state == P.STARTED and not self.stopping:
+            self._spawn(pool, f"recycle: {worker.recycling}")
         self._update_demand(pool)
         self._maybe_stopped(pool)
+        self._next_recycle(pool)
 
     def _frontend_exited(self, slot: int, status: int) -> None:
         fe = self.frontends.pop(slot, None)
@@ -869,9 +924,13 @@ class Supervisor:
 
     # ============================================================ the tick
     def _tick(self, now: float) -> None:
+        second = now >= self.next_second
+        if second:
+            self.next_second = now + 1.0
         for pool in self.pools.values():
             if pool.state == P.STARTED and pool.cfg is not None and not self.stopping:
                 self._grow(pool)
+                self._check_recycling(pool, now, second)
             for w in list(pool.workers.values()):
                 if w.state == W.SPAWNING and w.drain_at is not None and w.pid is not None:
                     self._drain(w, w.drain_reason)
@@ -1036,6 +1095,151 @@ class Supervisor:
                     return True, f"orphan {pid} of pool {p.name} killed"
         return False, f"no orphaned worker with pid {pid}"
 
+    # ============================================================ recycling
+    def _plan_recycle(self, pool: Pool, worker: Worker, first_life: bool) -> None:
+        """Time and request limits of a new worker. A garden's first workers get
+        staggered fractions ((slot+1)/N) so they never all recycle at once; the
+        replacements then keep that spread with full periods."""
+        r = pool.cfg.recycling
+        n = max(pool.cfg.processes, 1)
+        share = (min(worker.slot, n - 1) + 1) / n if first_life else 1.0
+        if r.time > 0:
+            worker.recycle_at = time.monotonic() + r.time * share
+        if r.requests > 0:
+            worker.request_limit = max(1, int(r.requests * share))
+
+    def _memory_limits(self, pool: Pool, worker: Worker) -> None:
+        """worker_memory_max on the worker's cgroup, and the kernel watch that recycles at
+        private_memory (v2 memory.high + memory.events; v1 eventfd thresholds)."""
+        cg, tree = worker.cgroup, self.cgroups
+        limit = pool.cfg.limits.worker_memory_max
+        high = pool.cfg.recycling.private_memory
+        if not limit and not high:
+            return
+        if tree.version == 2:
+            if limit:
+                cg.write("memory.max", str(limit))
+            if high:
+                cg.write("memory.high", str(high))
+            directory = cg.dirs.get("") or next(iter(cg.dirs.values()))
+        else:
+            if limit:
+                cg.write("memory.limit_in_bytes", str(limit))
+            directory = cg.dirs["memory"]
+        worker.memwatch = memevents.MemoryWatch(directory, tree.version, high, limit)
+        self._watch(worker.memwatch.fileno(), lambda ev, w=worker: self._memory_event(w))
+
+    def _memory_event(self, worker: Worker) -> None:
+        if worker.memwatch is None:
+            return
+        events = worker.memwatch.read()
+        if memevents.OOM in events:
+            worker.oom = True
+            log.error("oom", f"worker {worker.pool.name}#{worker.id} pid {worker.pid}: "
+                      "OOM kill in its cgroup", POOL=worker.pool.name, WORKER_PID=worker.pid,
+                      REASON="oom_kill")
+        if memevents.MAX in events:
+            # at its hard limit: recycle now, before the OOM killer picks it
+            self.recycle(worker, "memory_max", urgent=True)
+        elif memevents.HIGH in events:
+            self.recycle(worker, "private_memory")
+
+    def recycle(self, worker: Worker, reason: str, urgent: bool = False) -> bool:
+        """Recycles one worker: overlapping (replacement first, then drain) or not
+        (drain, then start). One recycle at a time per pool; others wait their turn,
+        except urgent ones (a worker at its memory limit). Returns False when the
+        worker is not in a state to be recycled."""
+        pool = worker.pool
+        if urgent and worker.recycling and worker.state == W.READY:
+            # already being replaced, but at its limit: stop it taking work right now
+            # (connections wait in the queue for the replacement, none is lost)
+            self._drain(worker, f"recycle: {reason}")
+            return True
+        if worker.state not in (W.READY, W.STARTING) or worker.recycling:
+            return False
+        if not urgent and self._recycle_busy(pool):
+            if all(w is not worker for w, _ in pool.pending_recycles):
+                pool.pending_recycles.append((worker, reason))
+            return True
+        worker.recycling = reason
+        worker.recycle_started = time.monotonic()
+        pool.recycles[reason] += 1
+        served = sum(w.stats()["requests"] for w in pool.workers.values() if w.board is not None)
+        log.notice("recycle", f"recycling worker {pool.name}#{worker.id} pid {worker.pid} "
+                   f"({reason})", POOL=pool.name, WORKER_PID=worker.pid, REASON=reason,
+                   WORKER_REQUESTS=worker.stats()["requests"] if worker.board else 0,
+                   POOL_REQUESTS=served + pool.served_by_gone)
+        worker.reason = f"recycle: {reason}"
+        if reason in _MEMORY_REASONS and pool.state == P.STARTED and not self.stopping:
+            # a worker that is growing must not take one more request: it drains now
+            # (idle keep-alive connections go back to the front ends) while its
+            # replacement starts; meanwhile connections wait in the queue
+            self._spawn(pool, f"recycle: {reason}")
+            self._drain(worker, worker.reason)
+            return True
+        if pool.cfg.recycling.overlapping and pool.state == P.STARTED and not self.stopping:
+            new = self._spawn(pool, f"recycle: {reason}")
+            if new is not None:
+                new.replaces = worker
+                return True
+        worker.respawn_after = pool.state == P.STARTED and not self.stopping
+        self._drain(worker, worker.reason)
+        return True
+
+    def _recycle_busy(self, pool: Pool) -> bool:
+        return any(w.replaces is not None or (w.recycling and w.state in (W.DRAINING, W.STOPPING))
+                   for w in pool.workers.values())
+
+    def _next_recycle(self, pool: Pool) -> None:
+        while pool.pending_recycles and not self._recycle_busy(pool):
+            worker, reason = pool.pending_recycles.popleft()
+            if worker.state == W.READY and not worker.recycling:
+                self.recycle(worker, reason)
+
+    def recycle_pool(self, name: str) -> tuple[bool, str]:
+        """`hostctl pool recycle`: every worker, one at a time."""
+        pool = self.pools.get(name)
+        if pool is None:
+            return False, f"no pool named {name}"
+        workers = [w for w in pool.workers.values() if w.state == W.READY]
+        for w in workers:
+            self.recycle(w, "on_demand")
+        return True, f"recycling {len(workers)} worker(s) of pool {name}"
+
+    def recycle_worker(self, pid: int) -> tuple[bool, str]:
+        """`hostctl worker recycle PID`."""
+        for pool in self.pools.values():
+            for w in pool.workers.values():
+                if w.pid == pid:
+                    if self.recycle(w, "on_demand"):
+                        return True, f"recycling worker {pid} of pool {pool.name}"
+                    return False, f"worker {pid} is {w.state.value}"
+        return False, f"no worker with pid {pid}"
+
+    def _check_recycling(self, pool: Pool, now: float, second: bool) -> None:
+        """Time, requests, virtual memory and schedule triggers (the memory ones are
+        kernel events, see _memory_event)."""
+        r = pool.cfg.recycling
+        for w in list(pool.workers.values()):
+            if w.state != W.READY or w.recycling:
+                continue
+            if w.recycle_at is not None and now >= w.recycle_at:
+                w.recycle_at = None
+                self.recycle(w, "time")
+            elif w.request_limit and w.board is not None and \
+                    w.board.read()["requests"] >= w.request_limit:
+                w.request_limit = 0
+                self.recycle(w, "requests")
+            elif second and r.virtual_memory and _vmsize(w.pid) > r.virtual_memory:
+                self.recycle(w, "virtual_memory")
+        if second and r.schedule:
+            stamp = time.strftime("%Y-%m-%d %H:%M")
+            hhmm = stamp[-5:]
+            if hhmm in r.schedule and stamp not in pool.schedule_fired:
+                pool.schedule_fired = {stamp}
+                for w in [w for w in pool.workers.values() if w.state == W.READY]:
+                    self.recycle(w, "schedule")
+
     def _grow(self, pool: Pool) -> None:
         """Web garden growth: a connection waiting while every worker is busy (workers
         pull only when they have capacity) adds a worker, one at a time."""
@@ -1132,8 +1336,9 @@ class Supervisor:
         pool.generation += 1
         if cfg.queue_length != pool.queue_len:
             self._resize_queue(pool, cfg.queue_length)
-        log.info("pool_changed", f"pool {pool.name} changed; replacing its workers",
-                 POOL=pool.name, REASON="config")
+        log.notice("recycle", f"pool {pool.name} changed; replacing its workers",
+                   POOL=pool.name, REASON="config")
+        pool.recycles["config"] += sum(1 for w in pool.workers.values() if w.state in WORKER_ALIVE)
         old = [w for w in pool.workers.values() if w.state in WORKER_ALIVE]
         for w in old:
             if w.state in (W.SPAWNING, W.STARTING):
@@ -1284,7 +1489,11 @@ class Supervisor:
                                 "requests": s["requests"], "active": s["active"],
                                 "connections": s["connections"], "rss": _rss(w.pid),
                                 "generation": w.generation,
-                                "started": round(w.started_wall, 3)})
+                                "started": round(w.started_wall, 3),
+                                "start_reason": w.spawn_reason,
+                                "last_recycle_reason": w.spawn_reason[len("recycle: "):]
+                                if w.spawn_reason.startswith("recycle: ") else None,
+                                "recycling": w.recycling or None})
             queued = self.pools[pool.name].queue_len - _sem_value(pool)
             pools.append({"name": pool.name, "state": pool.state.value,
                           "bindings": [b.text for b in pool.cfg.bindings] if pool.cfg else [],
@@ -1292,12 +1501,17 @@ class Supervisor:
                           "processes": pool.cfg.processes if pool.cfg else 0,
                           "start_mode": pool.cfg.start_mode if pool.cfg else None,
                           "error": pool.error,
+                          "recycles": dict(pool.recycles),
                           "file": str(pool.cfg.file) if pool.cfg else None})
         return {"pid": self.pid, "started": round(self.started_at, 3),
                 "listen": [_show_addr(h, p) for h, p in self.main.listen],
                 "frontends": [{"slot": fe.slot, "pid": fe.pid} for fe in
                               sorted(self.frontends.values(), key=lambda f: f.slot)],
                 "zygote": self.zygote_pid, "pools": pools}
+
+
+#: recycle reasons for a worker whose memory grows: it stops taking work at once
+_MEMORY_REASONS = frozenset({"private_memory", "memory_max"})
 
 
 def _sem_value(pool: Pool) -> int:
@@ -1310,6 +1524,17 @@ def _sem_value(pool: Pool) -> int:
 def _readable(sock: socket.socket) -> bool:
     r, _, _ = select.select([sock], [], [], 0)
     return bool(r)
+
+
+def _vmsize(pid: int | None) -> int:
+    """VmSize in bytes (0 when unknown)."""
+    if not pid:
+        return 0
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _rss(pid: int | None) -> int:

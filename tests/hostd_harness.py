@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -202,3 +204,64 @@ class Hostd:
                     break
                 out += chunk
             return out
+
+
+class Load:
+    """Keep-alive clients hammering pools until stopped; counts failures."""
+
+    def __init__(self, h: "Hostd", hosts: list[str], clients: int = 50, new_conn: bool = False,
+                 path: str = "/"):
+        self.h, self.hosts, self.new_conn, self.path = h, hosts, new_conn, path
+        self.latencies: list[float] = []
+        self.pids: collections.Counter = collections.Counter()
+        self.stop_flag = threading.Event()
+        self.ok = 0
+        self.failures: list = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+
+    def _run(self, i: int) -> None:
+        host = self.hosts[i % len(self.hosts)]
+        conn = None
+        while not self.stop_flag.is_set():
+            try:
+                if conn is None:
+                    conn = self.h.connect(timeout=30)
+                t0 = time.monotonic()
+                conn.request("GET", self.path, headers={"Host": host})
+                resp = conn.getresponse()
+                body = resp.read()      # IncompleteRead on a truncated response
+                if resp.status != 200:
+                    raise RuntimeError(f"{resp.status} {body[:200]!r}")
+                with self.lock:
+                    self.ok += 1
+                    self.latencies.append(time.monotonic() - t0)
+                    if body.isdigit():
+                        self.pids[int(body)] += 1
+                if self.new_conn or resp.will_close:
+                    conn.close()
+                    conn = None
+            except Exception as exc:
+                with self.lock:
+                    self.failures.append((host, repr(exc)))
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(60)
+
+
+
+    def p99(self) -> float:
+        lat = sorted(self.latencies)
+        return lat[int(len(lat) * 0.99)] if lat else 0.0

@@ -508,6 +508,12 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
         signal.signal(signal.SIGTERM, worker._on_signal)
     except ValueError:
         pass
+    import workers as _api
+
+    def _report(reason: str) -> bool:
+        worker._ctl_send({"t": "unhealthy", "app": True, "reason": reason})
+        return worker.ctl_open
+    _api._reporter = _report
     try:
         ctl.send(protocol.encode({"t": protocol.READY}))
     except OSError:

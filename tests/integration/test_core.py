@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from hostd_harness import APPS, REPO, Hostd
+from hostd_harness import APPS, REPO, Hostd, Load
 
 
 def pool(bindings, app="core_app:application", **kw):
@@ -245,54 +245,6 @@ def test_check_config_reports_every_error(tmp_path):
                         str(tmp_path / "hostd.toml")], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r
     assert "a.test" in r.stdout
-
-
-class Load:
-    """Keep-alive clients hammering pools until stopped; counts failures."""
-
-    def __init__(self, h: Hostd, hosts: list[str], clients: int = 50, new_conn: bool = False):
-        self.h, self.hosts, self.new_conn = h, hosts, new_conn
-        self.stop_flag = threading.Event()
-        self.ok = 0
-        self.failures: list = []
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
-
-    def _run(self, i: int) -> None:
-        host = self.hosts[i % len(self.hosts)]
-        conn = None
-        while not self.stop_flag.is_set():
-            try:
-                if conn is None:
-                    conn = self.h.connect(timeout=30)
-                conn.request("GET", "/", headers={"Host": host})
-                resp = conn.getresponse()
-                body = resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"{resp.status} {body[:200]!r}")
-                with self.lock:
-                    self.ok += 1
-                if self.new_conn or resp.will_close:
-                    conn.close()
-                    conn = None
-            except Exception as exc:
-                with self.lock:
-                    self.failures.append((host, repr(exc)))
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_flag.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def test_reload_under_load_add_remove_change(tmp_path):

@@ -254,7 +254,13 @@ env = {{ DJANGO_SETTINGS_MODULE = "shop.settings", B = "" }}
     ('env = { "" = "1" }', "env."),
     ('env = { A = "a\\u0000b" }', "env.A"),
     ("workers = 2", "workers"),
-    ("[limits]", "limits"),
+    ("[isolation]", "isolation"),
+    ('[recycling]\nschedule = ["25:00"]', "recycling.schedule"),
+    ('[recycling]\nschedule = "03:00"', "recycling.schedule"),
+    ('[recycling]\nrequests = -1', "recycling.requests"),
+    ('[recycling]\nprivate_memory = "lots"', "recycling.private_memory"),
+    ('[recycling]\novertime = 1', "recycling.overtime"),
+    ('[limits]\nworker_memory_max = "12Q"', "limits.worker_memory_max"),
     ("[health]\ninterval = 1", "health.interval"),
     ('[health]\nping_timeout = "0"', "health.ping_timeout"),
     ('[health]\nunhealthy_action = "restart"', "health.unhealthy_action"),
@@ -281,9 +287,9 @@ def test_pool_required_keys(site, missing):
 
 def test_pool_collects_all_problems_of_a_file(site):
     errors = pool_errors(site, 'app = "x"\ndirectory = "nope"\nbindings = ["a*.b", "ok", ":0"]\n'
-                               'threads = 0\n[limits]\n')
+                               'threads = 0\n[isolation]\n')
     assert set(errors) == {"app", "directory", "bindings[0]", "bindings[2]", "threads",
-                           "limits"}
+                           "isolation"}
 
 
 def test_pool_virtualenv_version_from_pyvenv_cfg(site):
@@ -428,7 +434,10 @@ def test_to_spec_is_json_and_round_trips(site):
         "health": {"ping_interval": 30.0, "ping_timeout": 90.0, "request_timeout": 0.0,
                    "startup_limit": 90.0, "shutdown_limit": 90.0, "rapid_fail_max_crashes": 5,
                    "rapid_fail_interval": 300.0, "unhealthy_action": "recycle",
-                   "orphan": False, "orphan_action": ""}}
+                   "orphan": False, "orphan_action": ""},
+        "recycling": {"overlapping": True, "time": 0.0, "requests": 0, "schedule": [],
+                      "private_memory": 0, "virtual_memory": 0},
+        "limits": {"worker_memory_max": 0}}
     assert PoolConfig.from_spec(spec) == pool
 
 
@@ -475,8 +484,9 @@ def test_check_config_main_syntax_error(site):
 def test_every_key_is_documented():
     from hostd.config import HOSTD_KEYS, POOL_KEYS
     docs = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    from hostd.config import HEALTH_KEYS
-    missing = [k for k in [*HOSTD_KEYS, *POOL_KEYS, *HEALTH_KEYS] if f"| `{k}` |" not in docs]
+    from hostd.config import HEALTH_KEYS, LIMITS_KEYS, RECYCLING_KEYS
+    missing = [k for k in [*HOSTD_KEYS, *POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS]
+               if f"| `{k}` |" not in docs]
     assert missing == []
 
 
@@ -498,3 +508,14 @@ def test_health_table_defaults_and_inheritance(site, tmp_path):
     assert (b.ping_interval, b.shutdown_limit, b.orphan) == (5.0, 10.0, False)
     assert b.ping_timeout == Health().ping_timeout == 90.0
     assert PoolConfig.from_spec(pools["a"].to_spec()) == pools["a"]
+
+
+def test_recycling_and_limits_tables(site):
+    pool = load_one(site, BASE + '[recycling]\noverlapping = false\ntime = "29h"\nrequests = 300\n'
+                    'schedule = ["3:00", "23:59"]\nprivate_memory = "300M"\n'
+                    '[limits]\nworker_memory_max = "256M"\n')
+    r = pool.recycling
+    assert (r.overlapping, r.time, r.requests, r.schedule, r.private_memory, r.virtual_memory) == \
+        (False, 29 * 3600.0, 300, ("03:00", "23:59"), 300 << 20, 0)
+    assert pool.limits.worker_memory_max == 256 << 20
+    assert PoolConfig.from_spec(json.loads(json.dumps(pool.to_spec()))) == pool
