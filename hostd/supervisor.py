@@ -537,7 +537,25 @@ class Supervisor:
         os.close(fd)
 
     # ============================================================ pools
+    def _unsupported(self, cfg) -> str | None:
+        """What this host cannot apply of a pool's config (a clear error, never ignored)."""
+        if self.cgroups is None:
+            wanted = [k for k, v in (("limits.worker_memory_max", cfg.limits.worker_memory_max),
+                                     ("recycling.private_memory", cfg.recycling.private_memory))
+                      if v]
+            if wanted:
+                return (f"{cfg.file}: {', '.join(wanted)}: needs cgroups, which this hostd "
+                        "does not have (run it as root on a host with cgroups)")
+        return None
+
     def _add_pool(self, name: str, cfg) -> Pool:
+        problem = self._unsupported(cfg)
+        if problem is not None:
+            pool = Pool(name, cfg, error=problem)
+            pool.life.to(P.FAILED, "configuration cannot be applied")
+            log.error("config_error", problem, POOL=name)
+            self.pools[name] = pool
+            return pool
         pool = Pool(name, cfg)
         self.pools[name] = pool
         self.worker_ids.setdefault(name, itertools.count(1))
@@ -1315,6 +1333,12 @@ class Supervisor:
                 self._add_pool(name, cfg)
             elif old.cfg is None:
                 self._retire(self.pools.pop(name), "configuration fixed")
+                self._add_pool(name, cfg)
+            elif old.cfg != cfg and self._unsupported(cfg) is not None:
+                self._retire(self.pools.pop(name), "configuration cannot be applied")
+                self._add_pool(name, cfg)
+            elif old.cfg != cfg and old.state == P.FAILED:
+                self._retire(self.pools.pop(name), "configuration changed")
                 self._add_pool(name, cfg)
             elif old.cfg != cfg:
                 self._change_pool(old, cfg)

@@ -209,3 +209,22 @@ def test_idle_keepalive_connection_moves_to_another_worker(tmp_path):
         assert st[second]["started"] > 0
     finally:
         h.stop()
+
+
+def test_memory_limits_without_cgroups_are_an_error_not_ignored(tmp_path):
+    """Without cgroups (no root) a memory limit cannot be applied: the pool must fail
+    with an error naming file and keys. The suite runs as root with cgroups, so the
+    supervisor's check is driven directly with a tree-less supervisor."""
+    from hostd.config import Limits, PoolConfig, Recycling
+    from hostd.supervisor import Supervisor
+    sup = Supervisor.__new__(Supervisor)
+    sup.cgroups = None
+    cfg = PoolConfig(name="m", file=tmp_path / "m.toml", app="a:b", directory=tmp_path,
+                     virtualenv=None, bindings=(), start_mode="on_demand", processes=1,
+                     threads=1, queue_length=10, idle_timeout=0.0,
+                     load_balancer_capabilities="http_503", env=(),
+                     limits=Limits(worker_memory_max=1 << 28),
+                     recycling=Recycling(private_memory=1 << 27))
+    problem = sup._unsupported(cfg)
+    assert "limits.worker_memory_max" in problem and "recycling.private_memory" in problem
+    assert "m.toml" in problem
