@@ -1,28 +1,140 @@
-"""Events and messages, one line each.
+"""Events and messages, one record each.
 
-Every record is an event name plus key=value fields and a syslog priority. Here they go
-to stderr as `<PRIO>EVENT key=value ...` (the prefix is what systemd's stderr capture and
-`logger --prio-prefix` understand). The journald native backend of the systemd issue
-plugs in behind `emit`.
+Every record is an event name plus key=value fields and a syslog priority. Two backends,
+chosen once per process tree at the first record (`backend()`):
 
-Values with spaces, quotes or newlines are written as JSON strings, so a line can
-always be split back into its fields.
+* stderr (no journal, or stderr is a terminal): `<PRIO>EVENT key=value ...` one line
+  each (the prefix is what systemd's stderr capture and `logger --prio-prefix`
+  understand). Values with spaces, quotes or newlines are written as JSON strings, so a
+  line can always be split back into its fields. Tests parse this format: keep it.
+* journald's native protocol (the journal socket exists and stderr is not a tty, or
+  $JOURNAL_STREAM names our stderr): one datagram per record to
+  /run/systemd/journal/socket with MESSAGE=, PRIORITY=, SYSLOG_IDENTIFIER=hostd,
+  EVENT=, MESSAGE_ID= (fixed per event: `MESSAGE_IDS`, explained for `journalctl -x`
+  by systemd/hostd.catalog), HOSTD_PROCESS= and the record's own fields (POOL=,
+  WORKER_PID=, REASON=, ...). Multi-line values use the length-prefixed binary form.
+  $HOSTD_LOG=stderr|journal forces a backend; $HOSTD_JOURNAL_SOCKET another socket.
+
+Every process (supervisor, front ends, zygote, workers) uses it: the journal socket is
+made again in a forked child (the parent's descriptor is closed by close_fds_except).
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
+import stat
+import struct
 import sys
+import uuid
 
 EMERG, ALERT, CRIT, ERR, WARNING, NOTICE, INFO, DEBUG = range(8)
 
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+IDENTIFIER = "hostd"
+
 _proc = "hostd"
+
+#: MESSAGE_ID= of each event: uuid5 of "hostd.<event>" in this namespace, so an id never
+#: changes (events not listed get one the same way). systemd/hostd.catalog explains them
+#: (`python3 -m hostd.log --catalog` writes it).
+_NS = uuid.UUID("6b1d3c4e-2f0a-4c55-9a57-3f1e0d6a9b11")
+EVENTS: dict[str, str] = {
+    "start": "hostd started: sockets bound, zygote and front ends running.",
+    "ready": "hostd told systemd READY=1: listening, every always_running pool has a ready worker.",
+    "stop": "hostd is stopping: no new connections, in-flight requests finish within the largest shutdown_limit.",
+    "exit": "hostd stopped.",
+    "reload": "Configuration reload requested (SIGHUP, systemctl reload, hostctl reload).",
+    "reloaded": "Configuration reloaded: new pools started, removed pools draining, changed pools replaced.",
+    "reload_failed": "The main file is broken; hostd keeps running on the previous configuration.",
+    "config_error": "An error in the main file or a pool file. A broken pool file marks that pool failed (503); a broken main file stops hostd at start.",
+    "spawn": "A worker process of a pool is being started (demand, always_running, web garden growth or a recycle).",
+    "spawn_failed": "A worker could not be started (zygote unreachable, cgroup failure).",
+    "worker_boot_failed": "A forked worker failed before loading its application.",
+    "recycle_ready": "The replacement of a recycled worker is ready; the old worker drains.",
+    "zygote": "The zygote (forks workers with the runtime preloaded) started.",
+    "zygote_crash": "The zygote died; it is started again.",
+    "frontend_start": "A front-end process (accepts, reads heads, routes) started.",
+    "frontend_crash": "A front end died; it is replaced and takes the same listening sockets.",
+    "orphan_action": "Output of the command run for an orphaned worker ([health] orphan_action).",
+    "start_failed": "hostd could not start (a listening or control socket could not be made).",
+    "recycle": "A worker is being replaced (REASON=: config, time, requests, schedule, memory ...). Replacement starts first unless memory forced it.",
+    "crash": "A worker exited unexpectedly. It counts toward rapid-fail protection.",
+    "oom": "A worker was killed by the kernel's OOM killer (its pool's memory limit).",
+    "unhealthy": "A worker missed pings, was stuck, or exceeded request_timeout; unhealthy_action applies.",
+    "rapid_fail": "A pool crashed too often within rapid_fail_interval and was stopped (state failed, 503). `hostctl pool start NAME` brings it back.",
+    "orphan": "A failed worker is kept alive for debugging ([health] orphan). `hostctl orphan kill PID` ends it.",
+    "startup_failed": "A worker could not import its application; the traceback is in MESSAGE.",
+    "startup_timeout": "A worker did not report ready within startup_limit and was killed.",
+    "shutdown_timeout": "A draining worker did not exit within shutdown_limit and was killed.",
+    "idle": "A worker was idle for idle_timeout and is stopped.",
+    "access": "One served request: NCSA combined log format + pool, worker pid, duration in microseconds.",
+    "reopen_logs": "SIGUSR1: access log files are reopened (after logrotate moved them).",
+    "app_error": "The application raised an exception; the client got 500 and the traceback is in MESSAGE.",
+    "limit": "A client limit was hit (connections, header size/time, body rate, send timeout ...).",
+    "no_isolation": "hostd runs without root: pools are not isolated.",
+    "watchdog": "Watchdog keep-alives to systemd are enabled (WatchdogSec=).",
+}
+MESSAGE_IDS: dict[str, str] = {e: uuid.uuid5(_NS, "hostd." + e).hex for e in EVENTS}
+
+_backend = None          # "stderr" | "journal", decided at the first record
+_jsock = None            # the journal socket of this process
+_jpid = 0                # ... and the process it was made in
 
 
 def set_process(name: str) -> None:
-    """Names the process in every line (e.g. "supervisor", "frontend-0", "worker alpha#3")."""
+    """Names the process in every record (e.g. "supervisor", "frontend-0", "worker alpha#3")."""
     global _proc
     _proc = name
+
+
+def message_id(event: str) -> str:
+    mid = MESSAGE_IDS.get(event)
+    if mid is None:
+        mid = MESSAGE_IDS[event] = uuid.uuid5(_NS, "hostd." + event).hex
+    return mid
+
+
+def _journal_address() -> str:
+    return os.environ.get("HOSTD_JOURNAL_SOCKET") or JOURNAL_SOCKET
+
+
+def backend() -> str:
+    """"journal" or "stderr" (decided once; forked children inherit the choice)."""
+    global _backend
+    if _backend is None:
+        _backend = _choose()
+    return _backend
+
+
+def _choose() -> str:
+    forced = os.environ.get("HOSTD_LOG", "")
+    if forced in ("stderr", "journal"):
+        return forced
+    try:
+        if not stat.S_ISSOCK(os.stat(_journal_address()).st_mode):
+            return "stderr"
+    except OSError:
+        return "stderr"
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if stream:
+        try:
+            st = os.fstat(2)
+            dev, ino = stream.split(":")
+            if int(dev) == st.st_dev and int(ino) == st.st_ino:
+                return "journal"
+        except (OSError, ValueError):
+            pass
+    try:
+        return "stderr" if os.isatty(2) else "journal"
+    except OSError:
+        return "journal"
+
+
+def reset_backend(name: str | None = None) -> None:
+    """Tests: choose again (or force `name`)."""
+    global _backend
+    _backend = name
 
 
 def _fmt(value) -> str:
@@ -32,18 +144,103 @@ def _fmt(value) -> str:
     return s
 
 
-def emit(priority: int, event: str, message: str = "", **fields) -> None:
-    """Writes one record. Takes a priority (ERR..DEBUG), an event name (start, ready,
-    crash, config_error, ...), a human message, and fields (POOL=, WORKER_PID=, REASON=,
-    ... by convention upper-case). Never raises: logging must not take a process down."""
+def _field_name(k: str) -> str:
+    k = k.upper()
+    if k.isidentifier() and k.isascii() and not k.startswith("_"):
+        return k
+    k = "".join(c if c.isalnum() and c.isascii() else "_" for c in k).lstrip("_")
+    return k or "FIELD"
+
+
+def _field(out: list, name: str, value) -> None:
+    v = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+    n = name.encode()
+    if b"\n" in v:
+        out.append(n + b"\n" + struct.pack("<Q", len(v)) + v + b"\n")
+    else:
+        out.append(n + b"=" + v + b"\n")
+
+
+def journal_entry(priority: int, event: str, message: str, fields: dict) -> bytes:
+    """One journal entry in the native protocol (the datagram's bytes)."""
+    out: list[bytes] = []
+    text = f"{event}: {message}" if message else event
+    _field(out, "MESSAGE", text)
+    _field(out, "PRIORITY", priority)
+    _field(out, "SYSLOG_IDENTIFIER", IDENTIFIER)
+    _field(out, "EVENT", event)
+    _field(out, "MESSAGE_ID", message_id(event))
+    _field(out, "HOSTD_PROCESS", _proc)
+    for k, v in fields.items():
+        if v is not None:
+            _field(out, _field_name(k), v)
+    return b"".join(out)
+
+
+def _journal_sock():
+    global _jsock, _jpid
+    pid = os.getpid()
+    if _jsock is None or _jpid != pid:
+        if _jsock is not None and _jpid != pid:
+            _jsock.detach()   # the fd number was closed/reused in this child: not ours
+        _jsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        _jpid = pid
+        try:
+            _jsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        except OSError:
+            pass
+    return _jsock
+
+
+def journal_send(data: bytes) -> bool:
+    """Sends one entry; a too-large one goes through a sealed memfd (as sd_journal does).
+    Returns False when the journal cannot be reached."""
+    try:
+        sock = _journal_sock()
+        try:
+            sock.sendto(data, _journal_address())
+            return True
+        except OSError as exc:
+            if exc.errno not in (90, 105):   # EMSGSIZE, ENOBUFS
+                raise
+        fd = os.memfd_create("hostd-journal", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.write(fd, data)
+            import fcntl
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                        | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+            sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))],
+                         0, _journal_address())
+        finally:
+            os.close(fd)
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def stderr_line(priority: int, event: str, message: str, fields: dict) -> str:
     parts = [f"<{priority}>{event}", f"proc={_fmt(_proc)}", f"pid={os.getpid()}"]
     for k, v in fields.items():
         if v is not None:
             parts.append(f"{k}={_fmt(v)}")
     if message:
         parts.append(f"msg={_fmt(message)}")
+    return " ".join(parts)
+
+
+def emit(priority: int, event: str, message: str = "", **fields) -> None:
+    """Writes one record. Takes a priority (ERR..DEBUG), an event name (start, ready,
+    crash, config_error, ...), a human message, and fields (POOL=, WORKER_PID=, REASON=,
+    ... by convention upper-case). Never raises: logging must not take a process down."""
     try:
-        sys.stderr.write(" ".join(parts) + "\n")
+        if (_backend or backend()) == "journal":
+            if journal_send(journal_entry(priority, event, message, fields)):
+                return
+        line = stderr_line(priority, event, message, fields)
+    except Exception:
+        return
+    try:
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
@@ -63,3 +260,22 @@ def warning(event: str, message: str = "", **fields) -> None:
 
 def error(event: str, message: str = "", **fields) -> None:
     emit(ERR, event, message, **fields)
+
+
+def catalog() -> str:
+    """systemd/hostd.catalog: one entry per MESSAGE_ID (for `journalctl -x`)."""
+    out = ["# hostd message catalog (generated by `python3 -m hostd.log --catalog`).",
+           "# Install: cp hostd.catalog /usr/lib/systemd/catalog/ && journalctl --update-catalog", ""]
+    for event, text in EVENTS.items():
+        out += [f"-- {MESSAGE_IDS[event]}", f"Subject: hostd: {event}",
+                "Defined-By: hostd", "Documentation: file:///usr/share/doc/hostd/README.md", "",
+                f"EVENT={event}. {text}", "Fields: POOL=, WORKER_PID=, REASON= where they apply.", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--catalog"]:
+        sys.stdout.write(catalog())
+    else:
+        print("usage: python3 -m hostd.log --catalog", file=sys.stderr)
+        sys.exit(2)

@@ -1,8 +1,11 @@
 """The sd_notify protocol: one datagram to $NOTIFY_SOCKET (a few lines, no dependency).
 
 systemd's Type=notify waits for READY=1; RELOADING=1 (+ MONOTONIC_USEC) and STOPPING=1
-tell it what hostd is doing; STATUS= shows in `systemctl status`. Without
-$NOTIFY_SOCKET (not under systemd) every call does nothing.
+tell it what hostd is doing; STATUS= shows in `systemctl status`; WATCHDOG=1 every
+WATCHDOG_USEC/2 (sent from the supervisor's loop tick, so a hung loop gets hostd
+restarted). Without $NOTIFY_SOCKET (not under systemd) every call does nothing.
+
+`listen_fds()`: socket activation (systemd/hostd.socket), the LISTEN_FDS protocol.
 """
 from __future__ import annotations
 
@@ -20,6 +23,16 @@ class Notifier:
             # "@name" is an abstract socket: the leading NUL is the kernel's spelling
             self.address = "\0" + addr[1:] if addr.startswith("@") else addr
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        #: seconds between WATCHDOG=1 (half of WatchdogSec), 0 = no watchdog
+        self.watchdog_interval = 0.0
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        wpid = os.environ.get("WATCHDOG_PID", "")
+        if self.sock is not None and usec.isdigit() and int(usec) > 0 and \
+                (not wpid or wpid == str(os.getpid())):
+            self.watchdog_interval = int(usec) / 2e6
+        self.next_watchdog = 0.0
+        self.last_status = None
+        self.next_status = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -50,7 +63,54 @@ class Notifier:
     def status(self, text: str) -> bool:
         return self.send(status=text)
 
+    def watchdog(self, now: float) -> bool:
+        """Call from the loop's tick: WATCHDOG=1 when half of WatchdogSec has passed."""
+        if not self.watchdog_interval or now < self.next_watchdog:
+            return False
+        self.next_watchdog = now + self.watchdog_interval
+        return self.send(watchdog=1)
+
+    def status_changed(self, text: str) -> bool:
+        """STATUS= only when it differs from the last one sent (cheap to call often)."""
+        if self.sock is None or text == self.last_status:
+            return False
+        self.last_status = text
+        return self.send(status=text)
+
+    def tick(self, now: float, status_line) -> None:
+        """The supervisor loop's tick: WATCHDOG=1 when due; STATUS= (status_line())
+        at most once a second, and only when it changed."""
+        if self.sock is None:
+            return
+        self.watchdog(now)
+        if now >= self.next_status:
+            self.next_status = now + 1.0
+            self.status_changed(status_line())
+
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+SD_LISTEN_FDS_START = 3
+
+
+def listen_fds(unset: bool = True) -> list[socket.socket]:
+    """The sockets systemd passed (socket activation): fds 3..3+LISTEN_FDS-1, only when
+    LISTEN_PID is this process. The variables are removed (children must not take them).
+    Returns: socket objects (non-blocking, CLOEXEC), [] when none were passed."""
+    pid = os.environ.get("LISTEN_PID", "")
+    n = os.environ.get("LISTEN_FDS", "")
+    if unset:
+        for k in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(k, None)
+    if not pid.isdigit() or int(pid) != os.getpid() or not n.isdigit():
+        return []
+    socks = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(n)):
+        os.set_inheritable(fd, False)
+        s = socket.socket(fileno=fd)
+        s.setblocking(False)
+        socks.append(s)
+    return socks
