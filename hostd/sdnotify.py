@@ -114,3 +114,49 @@ def listen_fds(unset: bool = True) -> list[socket.socket]:
         s.setblocking(False)
         socks.append(s)
     return socks
+
+
+def match_listen(socks: list[socket.socket], listen) -> list[socket.socket]:
+    """Orders passed sockets like the configured `listen` addresses (by getsockname).
+    A configured address systemd did not pass is bound here (one socket, shared); a
+    passed socket no address asks for is logged and closed.
+    Raises OSError when an address cannot be bound."""
+    import ipaddress
+
+    from hostd import log
+    from kernel import sockets as ksockets
+
+    def key(host, port):
+        return (ipaddress.ip_address(host), port)
+
+    by_addr = {}
+    for s in socks:
+        try:
+            name = s.getsockname()
+            if s.type != socket.SOCK_STREAM or not isinstance(name, tuple):
+                raise ValueError("not a TCP socket")
+            by_addr[key(name[0], name[1])] = s
+        except (OSError, ValueError) as exc:
+            log.warning("socket_activation", f"passed fd {s.fileno()} ignored: {exc}")
+            s.close()
+    out = []
+    for host, port in listen:
+        s = by_addr.pop(key(host, port), None)
+        if s is None:
+            log.warning("socket_activation", f"{host}:{port} was not passed by systemd; "
+                        "binding it here (a restart resets its backlog)")
+            s = ksockets.listen_tcp(host, port, reuseport=False)
+        else:
+            for level, opt, val in ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+                                    (socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)):
+                try:
+                    s.setsockopt(level, opt, val)
+                except OSError:
+                    pass
+        out.append(s)
+    for (ip, port), s in by_addr.items():
+        log.warning("socket_activation", f"passed socket {ip}:{port} is not in listen; closed")
+        s.close()
+    log.info("socket_activation", f"{len(out)} listening socket(s) from systemd, shared by "
+             "every front end", SOCKETS=len(out))
+    return out

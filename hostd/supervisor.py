@@ -31,6 +31,7 @@ from hostd.control import ControlServer
 from hostd.lifecycle import (WORKER_ALIVE, PoolState, RapidFail, WorkerState,
                              pool_lifecycle, worker_lifecycle)
 from hostd.router import Router
+from hostd import sdnotify
 from hostd.sdnotify import Notifier
 from kernel import cgroups as kcgroups
 from kernel import memevents
@@ -245,6 +246,7 @@ class Supervisor:
                 self._on_signal(self.signals.popleft())
             now = time.monotonic()
             self._tick(now)
+            self.notify.tick(now, self._status_line)   # WATCHDOG=1 when due, STATUS= on change
             if not self.ready_sent:
                 self._maybe_ready(now)
             if self.stopping and self._stopped(now):
@@ -272,7 +274,7 @@ class Supervisor:
     def _install_signals(self) -> None:
         self._sigr, self._sigw = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._sigw)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
             signal.signal(sig, self._queue_signal)
         self._watch(self._sigr, self._drain_wakeup)
 
@@ -293,6 +295,13 @@ class Supervisor:
             self.reload()
         elif signum in (signal.SIGTERM, signal.SIGINT):
             self.stop(f"signal {signal.Signals(signum).name}")
+        elif signum == signal.SIGUSR1:   # logrotate: workers reopen their access log
+            log.info("reopen_logs", "SIGUSR1: reopening access logs")
+            for pid in list(self.workers_by_pid):
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                except OSError:
+                    pass
 
     # ============================================================ epoll helpers
     def _watch(self, fd: int, handler, events: int = select.EPOLLIN) -> None:
@@ -309,6 +318,11 @@ class Supervisor:
     # ============================================================ sockets
     def _bind(self) -> None:
         n = self.main.frontends or os.cpu_count() or 1
+        passed = sdnotify.listen_fds()
+        if passed:   # socket activation (systemd/hostd.socket): all front ends share them
+            shared = sdnotify.match_listen(passed, self.main.listen)
+            self.slots = [shared for _slot in range(n)]
+            return
         for _slot in range(n):
             self.slots.append([sockets.listen_tcp(h, p) for h, p in self.main.listen])
 
@@ -677,6 +691,7 @@ class Supervisor:
         spec = {"pool": pool.name, "worker_id": wid, "generation": pool.generation,
                 "cgroup_procs": worker.cgroup.procs_files() if worker.cgroup else [],
                 "max_header_bytes": self.main.max_header_bytes, **self._limit_settings(),
+                "access_log": self.main.access_log,
                 "config": pool.cfg.to_spec(), "routes": self.router_table()}
         sid = next(self.spawn_ids)
         fds = [ctl_theirs.fileno(), pool.queue_out.fileno(), pool.sem,

@@ -732,6 +732,7 @@ class Connection:
         self.head_req = self.nobody = env["REQUEST_METHOD"] == "HEAD"
         self.http11 = req.http11
         self.req = req
+        t0 = _monotonic()
         if worker.inline:
             worker.request_start()
         tid = _get_ident()
@@ -771,6 +772,9 @@ class Connection:
                 except Exception as exc:
                     self._app_failed(exc)
             busy.pop(tid, None)
+        if worker.access is not None:   # hostd/accesslog.py: format + append, no syscall
+            worker.access.log(env, req.url, self.status, self.body_sent if self.clen is None
+                              else self.clen, int((_monotonic() - t0) * 1e6))
         if self.closed:
             raise _Gone
         if not req.complete and not self._discard_body(req):

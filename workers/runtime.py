@@ -17,6 +17,7 @@ import traceback
 from collections import deque
 
 from hostd import log, protocol
+from hostd.accesslog import AccessLog
 from hostd.router import Router, decode_path, normalise_host, split_target
 from kernel.fdpass import recv_into_with_fds, recv_with_fds, send_with_fds
 
@@ -51,6 +52,8 @@ class Worker:
         self.reroute = reroute
         self.board = scoreboard
         self.pid = os.getpid()
+        self.access = AccessLog(spec["access_log"], self.pool, self.pid) \
+            if spec.get("access_log") else None
         self.router = Router.from_table(spec.get("routes") or [])
         self.route_cache: dict = {}
         self.base_env = {
@@ -447,6 +450,8 @@ class Worker:
                 next_sweep = now + interval
                 self._sweep()
                 self._board()
+                if self.access is not None:
+                    self.access.tick(now)
             if self.draining and self.running == 0:
                 # anything left is owned by nobody: hand it back too
                 for conn in list(conns.values()):
@@ -468,6 +473,8 @@ class Worker:
         self.running = 0
         self.conns.clear()
         self._board()
+        if self.access is not None:
+            self.access.close()
 
 
 def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int,
@@ -506,6 +513,9 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
         return protocol.EXIT_WORKER_BOOT
     try:
         signal.signal(signal.SIGTERM, worker._on_signal)
+        # SIGUSR1 (forwarded by the supervisor): reopen the access log at the next tick
+        signal.signal(signal.SIGUSR1, lambda *_: worker.access is not None and
+                      setattr(worker.access, "reopen", True))
     except ValueError:
         pass
     import workers as _api
