@@ -85,6 +85,8 @@ done
 
 # ---- the unit, as shipped in systemd/ ----------------------------------------------
 install -m 0644 "$src/systemd/hostd.service" /etc/systemd/system/hostd.service
+install -D -m 0644 "$src/systemd/hostd.catalog" /usr/lib/systemd/catalog/hostd.catalog
+journalctl --update-catalog || true
 systemctl daemon-reload
 systemctl enable --quiet hostd
 if systemctl is-active --quiet hostd; then
