@@ -443,7 +443,7 @@ HOSTD_KEYS: dict[str, Key] = {
     "min_request_bytes_per_second": Key(_int(0), 240, "request bodies slower than this are cut (IIS MinBytesPerSec); 0 = off"),
     "send_timeout": Key(_positive_duration, 60.0, "a client that reads nothing of its response this long is cut"),
     "max_body_size": Key(lambda v, b: parse_size(v), 100 << 20, "largest request body → 413 (per pool overridable)"),
-    "access_log": Key(lambda v, b: _string(v) if _string(v) in ("", "journal") else str(_absolute(v, b)), "",
+    "access_log": Key(lambda v, b: v if v in ("", "journal") else str(_absolute(v, b)), "",
                       'access log: "" = off, "journal" = journald (EVENT=access), or a file (reopened on SIGUSR1)'),
 }
 

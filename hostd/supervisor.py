@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 
 from hostd import config as hconfig
-from hostd import log, protocol
+from hostd import log, poollimits, protocol
 from hostd.control import ControlServer
 from hostd.lifecycle import (WORKER_ALIVE, PoolState, RapidFail, WorkerState,
                              pool_lifecycle, worker_lifecycle)
@@ -126,6 +126,7 @@ class Pool:
         self.pending_recycles: collections.deque = collections.deque()
         self.schedule_fired: set[str] = set()   # "YYYY-MM-DD HH:MM" already done
         self.served_by_gone = 0                 # requests of workers that have exited
+        self.limits: poollimits.PoolLimits | None = None   # its cgroup's [limits]
 
     @property
     def state(self) -> PoolState:
@@ -556,7 +557,7 @@ class Supervisor:
         if self.cgroups is None:
             wanted = [k for k, v in (("limits.worker_memory_max", cfg.limits.worker_memory_max),
                                      ("recycling.private_memory", cfg.recycling.private_memory))
-                      if v]
+                      if v] + poollimits.wanted(cfg.limits)
             if wanted:
                 return (f"{cfg.file}: {', '.join(wanted)}: needs cgroups, which this hostd "
                         "does not have (run it as root on a host with cgroups)")
@@ -573,6 +574,11 @@ class Supervisor:
         pool = Pool(name, cfg)
         self.pools[name] = pool
         self.worker_ids.setdefault(name, itertools.count(1))
+        problem = self._pool_limits(pool)
+        if problem is not None:
+            pool.error = problem
+            pool.life.to(P.FAILED, "limits cannot be applied")
+            return pool
         if cfg.start_mode == "always_running":
             self._spawn(pool, "always_running")
         else:
@@ -611,6 +617,10 @@ class Supervisor:
         if pool.state in (P.STARTED, P.STARTING):
             return True, f"pool {name} is already {pool.state.value}"
         pool.rapid.reset()
+        problem = self._pool_limits(pool)
+        if problem is not None:
+            pool.error = problem
+            return False, problem
         pool.error = None
         pool.life.to(P.STARTING, "hostctl pool start")
         if pool.cfg.start_mode == "always_running":
@@ -868,7 +878,7 @@ class Supervisor:
             reason = "startup failed: " + (worker.startup_error.strip().splitlines()[-1]
                                            if worker.startup_error else f"exit {code}")
             failed = True
-        elif worker.oom and code == -signal.SIGKILL:
+        elif code == -signal.SIGKILL and self._oom_killed(worker):
             reason, failed = "killed by the OOM killer (oom_kill)", True
         elif expected:
             reason, failed = f"exited ({_exit_text(code)})", False
@@ -964,6 +974,8 @@ class Supervisor:
             if pool.state == P.STARTED and pool.cfg is not None and not self.stopping:
                 self._grow(pool)
                 self._check_recycling(pool, now, second)
+                if second:
+                    self._check_cpu(pool, now)
             for w in list(pool.workers.values()):
                 if w.state == W.SPAWNING and w.drain_at is not None and w.pid is not None:
                     self._drain(w, w.drain_reason)
@@ -1161,6 +1173,55 @@ class Supervisor:
             directory = cg.dirs["memory"]
         worker.memwatch = memevents.MemoryWatch(directory, tree.version, high, limit)
         self._watch(worker.memwatch.fileno(), lambda ev, w=worker: self._memory_event(w))
+
+    def _pool_limits(self, pool: Pool) -> str | None:
+        """Writes the pool's [limits] to its cgroup (created here, before any worker);
+        returns the error (file, key, cgroup file) when one cannot be applied."""
+        if self.cgroups is None or pool.cfg is None:
+            return None
+        if pool.limits is None:
+            pool.limits = poollimits.PoolLimits(self.cgroups, pool.name)
+        try:
+            pool.limits.apply(pool.cfg.limits, pool.cfg.file)
+        except poollimits.LimitError as exc:
+            log.error("config_error", str(exc), POOL=pool.name)
+            return str(exc)
+        return None
+
+    def _oom_killed(self, worker: Worker) -> bool:
+        """A worker died of SIGKILL: was it the OOM killer (its own or the pool's limit)?
+        Logs `oom` when the worker's memory watch has not already."""
+        if worker.oom:
+            return True
+        pool = worker.pool
+        where = pool.limits.oom_killed(worker.cgroup) if pool.limits is not None else None
+        if where is None:
+            return False
+        worker.oom = True
+        text = (f"pool {pool.name}: OOM kill in the pool's cgroup at memory_max "
+                f"({pool.limits.applied.memory_max} bytes)" if where == "pool memory_max"
+                else f"OOM kill in the cgroup of worker {pool.name}#{worker.id}")
+        log.error("oom", f"{text}; killed worker {pool.name}#{worker.id} pid {worker.pid}",
+                  POOL=pool.name, WORKER_PID=worker.pid, REASON="oom_kill",
+                  LIMIT=where.replace(" ", "_"))
+        return True
+
+    def _check_cpu(self, pool: Pool, now: float) -> None:
+        """cpu_action kill / recycle: the pool's CPU use over cpu_interval passed cpu_max."""
+        lim = pool.cfg.limits
+        pct = pool.limits.cpu_over(lim, now) if pool.limits is not None else None
+        if pct is None:
+            return
+        reason = (f"cpu {pct:.0f}% over cpu_interval ({lim.cpu_interval:g}s) passed "
+                  f"cpu_max ({lim.cpu_max}%)")
+        log.warning("cpu_limit", f"pool {pool.name}: {reason}: {lim.cpu_action}",
+                    POOL=pool.name, REASON=reason, ACTION=lim.cpu_action)
+        for w in pool.alive():
+            if lim.cpu_action == "recycle":
+                self.recycle(w, "cpu")
+            elif w.pid is not None and w.life.can(W.STOPPING):
+                w.life.to(W.STOPPING, f"cpu_action kill: {reason}")
+                self._kill(w)
 
     def _memory_event(self, worker: Worker) -> None:
         if worker.memwatch is None:
@@ -1370,6 +1431,10 @@ class Supervisor:
 
     def _change_pool(self, pool: Pool, cfg) -> None:
         pool.cfg = cfg
+        problem = self._pool_limits(pool)
+        if problem is not None:
+            self._fail_pool(pool, problem, "limits_failed")
+            return
         pool.rapid.max_failures = cfg.health.rapid_fail_max_crashes
         pool.rapid.interval = cfg.health.rapid_fail_interval
         pool.generation += 1

@@ -437,7 +437,9 @@ def test_to_spec_is_json_and_round_trips(site):
                    "orphan": False, "orphan_action": ""},
         "recycling": {"overlapping": True, "time": 0.0, "requests": 0, "schedule": [],
                       "private_memory": 0, "virtual_memory": 0},
-        "limits": {"worker_memory_max": 0}}
+        "limits": {"worker_memory_max": 0, "memory_max": 0, "memory_high": 0, "cpus": "",
+                   "cpu_max": 0, "cpu_action": "throttle", "cpu_interval": 300.0,
+                   "pids_max": 0}}
     assert PoolConfig.from_spec(spec) == pool
 
 
