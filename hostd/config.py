@@ -417,13 +417,93 @@ POOL_KEYS["recycling"] = Table(RECYCLING_KEYS, "when workers are recycled",
 
 @dataclass(frozen=True)
 class Limits:
-    """A pool's [limits] table (the isolation work adds the pool-wide limits)."""
+    """A pool's [limits] table: the pool cgroup's limits (hostd/poollimits.py applies
+    them) and the per-worker memory cap. 0 / "" = off."""
 
     worker_memory_max: int = 0
+    memory_max: int = 0
+    memory_high: int = 0
+    cpus: str = ""
+    cpu_max: int = 0              # percent of one CPU
+    cpu_action: str = "throttle"
+    cpu_interval: float = 300.0
+    pids_max: int = 0
+
+
+def host_cpus() -> set[int]:
+    """The CPUs this host has online (/sys/devices/system/cpu/online), else 0..cpu_count-1."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            return parse_cpu_list(f.read().strip())
+    except (OSError, ValueError):
+        return set(range(os.cpu_count() or 1))
+
+
+def parse_cpu_list(text: str) -> set[int]:
+    """"0-2,5" -> {0, 1, 2, 5}. Raises ValueError on anything else."""
+    out: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if m is None:
+            raise ValueError(f"{text!r} is not a CPU list like \"0-1\" or \"0,2-3\"")
+        lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if hi < lo:
+            raise ValueError(f"{part!r}: range goes backwards")
+        out.update(range(lo, hi + 1))
+    return out
+
+
+def _cpus(value, base) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string CPU list like \"0-1\", not {_type_name(value)}")
+    if value == "":
+        return ""
+    cpus = parse_cpu_list(value)
+    have = host_cpus()
+    missing = sorted(cpus - have)
+    if missing:
+        raise ValueError(f"CPU(s) {','.join(map(str, missing))} do not exist on this host "
+                         f"(it has {_cpu_text(have)})")
+    return _cpu_text(cpus)
+
+
+def _cpu_text(cpus: set[int]) -> str:
+    """{0, 1, 2, 5} -> "0-2,5" (the kernel's own notation)."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def _percent(value, base) -> int:
+    if value == 0 or value == "0":
+        return 0
+    m = re.fullmatch(r"(\d+)%", value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"must be a percentage of one CPU like \"50%\" or \"150%\" "
+                         f"(\"0\" = off), not {value!r}")
+    pct = int(m.group(1))
+    if not 1 <= pct <= 100 * 1024:
+        raise ValueError(f"must be between 1% and {100 * 1024}%, not {pct}%")
+    return pct
 
 
 LIMITS_KEYS: dict[str, Key] = {
     "worker_memory_max": Key(_size_or_zero, 0, "hard memory cap of each worker's cgroup (\"0\" = none); a worker reaching it is recycled at once"),
+    "memory_max": Key(_size_or_zero, 0, "hard memory cap of the pool's cgroup (all its workers); an OOM kill stays in the pool (\"0\" = none)"),
+    "memory_high": Key(_size_or_zero, 0, "memory throttle point of the pool's cgroup (v2 memory.high; v1 soft limit) (\"0\" = none)"),
+    "cpus": Key(_cpus, "", "CPUs the pool's workers may run on, e.g. \"0-1\" (cpuset; IIS smpProcessorAffinityMask); \"\" = all"),
+    "cpu_max": Key(_percent, 0, "CPU limit of the pool in percent of one CPU (\"150%\" = 1.5 CPUs); \"0\" = none"),
+    "cpu_action": Key(_choice("throttle", "kill", "recycle"), "throttle", "at cpu_max: throttle (a quota), or kill / recycle the workers when cpu_interval's usage passes it"),
+    "cpu_interval": Key(_positive_duration, 300.0, "the window over which cpu_action kill/recycle measures CPU usage"),
+    "pids_max": Key(_int(0), 0, "most processes/threads in the pool's cgroup (0 = no limit)"),
 }
 
 POOL_KEYS["limits"] = Table(LIMITS_KEYS, "resource limits", build=lambda values: Limits(**values))
