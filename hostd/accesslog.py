@@ -141,10 +141,7 @@ class AccessLog:
         q = line.split('"', 2)
         if len(q) == 3:
             fields["STATUS"] = q[2].split(" ", 2)[1]
-        data = log.journal_entry(log.INFO, "access", "", fields)
-        # MESSAGE= is the line itself (not "access: ...")
-        data = data.replace(b"MESSAGE=access\n",
-                            b"MESSAGE=" + line.rstrip("\n").encode("utf-8", "replace") + b"\n", 1)
+        data = log.journal_entry(log.INFO, "access", "", fields, text=line.rstrip("\n"))
         if not log.journal_send(data):
             log.info("access", line.rstrip("\n"), POOL=self.pool)
 

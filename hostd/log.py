@@ -161,11 +161,17 @@ def _field(out: list, name: str, value) -> None:
         out.append(n + b"=" + v + b"\n")
 
 
-def journal_entry(priority: int, event: str, message: str, fields: dict) -> bytes:
-    """One journal entry in the native protocol (the datagram's bytes)."""
+def journal_entry(priority: int, event: str, message: str, fields: dict,
+                  text: str | None = None) -> bytes:
+    """One journal entry in the native protocol (the datagram's bytes). MESSAGE= is the
+    stderr line without its <N> prefix (so `journalctl -u hostd` reads as before), or
+    `text`; a multi-line message also goes whole into HOSTD_MESSAGE= (binary form)."""
     out: list[bytes] = []
-    text = f"{event}: {message}" if message else event
+    if text is None:
+        text = stderr_line(priority, event, message, fields).partition(">")[2]
     _field(out, "MESSAGE", text)
+    if "\n" in message:
+        _field(out, "HOSTD_MESSAGE", message)
     _field(out, "PRIORITY", priority)
     _field(out, "SYSLOG_IDENTIFIER", IDENTIFIER)
     _field(out, "EVENT", event)

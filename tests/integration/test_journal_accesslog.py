@@ -157,7 +157,10 @@ def test_journald_native_backend_from_every_process(tmp_path, monkeypatch):
     assert all(e["POOL"] == "a" and e["STATUS"] == "200" for e in access)
     assert {e["HOSTD_PROCESS"] for e in access} == {"worker a#1"}
     failed = [e for e in entries if e["EVENT"] == "startup_failed"]
-    assert "\n" in failed[0]["MESSAGE"] and failed[0]["POOL"] == "b"   # the binary form
+    assert "\n" in failed[0]["HOSTD_MESSAGE"] and failed[0]["POOL"] == "b"   # the binary form
+    # MESSAGE= reads like the stderr line (without <N>): `journalctl -u hostd` as before
+    assert start[0]["MESSAGE"].startswith("start proc=supervisor pid=")
+    assert 'msg="hostd started: 2 pools' in start[0]["MESSAGE"]
     assert failed[0]["HOSTD_PROCESS"].startswith("worker b#")
 
 
