@@ -515,6 +515,8 @@ HOSTD_KEYS: dict[str, Key] = {
     "pools_dir": Key(_path, Path("pools.d"), "directory of the pool files"),
     "state_dir": Key(_path, Path("/var/lib/hostd"), "persistent state"),
     "run_dir": Key(_path, Path("/run/hostd"), "runtime files; the control socket"),
+    "metrics_listen": Key(lambda v, b: _listen_address(v) if v != "" else None, None,
+                          "address of the Prometheus /metrics endpoint; \"\" = off"),
     "max_header_bytes": Key(_size(1024, MAX_HANDOFF_BYTES), 16384,
                             "largest request head (request line + headers)"),
     "header_timeout": Key(_positive_duration, 10.0, "a complete request head must arrive within this (slowloris) → 408"),
@@ -641,6 +643,7 @@ class MainConfig:
     send_timeout: float = 60.0
     max_body_size: int = 100 << 20
     access_log: str = ""
+    metrics_listen: tuple[str, int] | None = None
 
     def frontend_count(self) -> int:
         """Returns: how many front-end processes to run (frontends, or the CPU count

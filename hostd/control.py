@@ -7,6 +7,10 @@ Endpoints (later issues add more):
   POST /pools/NAME/start|stop|recycle -> {"ok": bool, "message": str}
   POST /workers/PID/recycle        -> {"ok": bool, "message": str}
   POST /reload                     -> {"ok": true, "message": ...}
+  GET  /counters[?pool=NAME]       -> {"pools": [...]} (Supervisor.counters)
+  GET  /requests[?pool=NAME]       -> {"requests": [{"pool", "worker_pid", "method", "path",
+                                       "host", "client", "elapsed"}]}, longest first
+  POST /workers/PID/kill           -> {"ok": bool, "message": str}
   GET  /orphans                    -> {"orphans": [{"pool", "pid", "id", "reason", "orphaned_for", "rss"}]}
   POST /orphans/PID/kill           -> {"ok": bool, "message": str}
 """
@@ -96,6 +100,18 @@ class ControlServer:
                 if method != "GET":
                     return 405, {"ok": False, "message": "use GET"}
                 return 200, sup.status()
+            query = dict(q.split("=", 1) for q in path.partition("?")[2].split("&") if "=" in q)
+            if parts == ["counters"] and method == "GET":
+                return 200, sup.counters(query.get("pool"))
+            if parts == ["requests"] and method == "GET":
+                return 200, sup.live_requests(query.get("pool"))
+            if len(parts) == 3 and parts[0] == "workers" and parts[2] == "kill" and method == "POST":
+                try:
+                    pid = int(parts[1])
+                except ValueError:
+                    return 400, {"ok": False, "message": f"not a pid: {parts[1]!r}"}
+                ok, message = sup.kill_worker(pid)
+                return (200 if ok else 404), {"ok": ok, "message": message}
             if parts == ["orphans"] and method == "GET":
                 return 200, {"orphans": sup.orphans()}
             if len(parts) == 3 and parts[0] == "orphans" and parts[2] == "kill" and method == "POST":

@@ -150,6 +150,7 @@ class FrontEnd:
         self.pools: dict[str, _Pool] = {}
         self.pending: dict[int, _Pending] = {}
         self.lingering: dict[int, tuple[socket.socket, float]] = {}
+        self.queue_full: dict[str, int] = {}   # rejections not yet reported to the supervisor
         self.ep = select.epoll()
         self.stopping = False
         self.listening = False
@@ -323,6 +324,7 @@ class FrontEnd:
             os.read(pool.sem, 8)          # take a queue slot
         except BlockingIOError:
             self.counters.hit("queue_full", f"pool {pool.name}")
+            self.queue_full[pool.name] = self.queue_full.get(pool.name, 0) + 1
             if pool.csem >= 0:
                 os.write(pool.csem, protocol_slot)
             self._refuse(conn, pool, route.pool, QUEUE_FULL)
@@ -445,9 +447,14 @@ class FrontEnd:
             sock, _ = self.lingering.pop(fd)
             self.ep.unregister(fd)
             sock.close()
-        if self.stopping and not self.pending:
-            # wait for the supervisor to close the channel once workers are done
-            pass
+        if self.queue_full:
+            # the supervisor keeps the per-pool totals (hostctl counters, /metrics)
+            try:
+                self.ctl.send(protocol.encode({"t": "counters", "queue_full": self.queue_full}),
+                              _DONTWAIT)
+                self.queue_full = {}
+            except OSError:
+                pass
 
     # --- control from the supervisor ------------------------------------------------
     def _control(self) -> None:

@@ -2,7 +2,9 @@
 
   hostctl [--config PATH | --socket PATH] status [--json]
   hostctl [...] pool start|stop|recycle NAME [--json]
-  hostctl [...] worker recycle PID [--json]
+  hostctl [...] worker recycle|kill PID [--json]
+  hostctl [...] requests [POOL] [--json]
+  hostctl [...] counters [POOL] [--json]
   hostctl [...] orphans [--json]
   hostctl [...] orphan kill PID [--json]
   hostctl [...] reload [--json]
@@ -84,6 +86,26 @@ def show_status(doc: dict) -> str:
     return "\n".join(out)
 
 
+def show_counters(doc: dict) -> str:
+    rows = []
+    for p in doc["pools"]:
+        r = p["responses"]
+        rows.append([p["name"], p["requests"], f'{p["requests_per_second"]:g}', p["active"],
+                     p["queued"], r["2xx"], r["3xx"], r["4xx"], r["5xx"], p["bytes_in"],
+                     p["bytes_out"], p["workers"], _mib(p["memory"]), f'{p["cpu_seconds"]:g}',
+                     sum(p["recycles"].values()), p["crashes"], p["rapid_fail_stops"],
+                     p["queue_full"]])
+    out = [table(rows, ["POOL", "REQUESTS", "REQ/S", "ACTIVE", "QUEUED", "2XX", "3XX", "4XX",
+                        "5XX", "IN", "OUT", "WORKERS", "MEMORY", "CPU_S", "RECYCLES",
+                        "CRASHES", "RAPID_FAIL", "QUEUE_FULL"])]
+    brows = [[p["name"], b["binding"], b["requests"], b["responses"]["2xx"],
+              b["responses"]["4xx"], b["responses"]["5xx"], b["bytes_out"]]
+             for p in doc["pools"] for b in p["bindings"]]
+    if brows:
+        out.append("\n" + table(brows, ["POOL", "BINDING", "REQUESTS", "2XX", "4XX", "5XX", "OUT"]))
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hostctl", description="control a running hostd")
     where = ap.add_mutually_exclusive_group()
@@ -97,9 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("name")
     pl.add_argument("--json", action="store_true")
     wk = sub.add_parser("worker", help="recycle a worker")
-    wk.add_argument("action", choices=["recycle"])
+    wk.add_argument("action", choices=["recycle", "kill"])
     wk.add_argument("pid", type=int)
     wk.add_argument("--json", action="store_true")
+    rq = sub.add_parser("requests", help="the requests executing now, longest first")
+    rq.add_argument("pool", nargs="?")
+    rq.add_argument("--json", action="store_true")
+    ct = sub.add_parser("counters", help="per-pool and per-binding counters")
+    ct.add_argument("pool", nargs="?")
+    ct.add_argument("--json", action="store_true")
     orp = sub.add_parser("orphans", help="workers kept alive for debugging ([health] orphan)")
     orp.add_argument("--json", action="store_true")
     ok = sub.add_parser("orphan", help="end an orphaned worker")
@@ -119,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             code, doc = call(path, "POST", f"/workers/{args.pid}/{args.action}")
         elif args.cmd == "orphans":
             code, doc = call(path, "GET", "/orphans")
+        elif args.cmd == "requests":
+            code, doc = call(path, "GET", "/requests" + (f"?pool={args.pool}" if args.pool else ""))
+        elif args.cmd == "counters":
+            code, doc = call(path, "GET", "/counters" + (f"?pool={args.pool}" if args.pool else ""))
         elif args.cmd == "orphan":
             code, doc = call(path, "POST", f"/orphans/{args.pid}/kill")
         else:
@@ -130,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=2))
     elif args.cmd == "status" and code == 200:
         print(show_status(doc))
+    elif args.cmd == "requests" and code == 200:
+        print(table([[r["pool"], r["worker_pid"], r["method"], r["path"], r["client"],
+                      f'{r["elapsed"]:.1f}s'] for r in doc["requests"]],
+                    ["POOL", "PID", "METHOD", "PATH", "CLIENT", "ELAPSED"]))
+    elif args.cmd == "counters" and code == 200:
+        print(show_counters(doc))
     elif args.cmd == "orphans" and code == 200:
         print(table([[o["pool"], o["pid"], f'{o["orphaned_for"]:g}s', _mib(o["rss"]), o["reason"]]
                      for o in doc["orphans"]], ["POOL", "PID", "ORPHANED", "RSS", "REASON"]))

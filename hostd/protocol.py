@@ -84,7 +84,11 @@ class Scoreboard:
     """
 
     _FMT = struct.Struct("<QQQdQ")
-    SIZE = 4096
+    SIZE = 8192
+    #: per-binding counters: requests, responses 1xx..5xx, bytes sent
+    COUNT_FIELDS = 7
+    _COUNTS_AT = 128
+    MAX_BINDINGS = (SIZE - _COUNTS_AT - 8) // (COUNT_FIELDS * 8)
 
     def __init__(self, fd: int):
         """Takes a memfd (or any file) of at least SIZE bytes; the caller keeps owning fd."""
@@ -106,6 +110,21 @@ class Scoreboard:
         """Returns {"requests", "active", "connections", "last_activity", "pid"}."""
         r, a, c, t, p = self._FMT.unpack_from(self._map, 0)
         return {"requests": r, "active": a, "connections": c, "last_activity": t, "pid": p}
+
+    def write_counts(self, bytes_in: int, counts: list[int]) -> None:
+        """The worker's traffic counters (flushed from its loop's tick, not per request):
+        bytes received, then COUNT_FIELDS values per binding of its pool, in the order
+        of the pool's `bindings`."""
+        n = min(len(counts), self.MAX_BINDINGS * self.COUNT_FIELDS)
+        struct.pack_into(f"<Q{n}Q", self._map, self._COUNTS_AT, bytes_in, *counts[:n])
+
+    def read_counts(self, nbindings: int) -> tuple[int, list[list[int]]]:
+        """Returns (bytes received, [[requests, 1xx, 2xx, 3xx, 4xx, 5xx, bytes sent] per
+        binding])."""
+        nb = min(nbindings, self.MAX_BINDINGS)
+        values = struct.unpack_from(f"<Q{nb * self.COUNT_FIELDS}Q", self._map, self._COUNTS_AT)
+        f = self.COUNT_FIELDS
+        return values[0], [list(values[1 + i * f:1 + (i + 1) * f]) for i in range(nb)]
 
     def close(self) -> None:
         """Unmaps and closes the descriptor."""

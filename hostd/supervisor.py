@@ -82,6 +82,8 @@ class Worker:
         self.request_limit = 0                  # [recycling] requests limit
         self.oom = False
         self.recycle_started = 0.0
+        self.cpu_at_exit = 0.0
+        self.replies: dict[int, list] = {}      # requests query seq -> live requests
 
     @property
     def state(self) -> WorkerState:
@@ -127,6 +129,14 @@ class Pool:
         self.schedule_fired: set[str] = set()   # "YYYY-MM-DD HH:MM" already done
         self.served_by_gone = 0                 # requests of workers that have exited
         self.limits: poollimits.PoolLimits | None = None   # its cgroup's [limits]
+        # counters of workers that have exited, kept so totals never go backwards
+        self.gone_counts: dict[str, list[int]] = {}   # binding text -> 7 counters
+        self.gone_bytes_in = 0
+        self.gone_cpu = 0.0
+        self.crashes = 0
+        self.rapid_fail_stops = 0
+        self.queue_full = 0
+        self.rate_samples: collections.deque = collections.deque(maxlen=11)
 
     @property
     def state(self) -> PoolState:
@@ -201,6 +211,13 @@ class Supervisor:
         self.main.run_dir.mkdir(parents=True, exist_ok=True)
         self.control = ControlServer(self.main.run_dir / "control.sock", self)
         self._watch(self.control.sock.fileno(), self._control_accept)
+        self.metrics = None
+        if self.main.metrics_listen:
+            from hostd.metrics import MetricsServer
+            host, port = self.main.metrics_listen
+            self.metrics = MetricsServer(host, port, self)
+            self._watch(self.metrics.sock.fileno(),
+                        lambda ev: self.metrics.accept(self._watch, self._unwatch))
         self._start_zygote()
         pools, broken = hconfig.load_pools(self.main)
         for name, cfg in sorted(pools.items()):
@@ -444,6 +461,15 @@ class Supervisor:
             if data[:1] == b"P" and fds:
                 name, _, buf = data[1:].partition(b"\x00")
                 self._park(name.decode(), fds[0], buf)
+            elif data[:1] == b"{":
+                try:
+                    msg = protocol.decode(data)
+                except ValueError:
+                    continue
+                if msg["t"] == "counters":
+                    for name, n in (msg.get("queue_full") or {}).items():
+                        if name in self.pools:
+                            self.pools[name].queue_full += int(n)
 
     # ============================================================ parking
     def _park(self, name: str, fd: int, buf: bytes) -> None:
@@ -756,6 +782,8 @@ class Supervisor:
                 self._worker_ready(worker)
             elif kind == protocol.STARTUP_FAILED:
                 worker.startup_error = str(msg.get("error", ""))
+            elif kind == "requests_reply":
+                worker.replies[msg.get("seq")] = msg.get("requests") or []
             elif kind == protocol.PONG:
                 if msg.get("seq") == worker.ping_seq:
                     worker.ping_sent = None
@@ -852,13 +880,15 @@ class Supervisor:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             if pid in self.workers_by_pid:
-                self._worker_exited(self.workers_by_pid.pop(pid), status)
+                worker = self.workers_by_pid.pop(pid)
+                worker.cpu_at_exit = usage.ru_utime + usage.ru_stime
+                self._worker_exited(worker, status)
             elif pid in self.frontend_pids:
                 self._frontend_exited(self.frontend_pids.pop(pid), status)
             elif pid == self.zygote_pid:
@@ -970,6 +1000,8 @@ class Supervisor:
         second = now >= self.next_second
         if second:
             self.next_second = now + 1.0
+            for pool in self.pools.values():
+                pool.rate_samples.append((now, self._pool_requests(pool)))
         for pool in self.pools.values():
             if pool.state == P.STARTED and pool.cfg is not None and not self.stopping:
                 self._grow(pool)
@@ -1029,6 +1061,7 @@ class Supervisor:
         pool = worker.pool
         if pool.state in (P.STARTED, P.STARTING) and pool.rapid.record(time.monotonic()):
             h = pool.cfg.health if pool.cfg else None
+            pool.rapid_fail_stops += 1
             self._fail_pool(pool, f"rapid-fail protection: {pool.rapid.max_failures} failures "
                             f"within {pool.rapid.interval:g}s; last: {reason}", "rapid_fail")
 
@@ -1139,6 +1172,113 @@ class Supervisor:
                     self._kill(w)
                     return True, f"orphan {pid} of pool {p.name} killed"
         return False, f"no orphaned worker with pid {pid}"
+
+    # ============================================================ counters
+    def _keep_counts(self, pool: Pool, worker: Worker) -> None:
+        """Adds an exiting worker's traffic counters to its pool's totals."""
+        texts = [b.text for b in pool.cfg.bindings] if pool.cfg else []
+        bytes_in, per = worker.board.read_counts(len(texts) or 1)
+        pool.gone_bytes_in += bytes_in
+        for text, values in zip(texts or ["-"], per):
+            acc = pool.gone_counts.setdefault(text, [0] * protocol.Scoreboard.COUNT_FIELDS)
+            for i, v in enumerate(values):
+                acc[i] += v
+
+    def _pool_requests(self, pool: Pool) -> int:
+        return pool.served_by_gone + sum(w.stats()["requests"] for w in pool.workers.values()
+                                         if w.board is not None)
+
+    def counters(self, name: str | None = None) -> dict:
+        """The counters document (`hostctl counters`, /metrics). Per pool: requests
+        total, requests/s over the last 10 s, active, queued, responses by class, bytes
+        in/out, workers, memory, CPU seconds, recycles by reason, crashes, rapid-fail
+        stops, queue-full rejections; per binding: requests, responses by class, bytes
+        out."""
+        out = []
+        for pool in sorted(self.pools.values(), key=lambda p: p.name):
+            if name is not None and pool.name != name:
+                continue
+            texts = [b.text for b in pool.cfg.bindings] if pool.cfg else []
+            per = {t: list(pool.gone_counts.get(t, [0] * 7)) for t in texts}
+            bytes_in = pool.gone_bytes_in
+            active = memory = 0
+            cpu = pool.gone_cpu
+            live = [w for w in pool.workers.values() if w.board is not None]
+            for w in live:
+                b_in, counts = w.board.read_counts(len(texts) or 1)
+                bytes_in += b_in
+                for t, values in zip(texts, counts):
+                    acc = per[t]
+                    for i, v in enumerate(values):
+                        acc[i] += v
+                st = w.stats()
+                active += st["active"]
+                memory += _rss(w.pid)
+                cpu += _cpu_seconds(w.pid)
+            samples = pool.rate_samples
+            rate = 0.0
+            if len(samples) >= 2:
+                (t0, n0), (t1, n1) = samples[0], samples[-1]
+                rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+            classes = {f"{c}xx": sum(v[c] for v in per.values()) for c in range(1, 6)}
+            out.append({
+                "name": pool.name, "state": pool.state.value,
+                "requests": self._pool_requests(pool), "requests_per_second": round(rate, 2),
+                "active": active, "queued": max(pool.queue_len - _sem_value(pool), 0),
+                "responses": classes, "bytes_in": bytes_in,
+                "bytes_out": sum(v[6] for v in per.values()),
+                "workers": len(pool.alive()), "memory": memory, "cpu_seconds": round(cpu, 3),
+                "recycles": dict(pool.recycles), "crashes": pool.crashes,
+                "rapid_fail_stops": pool.rapid_fail_stops, "queue_full": pool.queue_full,
+                "bindings": [{"binding": t, "requests": v[0],
+                              "responses": {f"{c}xx": v[c] for c in range(1, 6)},
+                              "bytes_out": v[6]} for t, v in per.items()],
+            })
+        return {"pools": out}
+
+    def live_requests(self, name: str | None = None, timeout: float = 1.0) -> dict:
+        """`hostctl requests`: asks every worker's control thread (it answers even when
+        the app hangs) for the requests it runs now; sorted by elapsed, longest first."""
+        self.query_seq = getattr(self, "query_seq", 0) + 1
+        seq = self.query_seq
+        asked = []
+        for pool in self.pools.values():
+            if name is not None and pool.name != name:
+                continue
+            for w in pool.workers.values():
+                if w.ctl is not None and w.state in (W.READY, W.DRAINING, W.ORPHANED):
+                    try:
+                        w.ctl.sendall(protocol.encode({"t": "requests", "seq": seq}))
+                        asked.append(w)
+                    except OSError:
+                        pass
+        deadline = time.monotonic() + timeout
+        while any(seq not in w.replies for w in asked) and time.monotonic() < deadline:
+            fds = [w.ctl for w in asked if seq not in w.replies and w.ctl is not None]
+            if not fds:
+                break
+            ready, _, _ = select.select(fds, [], [], max(deadline - time.monotonic(), 0))
+            for sock in ready:
+                for w in asked:
+                    if w.ctl is sock:
+                        self._worker_readable(w)
+        out = []
+        for w in asked:
+            for r in w.replies.pop(seq, []):
+                r.update({"pool": w.pool.name, "worker_pid": w.pid})
+                out.append(r)
+        out.sort(key=lambda r: -r["elapsed"])
+        return {"requests": out}
+
+    def kill_worker(self, pid: int) -> tuple[bool, str]:
+        """`hostctl worker kill PID`: kills it (and its cgroup) now; counted as a kill."""
+        for pool in self.pools.values():
+            for w in pool.workers.values():
+                if w.pid == pid and w.state not in (W.EXITED, W.STOPPING):
+                    w.life.to(W.STOPPING, "hostctl worker kill")
+                    self._kill(w)
+                    return True, f"worker {pid} of pool {pool.name} killed"
+        return False, f"no running worker with pid {pid}"
 
     # ============================================================ recycling
     def _plan_recycle(self, pool: Pool, worker: Worker, first_life: bool) -> None:
@@ -1517,6 +1657,10 @@ class Supervisor:
             self._unwatch(self.control.sock.fileno())
             self.control.close()
             self.control = None
+        if getattr(self, "metrics", None) is not None:
+            self._unwatch(self.metrics.sock.fileno())
+            self.metrics.close()
+            self.metrics = None
 
     def _stopped(self, now: float) -> bool:
         workers_left = any(w.state != W.EXITED for p in list(self.pools.values()) + self.retired
@@ -1628,6 +1772,18 @@ def _sem_value(pool: Pool) -> int:
 def _readable(sock: socket.socket) -> bool:
     r, _, _ = select.select([sock], [], [], 0)
     return bool(r)
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a live process (0.0 when unknown)."""
+    if not pid:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _vmsize(pid: int | None) -> int:

@@ -338,6 +338,7 @@ class Connection:
     # --- input ---------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         """Feeds bytes read from the socket to the parser; parse errors set `broken`."""
+        self.worker.bytes_in += len(data)
         if self.cur is None and not self.pending:
             self.raw = [data]
             self.raw_len = len(data)
@@ -739,6 +740,7 @@ class Connection:
         busy = worker.busy
         busy[tid] = (_monotonic(), env)   # seen by pings (stuck) and request_timeout
         result = None
+        failed = False
         try:
             result = worker.app(env, self.start_response)
             if (type(result) is list or type(result) is tuple) and not self.sent \
@@ -756,6 +758,7 @@ class Connection:
                         if self.body_sent < self.clen:
                             self.close_after = True
                     self.send(head + body)
+                    self.body_sent = len(body)
             elif type(result) is FileWrapper and not self.sent and self._send_file(result):
                 pass
             else:
@@ -764,14 +767,19 @@ class Connection:
                         self.write(data)
                 self._finish()
         except Exception as exc:
+            failed = True
             self._app_failed(exc)
         finally:
             if result is not None and hasattr(result, "close"):
                 try:
                     result.close()
                 except Exception as exc:
+                    failed = True
                     self._app_failed(exc)
             busy.pop(tid, None)
+            st = self.status
+            worker.count(route.binding.text, 5 if failed or not st else ord(st[0]) - 48,
+                         self.body_sent)
         if worker.access is not None:   # hostd/accesslog.py: format + append, no syscall
             worker.access.log(env, req.url, self.status, self.body_sent if self.clen is None
                               else self.clen, int((_monotonic() - t0) * 1e6))

@@ -74,6 +74,13 @@ class Worker:
         #: app thread id -> (start monotonic, environ) of the request it runs now; read
         #: by the control thread for pings (stuck) and request_timeout
         self.busy: dict[int, tuple] = {}
+        # traffic counters per binding of the pool (protocol.Scoreboard.write_counts):
+        # plain list increments per request, flushed to the scoreboard from the tick
+        self.binding_index = {text: i for i, text in
+                              enumerate((config.get("bindings") or [])[:protocol.Scoreboard.MAX_BINDINGS])}
+        self.counts = [0] * (protocol.Scoreboard.COUNT_FIELDS * max(len(self.binding_index), 1))
+        self.bytes_in = 0
+        self.count_lock = threading.Lock()
         self.reported_slow: set[int] = set()
         self.ctl_events: deque = deque()   # control messages for the loop thread
         self.orphaned = False
@@ -128,6 +135,35 @@ class Worker:
     def _board(self) -> None:
         self.board.write(self.served, self.running, len(self.conns), self.last_activity,
                          self.pid)
+        self.board.write_counts(self.bytes_in, self.counts)
+
+    def count(self, binding: str, status_class: int, sent: int) -> None:
+        """One answered request (called by the thread that answered it)."""
+        i = self.binding_index.get(binding, 0) * 7
+        if not 1 <= status_class <= 5:
+            status_class = 5
+        c = self.counts
+        if self.inline:
+            c[i] += 1
+            c[i + status_class] += 1
+            c[i + 6] += sent
+        else:
+            with self.count_lock:
+                c[i] += 1
+                c[i + status_class] += 1
+                c[i + 6] += sent
+
+    def live_requests(self, now: float) -> list[dict]:
+        """The requests running now (for `hostctl requests`), read by the control thread."""
+        out = []
+        for start, env in list(self.busy.values()):
+            path = env.get("SCRIPT_NAME", "") + env.get("PATH_INFO", "")
+            if env.get("QUERY_STRING"):
+                path += "?" + env["QUERY_STRING"]
+            out.append({"method": env.get("REQUEST_METHOD"), "path": path,
+                        "host": env.get("HTTP_HOST"), "client": env.get("REMOTE_ADDR"),
+                        "elapsed": round(now - start, 3)})
+        return out
 
     def forget(self, conn: Connection) -> None:
         """A connection closed itself. Pool threads leave the bookkeeping to the loop."""
@@ -316,6 +352,9 @@ class Worker:
                 self._ctl_send({"t": protocol.PONG, "seq": msg.get("seq"),
                                 "stuck": self.stuck(time.monotonic()),
                                 "busy": len(self.busy)})
+            elif msg["t"] == "requests":
+                self._ctl_send({"t": "requests_reply", "seq": msg.get("seq"),
+                                "requests": self.live_requests(time.monotonic())})
             elif msg["t"] == "orphan":
                 # out of the queue at once, even if the loop never runs again
                 self.orphaned = True

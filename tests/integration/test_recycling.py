@@ -135,7 +135,8 @@ def test_leaking_app_recycled_at_private_memory_never_oom(tmp_path):
         assert n >= 1000 // 40, n
         at = [int(field(l, "WORKER_REQUESTS")) for l in events(h, "recycle",
                                                                 REASON="private_memory")]
-        assert max(at) <= 25, at
+        # never near the 200 MB cap: (200 - ~20 MB runtime) / 5 MB = 36 requests at most
+        assert max(at) <= 36, at
         assert events(h, "oom") == [] and recycles(h, "leak", "memory_max") == 0
         ms = sorted(float(field(l, "ELAPSED_MS")) for l in events(h, "recycle_ready",
                                                                   REASON="private_memory"))
