@@ -68,21 +68,24 @@ def test_start_is_active_only_after_ready(pool_files):
 
 
 def test_reload_logs_a_config_recycle_with_fields(pool_files, journal):
+    t0 = int(time.time() * 1e6)
     pool_files.write("gamma", ["gamma.localhost"], start_mode="always_running",
                      env={"GREETING": "one"})
     pool_files.reload(expect=["gamma"])
     pool_files.write("gamma", ["gamma.localhost"], start_mode="always_running",
                      env={"GREETING": "two"})
     pool_files.reload(expect=["gamma"])
-    rec = wait_for(lambda: journal_json("POOL=gamma", "EVENT=recycle",
-                                        since=journal.start_cursor),
-                   timeout=30, what="EVENT=recycle of gamma in the journal")
+    rec = wait_for(lambda: [e for e in journal_json("-b", "POOL=gamma", "EVENT=recycle")
+                            if int(e["__REALTIME_TIMESTAMP"]) >= t0],
+                   timeout=30, what=lambda: "EVENT=recycle of gamma in the journal; gamma's: "
+                   + repr([e.get("MESSAGE") for e in journal_json("-b", "POOL=gamma")][-10:]))
     assert any(e.get("REASON") == "config" for e in rec), rec
     e = rec[-1]
     assert e["SYSLOG_IDENTIFIER"] == "hostd" and len(e["MESSAGE_ID"]) == 32
     assert e["PRIORITY"] == "5"
     # every process logs natively: a worker's own records carry HOSTD_PROCESS=worker ...
-    procs = {x.get("HOSTD_PROCESS", "") for x in journal_json(since=journal.start_cursor)}
+    procs = {x.get("HOSTD_PROCESS", "") for x in journal_json("-b")
+             if int(x["__REALTIME_TIMESTAMP"]) >= t0}
     assert "supervisor" in procs, procs
     # journalctl -x explains it once the catalog is installed
     cat = Path("/usr/lib/systemd/catalog/hostd.catalog")
@@ -149,8 +152,9 @@ def test_socket_activation_restart_resets_nothing(http):
         systemctl("start", "hostd.socket")
         systemctl("start", UNIT)
         pid = int(unit_property("MainPID"))
-        env = Path(f"/proc/{pid}/environ").read_bytes()
-        assert b"LISTEN_FDS" not in env          # taken and removed from the environment
+        wait_for(lambda: [e for e in journal_json("-b", "EVENT=socket_activation")
+                          if e.get("_PID") == str(pid)], timeout=30,
+                 what="hostd took its sockets from systemd")
         http.wait_status("alpha.localhost", 200)
         stop, lock, results = threading.Event(), threading.Lock(), {}
         threads = [threading.Thread(target=_load, args=(stop, results, lock)) for _ in range(4)]
