@@ -1,0 +1,57 @@
+"""[limits] on cgroup v2 under systemd: the pool cgroup below the unit's cgroup holds the
+configured values, and the unit's tree is supervisor + pool-<name>/worker-<id>. VM only."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from vmtest import pools, wait_for
+
+LIMITS = {"memory_max": "512M", "memory_high": "400M", "worker_memory_max": "256M",
+          "cpus": "1", "cpu_max": "50%", "pids_max": 256}
+
+
+def _leaves(top: Path) -> dict[str, list[int]]:
+    """{relative cgroup path: pids} of every cgroup below `top`."""
+    out = {}
+    for procs in sorted(top.rglob("cgroup.procs")):
+        rel = str(procs.parent.relative_to(top))
+        if rel != ".":
+            out[rel] = [int(p) for p in procs.read_text().split()]
+    return out
+
+
+def test_pool_limit_files_hold_the_configured_values(pool_files, unit_cgroup):
+    pool_files.write("limited", bindings=["limited.localhost"], start_mode="always_running",
+                     limits=LIMITS)
+    ps = pool_files.reload(expect=["limited"])
+    worker = wait_for(lambda: [w for w in pools()["limited"]["workers"]
+                               if w["state"] == "ready"], what="a ready worker")[0]
+    assert ps["limited"]["state"] == "started"
+    cg = unit_cgroup.path / "pool-limited"
+    read = lambda name: (cg / name).read_text().strip()
+    assert read("memory.max") == str(512 << 20)
+    assert read("memory.high") == str(400 << 20)
+    assert read("cpuset.cpus") == "1"
+    assert read("cpu.max") == "50000 100000"
+    assert read("pids.max") == "256"
+    # the worker: in its own leaf below the pool, capped by worker_memory_max, pinned to CPU 1
+    own = Path(f"/proc/{worker['pid']}/cgroup").read_text().strip()
+    m = re.fullmatch(r"0::(/.*)/pool-limited/(worker-\d+)", own)
+    assert m and str(unit_cgroup.path).endswith(m.group(1)), own
+    assert (cg / m.group(2) / "memory.max").read_text().strip() == str(256 << 20)
+    status = Path(f"/proc/{worker['pid']}/status").read_text()
+    assert re.search(r"^Cpus_allowed_list:\s*1$", status, re.M), status
+
+
+def test_unit_tree_is_supervisor_and_pool_workers(unit_cgroup):
+    leaves = _leaves(unit_cgroup.path)
+    assert unit_cgroup.main_pid() in leaves.get("supervisor", []), leaves
+    for rel, pids in leaves.items():
+        assert re.fullmatch(r"supervisor|pool-[a-z0-9_-]+(/orphans)?(/worker-\d+)?", rel), rel
+        if not re.search(r"(^supervisor|/worker-\d+)$", rel):
+            assert pids == [], (rel, pids)      # inner nodes hold no processes (v2)
+    workers = [rel for rel in leaves if re.fullmatch(r"pool-[^/]+/worker-\d+", rel)]
+    assert workers and all(leaves[w] for w in workers), leaves
+    # the unit's own cgroup holds no process either: everything is in a leaf
+    assert (unit_cgroup.path / "cgroup.procs").read_text().split() == []
