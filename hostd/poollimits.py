@@ -58,7 +58,7 @@ class PoolLimits:
         self.name = name
         self.version = tree.version
         self.cg = None
-        self.applied = _DEFAULT              # what the cgroup holds (defaults = untouched)
+        self.applied: Limits | None = None   # what the cgroup holds; None = not known yet
         self.samples: collections.deque = collections.deque()   # (monotonic, usage µs)
         self._pool_ooms = None
 
@@ -72,13 +72,26 @@ class PoolLimits:
         except OSError as exc:
             raise LimitError(f"{file}: limits: cannot create the pool's cgroup: "
                              f"{exc.strerror} ({exc.filename})") from None
-        old = self.applied
+        first = self.applied is None
+        old = self.applied or _DEFAULT
         for key in ("cpus", "memory_high", "memory_max", "pids_max"):
             new = getattr(limits, key)
             if new != getattr(old, key) or new != getattr(_DEFAULT, key):
                 self._write_key(key, new, file, old)
+            elif first:
+                # the cgroup may be left from a pool of that name that had it set (a
+                # retired pool): switch it off; a backend without the file has it off
+                try:
+                    self._write_key(key, new, file, old)
+                except LimitError:
+                    pass
         if _quota(limits) != _quota(old) or _quota(limits):
             self._write_quota(_quota(limits), file)
+        elif first:
+            try:
+                self._write_quota(0, file)
+            except LimitError:
+                pass
         if limits.cpu_max and limits.cpu_action != "throttle":
             # the usage counter must be readable, else cpu_action could never act
             try:
@@ -212,7 +225,7 @@ class PoolLimits:
     def _pool_hit(self) -> bool:
         """Whether the pool cgroup itself ran out (not a worker's own limit) since the
         last call: v2 memory.events.local `oom`, v1 memory.failcnt of the pool."""
-        if self.cg is None or not self.applied.memory_max:
+        if self.cg is None or self.applied is None or not self.applied.memory_max:
             return False
         try:
             if self.version == 2:
