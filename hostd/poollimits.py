@@ -134,10 +134,10 @@ class PoolLimits:
         empty: mems come from the parent, "" means the parent's CPUs. Changing a pool
         whose worker cgroups exist widens every level to old+new first, then narrows
         from the leaves up, so no step leaves a child outside its parent."""
-        d = self.cg._file("cpuset.cpus")
-        pool_dir = posixpath.dirname(d)
-        parent = posixpath.dirname(pool_dir)
         try:
+            d = self.cg._file("cpuset.cpus")
+            pool_dir = posixpath.dirname(d)
+            parent = posixpath.dirname(pool_dir)
             with open(posixpath.join(parent, "cpuset.cpus")) as f:
                 parent_cpus = f.read().strip()
             with open(posixpath.join(parent, "cpuset.mems")) as f:

@@ -243,3 +243,70 @@ def test_reload_changes_limits_and_a_refused_limit_fails_the_pool(tmp_path):
         assert h.get("b.test")[0] == 503
     finally:
         h.stop()
+
+
+# --- the logic, against a fake cgroup (both backends' file names) ----------------------
+class _FakeCg:
+    def __init__(self, files=None, refuse=()):
+        self.files, self.refuse = dict(files or {}), set(refuse)
+
+    def write(self, name, value):
+        if name in self.refuse:
+            raise OSError(22, "Invalid argument", f"/fake/pool-a/{name}")
+        self.files[name] = value
+
+    def read(self, name):
+        return self.files[name]
+
+
+class _FakeTree:
+    def __init__(self, version, cg):
+        self.version, self.cg = version, cg
+
+    def pool(self, name):
+        return self.cg
+
+
+def test_v2_files_and_switching_off_on_reload():
+    from hostd.config import Limits
+    from hostd.poollimits import PoolLimits
+    cg = _FakeCg({"cpu.stat": "usage_usec 0\n"})
+    pl = PoolLimits(_FakeTree(2, cg), "a")
+    pl.apply(Limits(memory_max=512 << 20, memory_high=400 << 20, cpus="1", cpu_max=50,
+                    pids_max=256), "a.toml")
+    del cg.files["cpu.stat"]
+    assert cg.files == {"memory.max": str(512 << 20), "memory.high": str(400 << 20),
+                        "cpuset.cpus": "1", "cpu.max": "50000 100000", "pids.max": "256"}
+    cg.files["cpu.stat"] = "usage_usec 0\n"
+    pl.apply(Limits(cpu_max=150, cpu_action="kill"), "a.toml")   # kill: no quota
+    del cg.files["cpu.stat"]
+    assert cg.files == {"memory.max": "max", "memory.high": "max", "cpuset.cpus": "\n",
+                        "cpu.max": "max 100000", "pids.max": "max"}
+
+
+def test_refused_limit_names_file_key_and_cgroup_file():
+    from hostd.config import Limits
+    from hostd.poollimits import LimitError, PoolLimits
+    pl = PoolLimits(_FakeTree(2, _FakeCg(refuse={"pids.max"})), "a")
+    with pytest.raises(LimitError) as e:
+        pl.apply(Limits(pids_max=10), "/etc/hostd/pools.d/a.toml")
+    assert str(e.value).startswith("/etc/hostd/pools.d/a.toml: limits.pids_max: cgroup v2 ")
+    assert "/fake/pool-a/pids.max" in str(e.value)
+
+
+def test_cpu_over_needs_a_full_window_and_then_restarts():
+    from hostd.config import Limits
+    from hostd.poollimits import PoolLimits
+    cg = _FakeCg({"cpu.stat": "usage_usec 0\n"})
+    pl = PoolLimits(_FakeTree(2, cg), "a")
+    lim = Limits(cpu_max=50, cpu_action="recycle", cpu_interval=3.0)
+    pl.apply(lim, "a.toml")
+    got = []
+    for t in range(10):                      # 80% of one CPU, sampled once a second
+        cg.files["cpu.stat"] = f"usage_usec {t * 800_000}\n"
+        got.append(pl.cpu_over(lim, 100.0 + t))
+    assert got[:3] == [None] * 3 and round(got[3]) == 80
+    assert got[4:7] == [None] * 3 and round(got[7]) == 80   # a new window after acting
+    quiet = Limits(cpu_max=90, cpu_action="kill", cpu_interval=3.0)
+    pl.apply(quiet, "a.toml")
+    assert all(pl.cpu_over(quiet, 200.0 + t) is None for t in range(6))
