@@ -447,6 +447,8 @@ class FrontEnd:
             sock, _ = self.lingering.pop(fd)
             self.ep.unregister(fd)
             sock.close()
+        if self.stopping and not self.pending:
+            self.running = False
         if self.queue_full:
             # the supervisor keeps the per-pool totals (hostctl counters, /metrics)
             try:
@@ -522,12 +524,15 @@ class FrontEnd:
                 self.ep.register(fd, _EPOLLIN | select.EPOLLEXCLUSIVE)
 
     def _stop(self) -> None:
-        """Stop accepting; heads being read are still finished and handed off."""
+        """Stop accepting; heads being read are still finished and handed off; then exit
+        (the supervisor lets workers empty the queues before they drain)."""
         self.stopping = True
         if self.listening:
             self.listening = False
             for fd in self.listeners:
                 self.ep.unregister(fd)
+        if not self.pending:
+            self.running = False
 
 
 protocol_slot = (1).to_bytes(8, "little")

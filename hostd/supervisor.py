@@ -183,6 +183,8 @@ class Supervisor:
         self.worker_ids: dict[str, itertools.count] = {}
         self.control: ControlServer | None = None
         self.stopping = False
+        self.stop_phase = 0
+        self.phase_deadline = 0.0
         self.stop_deadline = 0.0
         self.started_at = time.time()
         self.start_mono = time.monotonic()
@@ -1641,18 +1643,16 @@ class Supervisor:
         limits = [p.cfg.health.shutdown_limit for p in self.pools.values() if p.cfg is not None]
         self.stop_deadline = time.monotonic() + max(limits or [STOP_GRACE]) + 1.0
         log.notice("stop", f"stopping ({reason})", REASON=reason)
+        # phase 1: front ends stop accepting, hand off the heads they are reading, exit.
+        # Workers keep serving meanwhile, and until the queues are empty (phase 2), so a
+        # connection accepted before the stop is answered; then they drain (phase 3).
         for fe in self.frontends.values():
             try:
                 fe.ctl.sendall(protocol.encode({"t": protocol.STOP}))
             except OSError:
                 pass
-        for pool in list(self.pools.values()):
-            if pool.life.can(P.STOPPING):
-                pool.life.to(P.STOPPING, "hostd stopping")
-            pool.watch_demand and self._unwatch(pool.queue_out.fileno())
-            pool.watch_demand = False
-            for w in list(pool.workers.values()):
-                self._drain(w, "hostd stopping")
+        self.stop_phase = 1
+        self.phase_deadline = time.monotonic() + min(self.main.header_timeout, 5.0) + 1.0
         if self.control is not None:
             self._unwatch(self.control.sock.fileno())
             self.control.close()
@@ -1662,7 +1662,34 @@ class Supervisor:
             self.metrics.close()
             self.metrics = None
 
+    def _stop_workers(self) -> None:
+        """Phase 3 of a stop: every worker drains."""
+        self.stop_phase = 3
+        limits = [p.cfg.health.shutdown_limit for p in self.pools.values() if p.cfg is not None]
+        self.stop_deadline = time.monotonic() + max(limits or [STOP_GRACE]) + 1.0
+        for pool in list(self.pools.values()):
+            if pool.life.can(P.STOPPING):
+                pool.life.to(P.STOPPING, "hostd stopping")
+            pool.watch_demand and self._unwatch(pool.queue_out.fileno())
+            pool.watch_demand = False
+            if not pool.alive():
+                self._fail_queue(pool)   # nobody left to serve what waits: 503, not silence
+            for w in list(pool.workers.values()):
+                self._drain(w, "hostd stopping")
+
     def _stopped(self, now: float) -> bool:
+        if self.stop_phase == 1:
+            if self.frontends and now < self.phase_deadline:
+                return False
+            self.stop_phase = 2
+            self.phase_deadline = now + 5.0
+        if self.stop_phase == 2:
+            waiting = any(p.parked or (p.cfg is not None and p.alive() and
+                                       _sem_value(p) < p.queue_len)
+                          for p in self.pools.values())
+            if waiting and now < self.phase_deadline:
+                return False
+            self._stop_workers()
         workers_left = any(w.state != W.EXITED for p in list(self.pools.values()) + self.retired
                            for w in p.workers.values())
         if workers_left and now < self.stop_deadline:

@@ -369,3 +369,22 @@ def test_readme_first_command_serves_demo(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
         log.close()
+
+
+def test_sigterm_answers_what_was_already_accepted(tmp_path):
+    """Stop in phases: front ends stop accepting, the queue is emptied by the workers,
+    then they drain; a request accepted before SIGTERM is answered, not dropped."""
+    h = Hostd(tmp_path, {"a": pool(["a.test"], start_mode="always_running")})
+    h.start()
+    try:
+        h.wait_for(lambda: [w for w in h.pool("a")["workers"] if w["state"] == "ready"])
+        with concurrent.futures.ThreadPoolExecutor(6) as ex:
+            futs = [ex.submit(h.get, "a.test", f"/sleep?t=0.3&n={i}", timeout=30)
+                    for i in range(6)]
+            time.sleep(0.3)           # one runs, five wait in the queue
+            h.signal(signal.SIGTERM)
+            statuses = [f.result()[0] for f in futs]
+        assert statuses == [200] * 6
+        assert h.proc.wait(30) == 0
+    finally:
+        h.stop()
