@@ -366,7 +366,7 @@ HEALTH_KEYS: dict[str, Key] = {
     "unhealthy_action": Key(_choice("recycle", "kill"), "recycle",
                             "recycle: start a replacement, then drain; kill: kill at once"),
     "orphan": Key(_bool, False, "keep a failed (hung) worker alive, out of the queue, for debugging"),
-    "orphan_action": Key(lambda v, b: _string(v), "", "command run when a worker is orphaned; {pid} and {pool} substituted"),
+    "orphan_action": Key(lambda v, b: "" if v == "" else _string(v), "", "command run when a worker is orphaned; {pid} and {pool} substituted"),
 }
 
 POOL_KEYS["health"] = Table(HEALTH_KEYS, "health monitoring and rapid-fail protection",

@@ -14,6 +14,7 @@ What it owns, and who closes it:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import itertools
 import json
@@ -1763,6 +1764,7 @@ class Supervisor:
                 workers.append({"pid": w.pid, "id": w.id, "state": w.state.value,
                                 "requests": s["requests"], "active": s["active"],
                                 "connections": s["connections"], "rss": _rss(w.pid),
+                                "cpu_seconds": round(_cpu_seconds(w.pid), 3),
                                 "generation": w.generation,
                                 "started": round(w.started_wall, 3),
                                 "start_reason": w.spawn_reason,
@@ -1777,6 +1779,7 @@ class Supervisor:
                           "start_mode": pool.cfg.start_mode if pool.cfg else None,
                           "error": pool.error,
                           "recycles": dict(pool.recycles),
+                          "limits": dataclasses.asdict(pool.cfg.limits) if pool.cfg else None,
                           "file": str(pool.cfg.file) if pool.cfg else None})
         return {"pid": self.pid, "started": round(self.started_at, 3),
                 "listen": [_show_addr(h, p) for h, p in self.main.listen],

@@ -521,3 +521,19 @@ def test_recycling_and_limits_tables(site):
         (False, 29 * 3600.0, 300, ("03:00", "23:59"), 300 << 20, 0)
     assert pool.limits.worker_memory_max == 256 << 20
     assert PoolConfig.from_spec(json.loads(json.dumps(pool.to_spec()))) == pool
+
+
+def test_the_every_key_example_is_a_valid_pool_file(tmp_path):
+    """examples/pools.d/every-key.toml.example shows every pool key; it must load."""
+    import shutil
+    from hostd.config import HEALTH_KEYS, LIMITS_KEYS, POOL_KEYS, RECYCLING_KEYS
+    example = Path(__file__).resolve().parents[2] / "examples" / "pools.d" / "every-key.toml.example"
+    text = example.read_text()
+    for key in [*POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS]:
+        assert f"\n{key} = " in text or f"\n# {key} = " in text or f"[{key}]" in text, key
+    (tmp_path / "pools.d").mkdir()
+    shutil.copytree(example.parents[1] / "apps", tmp_path / "apps")
+    (tmp_path / "pools.d" / "shop.toml").write_text(text)
+    (tmp_path / "hostd.toml").write_text('[hostd]\npools_dir = "pools.d"\n')
+    pools, broken = load_pools(load_main(tmp_path / "hostd.toml"))
+    assert broken == {} and pools["shop"].recycling.schedule == ("03:00",)

@@ -72,9 +72,23 @@ def test_reload_logs_a_config_recycle_with_fields(pool_files, journal):
     pool_files.write("gamma", ["gamma.localhost"], start_mode="always_running",
                      env={"GREETING": "one"})
     pool_files.reload(expect=["gamma"])
-    pool_files.write("gamma", ["gamma.localhost"], start_mode="always_running",
-                     env={"GREETING": "two"})
-    pool_files.reload(expect=["gamma"])
+    # the changed pool is recycled under load: every request answered
+    stop, lock, results = threading.Event(), threading.Lock(), {}
+    threads = [threading.Thread(target=_load, args=(stop, results, lock, "gamma.localhost"))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1)
+        pool_files.write("gamma", ["gamma.localhost"], start_mode="always_running",
+                         env={"GREETING": "two"})
+        pool_files.reload(expect=["gamma"])
+        time.sleep(3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert results.get("ok", 0) > 10 and set(results) == {"ok"}, results
     rec = wait_for(lambda: [e for e in journal_json("-b", "POOL=gamma", "EVENT=recycle")
                             if int(e["__REALTIME_TIMESTAMP"]) >= t0],
                    timeout=30, what=lambda: "EVENT=recycle of gamma in the journal; gamma's: "
@@ -125,11 +139,13 @@ def test_a_stopped_supervisor_is_restarted_by_the_watchdog():
         systemctl("restart", UNIT)
 
 
-def _load(stop: threading.Event, results: dict, lock: threading.Lock) -> None:
+def _load(stop: threading.Event, results: dict, lock: threading.Lock,
+          host: str = "alpha.localhost") -> None:
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     while not stop.is_set():
         try:
             with socket.create_connection(("127.0.0.1", 8080), timeout=30) as s:
-                s.sendall(b"GET / HTTP/1.1\r\nHost: alpha.localhost\r\nConnection: close\r\n\r\n")
+                s.sendall(request)
                 data = b""
                 while True:
                     chunk = s.recv(65536)
