@@ -44,18 +44,8 @@ def recv_with_fds(sock: socket.socket, bufsize: int, flags: int = 0,
     and RuntimeError is raised, since losing a descriptor silently would leak a
     client connection.
     """
-    anc = _ANC_8 if maxfds <= 8 else socket.CMSG_SPACE(maxfds * _FD_SIZE)
-    data, ancdata, msg_flags, _addr = sock.recvmsg(bufsize, anc, flags)
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % _FD_SIZE
-            fds.extend(array.array("i", payload[:usable]))
-    if msg_flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-        for fd in fds:
-            _close_quietly(fd)
-        raise RuntimeError(f"message truncated (flags={msg_flags:#x}); descriptors dropped")
-    return data, fds
+    data, ancdata, msg_flags, _addr = sock.recvmsg(bufsize, _anc_size(maxfds), flags)
+    return data, _take_fds(ancdata, msg_flags)
 
 
 def recv_into_with_fds(sock: socket.socket, buf, flags: int = 0,
@@ -68,8 +58,16 @@ def recv_into_with_fds(sock: socket.socket, buf, flags: int = 0,
     Returns: (payload length, descriptors); (0, []) means the peer closed.
     Raises: as recv_with_fds.
     """
-    anc = _ANC_8 if maxfds <= 8 else socket.CMSG_SPACE(maxfds * _FD_SIZE)
-    nbytes, ancdata, msg_flags, _addr = sock.recvmsg_into([buf], anc, flags)
+    nbytes, ancdata, msg_flags, _addr = sock.recvmsg_into([buf], _anc_size(maxfds), flags)
+    return nbytes, _take_fds(ancdata, msg_flags)
+
+
+def _anc_size(maxfds: int) -> int:
+    return _ANC_8 if maxfds <= 8 else socket.CMSG_SPACE(maxfds * _FD_SIZE)
+
+
+def _take_fds(ancdata, msg_flags: int) -> list[int]:
+    """The descriptors of one message; all closed and RuntimeError when it was truncated."""
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -79,7 +77,7 @@ def recv_into_with_fds(sock: socket.socket, buf, flags: int = 0,
         for fd in fds:
             _close_quietly(fd)
         raise RuntimeError(f"message truncated (flags={msg_flags:#x}); descriptors dropped")
-    return nbytes, fds
+    return fds
 
 
 def _close_quietly(fd: int) -> None:

@@ -530,26 +530,24 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread (only in odd embeddings)
         pass
+    def startup_failed(event: str, code: int) -> int:
+        """Logs the traceback, tells the supervisor, returns the exit code."""
+        tb = traceback.format_exc()
+        log.error(event, tb, POOL=pool)
+        try:
+            ctl.send(protocol.encode({"t": protocol.STARTUP_FAILED, "error": tb}))
+        except OSError:
+            pass
+        return code
+
     try:
         app = load_app(spec.get("config") or {})
     except BaseException:
-        tb = traceback.format_exc()
-        log.error("startup_failed", tb, POOL=pool)
-        try:
-            ctl.send(protocol.encode({"t": protocol.STARTUP_FAILED, "error": tb}))
-        except OSError:
-            pass
-        return protocol.EXIT_APP_LOAD
+        return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
     try:
         worker = Worker(spec, ctl, queue, sem_fd, reroute, scoreboard, app)
     except BaseException:
-        tb = traceback.format_exc()
-        log.error("worker_boot_failed", tb, POOL=pool)
-        try:
-            ctl.send(protocol.encode({"t": protocol.STARTUP_FAILED, "error": tb}))
-        except OSError:
-            pass
-        return protocol.EXIT_WORKER_BOOT
+        return startup_failed("worker_boot_failed", protocol.EXIT_WORKER_BOOT)
     try:
         signal.signal(signal.SIGTERM, worker._on_signal)
         # SIGUSR1 (forwarded by the supervisor): reopen the access log at the next tick
