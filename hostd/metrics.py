@@ -5,7 +5,7 @@ prometheus_client's own parser.
 """
 from __future__ import annotations
 
-import socket
+from hostd.loophttp import LoopHTTPServer
 
 #: (name, type, help, how to get samples from one pool's counters)
 _POOL_METRICS = [
@@ -75,56 +75,21 @@ def render(counters: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-class MetricsServer:
-    """A tiny HTTP/1.0 server for GET /metrics, driven by the supervisor's epoll loop."""
+class MetricsServer(LoopHTTPServer):
+    """GET /metrics, driven by the supervisor's epoll loop."""
 
     def __init__(self, host: str, port: int, supervisor):
         from kernel.sockets import listen_tcp
+        super().__init__()
         self.sock = listen_tcp(host, port, backlog=64, reuseport=False)
         self.supervisor = supervisor
-        self.clients: dict[int, tuple[socket.socket, bytes]] = {}
 
-    def accept(self, watch, unwatch) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except BlockingIOError:
-                return
-            conn.setblocking(False)
-            self.clients[conn.fileno()] = (conn, b"")
-            watch(conn.fileno(), lambda ev, fd=conn.fileno(): self._readable(fd, unwatch))
-
-    def _readable(self, fd: int, unwatch) -> None:
-        conn, buf = self.clients[fd]
-        try:
-            data = conn.recv(8192)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        buf += data
-        if data and b"\r\n\r\n" not in buf and len(buf) < 16384:
-            self.clients[fd] = (conn, buf)
-            return
-        unwatch(fd)
-        del self.clients[fd]
-        line = buf.split(b"\r\n", 1)[0].split()
-        if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
-            body = render(self.supervisor.counters()).encode()
-            head = (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
-        else:
-            body = b"not found: try /metrics\n"
-            head = b"HTTP/1.0 404 Not Found\r\nContent-Length: %d\r\n\r\n" % len(body)
-        try:
-            conn.settimeout(2.0)
-            conn.sendall(head + body)
-        except OSError:
-            pass
-        conn.close()
+    def respond(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+        if method == "GET" and path.split("?")[0] == "/metrics":
+            return (200, "text/plain; version=0.0.4; charset=utf-8",
+                    render(self.supervisor.counters()).encode())
+        return 404, "text/plain", b"not found: try /metrics\n"
 
     def close(self) -> None:
-        for conn, _ in self.clients.values():
-            conn.close()
-        self.clients.clear()
+        self.close_clients()
         self.sock.close()

@@ -1816,25 +1816,23 @@ def _cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
-def _vmsize(pid: int | None) -> int:
-    """VmSize in bytes (0 when unknown)."""
+def _statm(pid: int | None, field: int) -> int:
+    """A /proc/PID/statm field in bytes (0: VmSize, 1: resident); 0 when unknown."""
     if not pid:
         return 0
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            return int(f.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def _vmsize(pid: int | None) -> int:
+    return _statm(pid, 0)
 
 
 def _rss(pid: int | None) -> int:
-    if not pid:
-        return 0
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
+    return _statm(pid, 1)
 
 
 def _exit_text(code: int) -> str:
