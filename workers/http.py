@@ -738,7 +738,7 @@ class Connection:
             worker.request_start()
         tid = _get_ident()
         busy = worker.busy
-        busy[tid] = (_monotonic(), env)   # seen by pings (stuck) and request_timeout
+        busy[tid] = (t0, env)   # seen by pings (stuck) and request_timeout
         result = None
         failed = False
         try:
