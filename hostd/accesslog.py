@@ -43,8 +43,22 @@ def _escape(s: str) -> str:
     return "".join(out)
 
 
+def open_file(target: str) -> int:
+    """Opens (creating it and its directory) an access log file for appending.
+    Returns the descriptor. Raises: OSError."""
+    try:
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    except OSError:
+        pass
+    return os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
 class AccessLog:
-    def __init__(self, target: str, pool: str, pid: int):
+    """Takes the target, the pool, the worker's pid and, for an isolated worker (which
+    can neither see nor open the file once it gave up root), the descriptor opened for
+    it before; that one is replaced on logrotate by the supervisor (`replace_fd`)."""
+
+    def __init__(self, target: str, pool: str, pid: int, fd: int = -1):
         self.target = target
         self.journal = target == "journal"
         self.tail = f" {pool} {pid} "
@@ -56,17 +70,26 @@ class AccessLog:
         self.next_flush = time.monotonic() + FLUSH_INTERVAL
         self._sec = -1
         self._stamp = ""
-        if not self.journal:
+        self.given_fd = fd >= 0
+        if self.given_fd:
+            self.fd = fd
+        elif not self.journal:
             self._open()
 
+    def replace_fd(self, fd: int) -> None:
+        """The supervisor's freshly opened file (logrotate): dup2 over ours, so a write
+        in flight on another thread goes to the old file or the new, never nowhere."""
+        if self.fd >= 0:
+            os.dup2(fd, self.fd)
+            os.close(fd)
+        else:
+            self.fd = fd
+
     def _open(self) -> None:
+        if self.given_fd:
+            return   # an isolated worker cannot reopen by path: replace_fd does it
         try:
-            os.makedirs(os.path.dirname(self.target) or ".", exist_ok=True)
-        except OSError:
-            pass
-        try:
-            fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                         0o640)
+            fd = open_file(self.target)
         except OSError as exc:
             log.error("access_log", f"cannot open {self.target}: {exc}", POOL=self.pool)
             return

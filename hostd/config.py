@@ -508,6 +508,81 @@ LIMITS_KEYS: dict[str, Key] = {
 
 POOL_KEYS["limits"] = Table(LIMITS_KEYS, "resource limits", build=lambda values: Limits(**values))
 
+@dataclass(frozen=True)
+class Isolation:
+    """A pool's [isolation] table (hostd/isolation.py turns it into what the zygote
+    applies). A pool with no [isolation] table, here or in [defaults], is not isolated:
+    its workers run as hostd's own user, and hostd says so at start."""
+
+    identity: str = "dynamic"        # "dynamic" | "user:NAME"
+    user_namespace: bool = True
+    filesystem: str = "site"         # "site" | "host"
+    read_only: bool = False
+    network: str = "host"            # "host" | "none" | "private"
+    show: tuple[str, ...] = ()       # more host directories visible (read-only) in "site"
+
+
+def _identity(value, base) -> str:
+    text = _string(value)
+    if text == "dynamic":
+        return text
+    if text.startswith("user:") and text[5:]:
+        import pwd
+        try:
+            pwd.getpwnam(text[5:])
+        except KeyError:
+            raise ValueError(f"no user account named {text[5:]!r} on this host") from None
+        return text
+    raise ValueError(f"must be \"dynamic\" or \"user:NAME\", not {value!r}")
+
+
+def _dir_list(value, base) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be an array of directories, not {_type_name(value)}")
+    problems, out = [], []
+    for i, item in enumerate(value):
+        try:
+            out.append(str(_existing_dir(item, base)))
+        except ValueError as e:
+            problems.append((f"[{i}]", str(e)))
+    if problems:
+        raise _Problems(problems)
+    return tuple(out)
+
+
+ISOLATION_KEYS: dict[str, Key] = {
+    "identity": Key(_identity, "dynamic", "\"dynamic\": a uid/gid of the pool's own, kept in state_dir; \"user:NAME\": an existing account"),
+    "user_namespace": Key(_bool, True, "workers run in a user namespace that maps only the pool's uid/gid"),
+    "filesystem": Key(_choice("site", "host"), "site", "site: own mount namespace (read-only system, private /tmp, own /proc, other sites and hostd's files hidden); host: the host's view"),
+    "read_only": Key(_bool, False, "the pool's directory is read-only in its view (filesystem = \"site\")"),
+    "network": Key(_choice("host", "none", "private"), "host", "host; none: own network namespace with only loopback; private: plus a veth pair from [hostd] private_network"),
+    "show": Key(_dir_list, (), "more host directories the pool sees, read-only (filesystem = \"site\")"),
+}
+
+POOL_KEYS["isolation"] = Table(ISOLATION_KEYS, "identity, namespaces and the pool's view of the host",
+                               build=lambda values: Isolation(**values))
+
+
+def _identity_range(value, base) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)-(\d+)", value) if isinstance(value, str) else None
+    if m is None:
+        raise ValueError(f"must be \"FIRST-LAST\" uids, not {value!r}")
+    first, last = int(m.group(1)), int(m.group(2))
+    if not 1000 <= first <= last < 2**32 - 1:
+        raise ValueError("must be a non-empty range within 1000-4294967294")
+    return first, last
+
+
+def _private_network(value, base) -> str:
+    try:
+        net = ipaddress.IPv4Network(_string(value))
+    except ValueError as e:
+        raise ValueError(f"not an IPv4 network like \"10.213.0.0/16\": {e}") from None
+    if net.prefixlen > 30:
+        raise ValueError("must be /30 or larger (each pool takes a /30)")
+    return str(net)
+
+
 #: the keys of the main file's [hostd] table
 HOSTD_KEYS: dict[str, Key] = {
     "listen": Key(_listen, (("127.0.0.1", 8080),), "addresses the front ends bind"),
@@ -527,6 +602,8 @@ HOSTD_KEYS: dict[str, Key] = {
     "max_body_size": Key(lambda v, b: parse_size(v), 100 << 20, "largest request body → 413 (per pool overridable)"),
     "access_log": Key(lambda v, b: v if v in ("", "journal") else str(_absolute(v, b)), "",
                       'access log: "" = off, "journal" = journald (EVENT=access), or a file (reopened on SIGUSR1)'),
+    "identity_range": Key(_identity_range, (2100000000, 2100065535), "uids/gids hostd gives to pools with identity = \"dynamic\" (\"FIRST-LAST\")"),
+    "private_network": Key(_private_network, "10.213.0.0/16", "addresses of network = \"private\" pools, a /30 each"),
 }
 
 MAIN_KEYS: dict[str, Table] = {
@@ -644,6 +721,8 @@ class MainConfig:
     max_body_size: int = 100 << 20
     access_log: str = ""
     metrics_listen: tuple[str, int] | None = None
+    identity_range: tuple[int, int] = (2100000000, 2100065535)
+    private_network: str = "10.213.0.0/16"
 
     def frontend_count(self) -> int:
         """Returns: how many front-end processes to run (frontends, or the CPU count
@@ -680,6 +759,10 @@ def _read_main(path) -> tuple[MainConfig | None, list[ConfigError]]:
     defaults = _check(defaults_raw if isinstance(defaults_raw, dict) else {},
                       MAIN_KEYS["defaults"].keys, base, "defaults.", problems, partial=True)
     # known to pool files but refused here: say why, not just "unknown key"
+    if isinstance(defaults_raw, dict) and defaults_raw.get("env"):
+        problem = secret_file_problem(path)
+        if problem:
+            problems.append(("defaults.env", problem))
     problems = [(k, "not allowed in [defaults]: bindings belong to one pool")
                 if k == "defaults.bindings" else (k, p) for k, p in problems]
     hostd["pools_dir"] = Path(os.path.normpath(base / hostd["pools_dir"]))
@@ -728,6 +811,7 @@ class PoolConfig:
     max_bandwidth: int = 0
     recycling: Recycling = Recycling()
     limits: Limits = Limits()
+    isolation: Isolation | None = None
 
     def to_spec(self) -> dict:
         """Returns: a JSON-able dict of every field (paths as str, bindings as their
@@ -766,6 +850,10 @@ class PoolConfig:
             values["recycling"] = Recycling(**rec)
         if "limits" in values:
             values["limits"] = Limits(**values["limits"])
+        if values.get("isolation") is not None:
+            iso = dict(values["isolation"])
+            iso["show"] = tuple(iso.get("show", ()))
+            values["isolation"] = Isolation(**iso)
         return cls(**values)
 
 
@@ -814,9 +902,36 @@ def _load_pool(path: Path, main: MainConfig):
                 claims.append((i, Binding.parse(text)))
             except ValueError:
                 pass
+    problem = secret_file_problem(path) if raw.get("env") else None
+    if problem:
+        errors.append(ConfigError(path, "env", problem))
     if errors:
         return None, errors, claims
+    if "isolation" not in raw and "isolation" not in main.defaults:
+        values["isolation"] = None   # no table anywhere: not isolated (see Isolation)
     return PoolConfig(name=name, file=path, **values), [], claims
+
+
+def secret_file_problem(path: Path) -> str | None:
+    """Why a file that holds secrets (a pool's `env`) is unsafe, or None.
+
+    Workers never read pool files (the supervisor sends them what they need), so a
+    pool file needs no reader but hostd: one that others can read, or that somebody
+    else owns, is refused (IIS keeps each pool's generated config readable only by
+    its identity)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"cannot check its permissions: {e.strerror}"
+    me = os.geteuid()
+    who = "root" if me == 0 else f"uid {me}"
+    if st.st_uid != me:
+        return (f"holds env values but belongs to uid {st.st_uid}, not {who}: "
+                f"chown {who if me else 'root'} and chmod 600 it")
+    if st.st_mode & 0o077:
+        return (f"holds env values but is readable or writable by others than {who} "
+                f"(mode {st.st_mode & 0o777:03o}): chmod 600 it")
+    return None
 
 
 def load_pools(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, list[ConfigError]]]:

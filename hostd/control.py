@@ -5,6 +5,8 @@ hostctl. Served from the supervisor's loop: requests are tiny and answered at on
 Endpoints (later issues add more):
   GET  /status                     -> the status document (hostd.supervisor.status)
   POST /pools/NAME/start|stop|recycle -> {"ok": bool, "message": str}
+  GET  /pools/NAME/identity        -> {"ok", "pool", "uid", "gid", "identity": "dynamic"|
+                                       "user"|"hostd", "user", "isolated", "message"}
   POST /workers/PID/recycle        -> {"ok": bool, "message": str}
   POST /reload                     -> {"ok": true, "message": ...}
   GET  /counters[?pool=NAME]       -> {"pools": [...]} (Supervisor.counters)
@@ -78,6 +80,10 @@ class ControlServer(LoopHTTPServer):
             if parts == ["reload"] and method == "POST":
                 sup.reload()
                 return 200, {"ok": True, "message": "reloaded"}
+            if len(parts) == 3 and parts[0] == "pools" and parts[2] == "identity" \
+                    and method == "GET":
+                ok, doc = sup.pool_identity(parts[1])
+                return (200 if ok else 404 if "no pool" in doc["message"] else 409), doc
             if len(parts) == 3 and parts[0] == "pools" and method == "POST":
                 name, action = parts[1], parts[2]
                 actions = {"start": sup.start_pool, "stop": sup.stop_pool,

@@ -1,7 +1,7 @@
 """`hostctl`: drive a running hostd through its control socket.
 
   hostctl [--config PATH | --socket PATH] status [--json]
-  hostctl [...] pool start|stop|recycle NAME [--json]
+  hostctl [...] pool start|stop|recycle|identity NAME [--json]
   hostctl [...] worker recycle|kill PID [--json]
   hostctl [...] requests [POOL] [--json]
   hostctl [...] counters [POOL] [--json]
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status", help="pools, bindings and workers")
     st.add_argument("--json", action="store_true")
-    pl = sub.add_parser("pool", help="start or stop a pool")
-    pl.add_argument("action", choices=["start", "stop", "recycle"])
+    pl = sub.add_parser("pool", help="start, stop or recycle a pool; show its identity (uid/gid)")
+    pl.add_argument("action", choices=["start", "stop", "recycle", "identity"])
     pl.add_argument("name")
     pl.add_argument("--json", action="store_true")
     wk = sub.add_parser("worker", help="recycle a worker")
@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "status":
             code, doc = call(path, "GET", "/status")
+        elif args.cmd == "pool" and args.action == "identity":
+            code, doc = call(path, "GET", f"/pools/{args.name}/identity")
         elif args.cmd == "pool":
             code, doc = call(path, "POST", f"/pools/{args.name}/{args.action}")
         elif args.cmd == "worker":

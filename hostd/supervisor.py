@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from hostd import config as hconfig
-from hostd import log, poollimits, protocol
+from hostd import isolation, log, poollimits, protocol
 from hostd.control import ControlServer
 from hostd.lifecycle import (WORKER_ALIVE, PoolState, RapidFail, WorkerState,
                              pool_lifecycle, worker_lifecycle)
@@ -66,6 +66,9 @@ class Worker:
         self.exit_status: int | None = None
         self.startup_error: str | None = None
         self.ready_early = False   # READY can overtake the zygote's "spawned" reply
+        self.isolated = False      # spawned with [isolation] (its own uid and view)
+        self.boot: dict[str, float] = {}   # step -> ms, from spawn request to READY
+        self.spawn_sent: float | None = None
         self.ping_seq = 0
         self.ping_sent: float | None = None    # outstanding ping (monotonic)
         self.failure_counted = False           # counted once for rapid-fail
@@ -130,6 +133,10 @@ class Pool:
         self.schedule_fired: set[str] = set()   # "YYYY-MM-DD HH:MM" already done
         self.served_by_gone = 0                 # requests of workers that have exited
         self.limits: poollimits.PoolLimits | None = None   # its cgroup's [limits]
+        # [isolation] as resolved at pool start (hostd/isolation.py)
+        self.identity: isolation.Identity | None = None
+        self.netns: str | None = None      # its pinned network namespace
+        self.link: str | None = None       # host side of its veth (network = "private")
         # counters of workers that have exited, kept so totals never go backwards
         self.gone_counts: dict[str, list[int]] = {}   # binding text -> 7 counters
         self.gone_bytes_in = 0
@@ -194,6 +201,8 @@ class Supervisor:
         self.notify = Notifier()
         self.actions: dict[int, tuple] = {}    # orphan_action pid -> (worker, cmd, proc, output)
         self.cgroups = None                    # kernel.cgroups tree, when available
+        self.identities: isolation.IdentityStore | None = None   # opened when first needed
+        self.runtime_dirs: list[str] | None = None
         self.ready_sent = False
 
     # ============================================================ start and run
@@ -318,7 +327,10 @@ class Supervisor:
             self.stop(f"signal {signal.Signals(signum).name}")
         elif signum == signal.SIGUSR1:   # logrotate: workers reopen their access log
             log.info("reopen_logs", "SIGUSR1: reopening access logs")
-            for pid in list(self.workers_by_pid):
+            self._send_access_log()
+            for pid, worker in list(self.workers_by_pid.items()):
+                if worker.isolated:
+                    continue   # got the new file from _send_access_log
                 try:
                     os.kill(pid, signal.SIGUSR1)
                 except OSError:
@@ -603,6 +615,12 @@ class Supervisor:
         pool = Pool(name, cfg)
         self.pools[name] = pool
         self.worker_ids.setdefault(name, itertools.count(1))
+        problem = self._isolate(pool)
+        if problem is not None:
+            pool.error = problem
+            log.error("config_error", problem, POOL=name)
+            pool.life.to(P.FAILED, "isolation cannot be applied")
+            return pool
         problem = self._pool_limits(pool)
         if problem is not None:
             pool.error = problem
@@ -646,7 +664,7 @@ class Supervisor:
         if pool.state in (P.STARTED, P.STARTING):
             return True, f"pool {name} is already {pool.state.value}"
         pool.rapid.reset()
-        problem = self._pool_limits(pool)
+        problem = self._isolate(pool) or self._pool_limits(pool)
         if problem is not None:
             pool.error = problem
             return False, problem
@@ -727,8 +745,11 @@ class Supervisor:
                 worker.close()
                 self._count_failure(worker, f"cgroup: {exc}")
                 return None
+        worker_iso = self._worker_isolation(pool)
+        worker.isolated = worker_iso is not None
         spec = {"pool": pool.name, "worker_id": wid, "generation": pool.generation,
                 "cgroup_procs": worker.cgroup.procs_files() if worker.cgroup else [],
+                "isolation": worker_iso,
                 "max_header_bytes": self.main.max_header_bytes, **self._limit_settings(),
                 "access_log": self.main.access_log,
                 "config": pool.cfg.to_spec(), "routes": self.router_table()}
@@ -737,6 +758,7 @@ class Supervisor:
                self.reroute_in.fileno(), worker.board.fd, self._limit_settings()["conn_sem"]]
         if pool.csem >= 0:
             fds.append(pool.csem)
+        worker.spawn_sent = time.monotonic()
         try:
             fdpass.send_with_fds(self.zygote, protocol.encode(
                 {"t": "spawn", "id": sid, "spec": spec}), fds)
@@ -782,6 +804,7 @@ class Supervisor:
                 continue
             kind = msg["t"]
             if kind == protocol.READY:
+                worker.boot = _boot_steps(worker, msg.get("trace") or [], time.monotonic())
                 self._worker_ready(worker)
             elif kind == protocol.STARTUP_FAILED:
                 worker.startup_error = str(msg.get("error", ""))
@@ -1317,6 +1340,154 @@ class Supervisor:
         worker.memwatch = memevents.MemoryWatch(directory, tree.version, high, limit)
         self._watch(worker.memwatch.fileno(), lambda ev, w=worker: self._memory_event(w))
 
+    # ============================================================ isolation
+    def _isolate(self, pool: Pool) -> str | None:
+        """Resolves the pool's [isolation] (identity, network namespace) and checks that
+        its identity can read what its workers need. Returns the error (naming the
+        file and key), or None. The filesystem view is made per spawn
+        (_worker_isolation), so it hides pools added since."""
+        cfg, iso = pool.cfg, pool.cfg.isolation
+        if iso is None:
+            pool.identity = None
+            if pool.netns is not None:
+                self._drop_network(pool)
+            if os.geteuid() == 0:
+                log.warning("unisolated", f"pool {pool.name} has no [isolation]: its workers "
+                            "run as root, in hostd's namespaces", POOL=pool.name)
+            return None
+        if os.geteuid() != 0:
+            return (f"{cfg.file}: [isolation] needs hostd to run as root (uids, namespaces); "
+                    "remove the table or run hostd as root")
+        try:
+            identity = isolation.resolve_identity(pool.name, iso.identity, self._identities())
+        except (OSError, KeyError) as exc:
+            return f"{cfg.file}: isolation.identity: {exc}"
+        view = self._view(pool) if iso.filesystem == "site" else None
+        problem = isolation.access_problem(cfg, identity, view, self._runtime_dirs())
+        if problem is not None:
+            return problem
+        try:
+            self._pool_network(pool)
+        except (OSError, RuntimeError, ValueError) as exc:
+            return f"{cfg.file}: isolation.network: {exc}"
+        if pool.identity != identity:
+            log.info("identity", f"pool {pool.name} runs as uid {identity.uid} gid "
+                     f"{identity.gid} ({iso.identity})", POOL=pool.name, UID=identity.uid,
+                     GID=identity.gid)
+        pool.identity = identity
+        return None
+
+    def _identities(self) -> isolation.IdentityStore:
+        if self.identities is None:
+            first, last = self.main.identity_range
+            self.identities = isolation.IdentityStore(
+                self.main.state_dir / "identities.json", first, last)
+        return self.identities
+
+    def _runtime_dirs(self) -> list[str]:
+        if self.runtime_dirs is None:
+            self.runtime_dirs = isolation.runtime_dirs()
+        return self.runtime_dirs
+
+    def _view(self, pool: Pool):
+        others = [p.cfg for p in self.pools.values() if p is not pool and p.cfg is not None]
+        return isolation.build_view(pool.cfg, self.main, others, self._runtime_dirs())
+
+    def _worker_isolation(self, pool: Pool) -> dict | None:
+        """The spawn spec's "isolation": what the zygote applies (hostd/zygote.py)."""
+        iso = pool.cfg.isolation
+        if iso is None or pool.identity is None:
+            return None
+        view = self._view(pool) if iso.filesystem == "site" else None
+        return {"uid": pool.identity.uid, "gid": pool.identity.gid,
+                "userns": iso.user_namespace, "pidns": view is not None,
+                "view": view.to_spec() if view is not None else None,
+                "netns": pool.netns}
+
+    def _pool_network(self, pool: Pool) -> None:
+        """network = "none"/"private": the pool's own network namespace, pinned at
+        run_dir/netns/<pool>; "private" adds a veth pair with a /30 of private_network.
+        Raises: OSError, RuntimeError, ValueError."""
+        from kernel import netns
+        mode = pool.cfg.isolation.network
+        if mode == "host":
+            self._drop_network(pool)
+            return
+        path = str(self.main.run_dir / "netns" / pool.name)
+        netns.create(path)
+        pool.netns = path
+        if mode == "private" and pool.link is None:
+            import ipaddress
+            index = self._identities().net_index(pool.name)
+            host, inside, plen = netns.subnet(ipaddress.IPv4Network(self.main.private_network), index)
+            ifname = netns.ifname(pool.name, index)
+            netns.private_link(path, ifname, str(host), str(inside), plen)
+            pool.link = ifname
+            log.info("network", f"pool {pool.name}: {ifname} {host}/{plen} <-> eth0 {inside}",
+                     POOL=pool.name, INTERFACE=ifname)
+        elif mode == "none" and pool.link is not None:
+            netns.remove_link(pool.link)
+            pool.link = None
+
+    def _drop_network(self, pool: Pool) -> None:
+        if pool.netns is None and pool.link is None:
+            return
+        from kernel import netns
+        try:
+            if pool.link is not None:
+                netns.remove_link(pool.link)
+            if pool.netns is not None:
+                netns.destroy(pool.netns)
+        except (OSError, RuntimeError) as exc:
+            log.warning("network", f"pool {pool.name}: cannot remove its network: {exc}",
+                        POOL=pool.name)
+        pool.netns = pool.link = None
+
+    def pool_identity(self, name: str) -> tuple[bool, dict]:
+        """`hostctl pool identity NAME`: the uid/gid the pool's workers run as."""
+        pool = self.pools.get(name)
+        if pool is None:
+            return False, {"ok": False, "message": f"no pool named {name}"}
+        if pool.cfg is None:
+            return False, {"ok": False, "message": f"pool {name} has a broken configuration: {pool.error}"}
+        iso = pool.cfg.isolation
+        if iso is None:
+            doc = {"uid": os.geteuid(), "gid": os.getegid(), "identity": "hostd",
+                   "user": None}
+        else:
+            identity = pool.identity
+            if identity is None:
+                try:
+                    identity = isolation.resolve_identity(name, iso.identity, self._identities())
+                except (OSError, KeyError) as exc:
+                    return False, {"ok": False, "message": f"pool {name}: {exc}"}
+            doc = identity.to_dict()
+        return True, {"ok": True, "pool": name, **doc,
+                      "isolated": iso is not None,
+                      "message": f"pool {name}: uid {doc['uid']} gid {doc['gid']} ({doc['identity']})"}
+
+    def _send_access_log(self) -> None:
+        """logrotate for isolated workers, which can neither see nor open the file: the
+        supervisor opens it and sends each one the descriptor over its control channel."""
+        target = self.main.access_log
+        isolated = [w for w in self.workers_by_pid.values() if w.isolated and w.ctl is not None]
+        if target in ("", "journal") or not isolated:
+            return
+        from hostd.accesslog import open_file
+        try:
+            fd = open_file(target)
+        except OSError as exc:
+            log.error("access_log", f"cannot open {target}: {exc}")
+            return
+        try:
+            for w in isolated:
+                try:
+                    fdpass.send_with_fds(w.ctl, protocol.encode({"t": "access_log"}), [fd])
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+
     def _pool_limits(self, pool: Pool) -> str | None:
         """Writes the pool's [limits] to its cgroup (created here, before any worker);
         returns the error (file, key, cgroup file) when one cannot be applied."""
@@ -1574,6 +1745,10 @@ class Supervisor:
 
     def _change_pool(self, pool: Pool, cfg) -> None:
         pool.cfg = cfg
+        problem = self._isolate(pool)
+        if problem is not None:
+            self._fail_pool(pool, problem, "isolation_failed")
+            return
         problem = self._pool_limits(pool)
         if problem is not None:
             self._fail_pool(pool, problem, "limits_failed")
@@ -1632,6 +1807,9 @@ class Supervisor:
         if pool.life.can(P.STOPPED):
             pool.life.to(P.STOPPED, "retired")
         self.retired.remove(pool)
+        successor = self.pools.get(pool.name)
+        if successor is None or successor.netns is None:
+            self._drop_network(pool)   # not when a re-added pool of that name uses it
         pool.close()
 
     # ============================================================ stop
@@ -1737,6 +1915,7 @@ class Supervisor:
             for fd, _ in pool.parked:
                 os.close(fd)
             pool.parked.clear()
+            self._drop_network(pool)
             pool.close()
         self.reroute_in.close()
         self.reroute_out.close()
@@ -1770,7 +1949,8 @@ class Supervisor:
                                 "start_reason": w.spawn_reason,
                                 "last_recycle_reason": w.spawn_reason[len("recycle: "):]
                                 if w.spawn_reason.startswith("recycle: ") else None,
-                                "recycling": w.recycling or None})
+                                "recycling": w.recycling or None,
+                                "boot_ms": w.boot or None})
             queued = self.pools[pool.name].queue_len - _sem_value(pool)
             pools.append({"name": pool.name, "state": pool.state.value,
                           "bindings": [b.text for b in pool.cfg.bindings] if pool.cfg else [],
@@ -1780,6 +1960,9 @@ class Supervisor:
                           "error": pool.error,
                           "recycles": dict(pool.recycles),
                           "limits": dataclasses.asdict(pool.cfg.limits) if pool.cfg else None,
+                          "isolation": dataclasses.asdict(pool.cfg.isolation)
+                          if pool.cfg and pool.cfg.isolation else None,
+                          "identity": pool.identity.to_dict() if pool.identity else None,
                           "file": str(pool.cfg.file) if pool.cfg else None})
         return {"pid": self.pid, "started": round(self.started_at, 3),
                 "listen": [_show_addr(h, p) for h, p in self.main.listen],
@@ -1790,6 +1973,21 @@ class Supervisor:
 
 #: recycle reasons for a worker whose memory grows: it stops taking work at once
 _MEMORY_REASONS = frozenset({"private_memory", "memory_max"})
+
+
+def _boot_steps(worker: Worker, trace: list, now: float) -> dict[str, float]:
+    """{step: ms spent in it} from the spawn request to READY: the supervisor's own
+    part (cgroup), then the steps the zygote and the worker stamped (hostd/zygote.py),
+    then the READY message's trip back. CLOCK_MONOTONIC is one clock for every process
+    (a pid namespace has no clock of its own), so the stamps compare."""
+    steps, last = {}, worker.spawned_at
+    for name, t in [("supervisor", worker.spawn_sent)] + [tuple(x) for x in trace] + [("ready_msg", now)]:
+        if t is None:
+            continue
+        steps[str(name)] = round((t - last) * 1000, 2)
+        last = t
+    steps["total"] = round((now - worker.spawned_at) * 1000, 2)
+    return steps
 
 
 def _sem_value(pool: Pool) -> int:

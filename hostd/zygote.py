@@ -21,16 +21,13 @@ import sys
 import time
 import traceback
 
-from hostd import log, protocol
-from kernel import fdpass, proc
+from hostd import accesslog, log, protocol
+from kernel import fdpass, fsview, privileges, proc
+from kernel import ns as namespaces
 
 SPAWN = "spawn"
 SPAWNED = "spawned"
 SPAWN_FAILED = "spawn_failed"
-
-#: how long a new worker waits to be re-parented to the supervisor
-_REPARENT_WAIT = 2.0
-
 
 def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
     """Entry point in the forked zygote process. Returns its exit code."""
@@ -59,6 +56,7 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
             msg = protocol.decode(data)
             if msg["t"] != SPAWN or len(fds) < 5:
                 raise ValueError(f"unexpected request {msg.get('t')!r} with {len(fds)} fds")
+            msg["spec"]["trace"] = [("zygote", time.monotonic())]
             pid = _spawn(msg["spec"], fds, supervisor_pid, chan.fileno())
             reply = {"t": SPAWNED, "id": msg["id"], "pid": pid}
         except Exception as exc:  # report, never die: the zygote serves every pool
@@ -71,54 +69,108 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
 
 
 def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int) -> int:
-    """Double-forks a worker; returns its pid. Raises OSError when fork fails."""
-    r, w = os.pipe()
+    """Double-forks a worker; returns its pid (in the host's pid namespace).
+
+    zygote -> intermediate -> worker. With isolation the intermediate first unshares
+    a pid namespace (so the worker is its pid 1) and stays until it has written the
+    worker's user-namespace id maps: only a process outside that namespace, holding
+    CAP_SETUID there, may map a uid other than its own. The worker waits for the
+    zygote's "go", sent once the intermediate is reaped, i.e. once the worker has been
+    re-parented to the supervisor; only then does it arm PDEATHSIG (set earlier, it
+    would fire at the re-parenting).
+    Raises: OSError when a fork fails."""
+    iso = spec.get("isolation") or {}
+    pid_r, pid_w = os.pipe()      # intermediate -> zygote: the worker's pid
+    go_r, go_w = os.pipe()        # zygote -> worker: re-parented; your host pid
+    up_r, up_w = os.pipe()        # worker -> intermediate: map my user namespace
+    ack_r, ack_w = os.pipe()      # intermediate -> worker: mapped
     middle = os.fork()
     if middle == 0:
         try:
-            os.close(r)
+            os.close(pid_r)
+            os.close(go_w)
+            if iso.get("pidns"):
+                namespaces.unshare(namespaces.CLONE_NEWPID)
             pid = os.fork()
             if pid == 0:
-                os.close(w)
-                _become_worker(spec, fds, supervisor_pid, chan_fd)  # never returns
-            os.write(w, str(pid).encode())
+                os.close(pid_w)
+                os.close(up_r)
+                os.close(ack_w)
+                _become_worker(spec, fds, supervisor_pid, (go_r, up_w, ack_r))  # never returns
+            os.close(up_w)
+            os.close(ack_r)
+            if iso.get("userns") and os.read(up_r, 1) == b"u":
+                try:
+                    privileges.write_id_maps(pid, iso["uid"], iso["gid"])
+                    os.write(ack_w, b"k")
+                except OSError:
+                    pass   # no ack: the worker reports that it could not be mapped
+            os.write(pid_w, str(pid).encode())
         finally:
             os._exit(0)
-    os.close(w)
+    for fd in (pid_w, go_r, up_r, up_w, ack_r, ack_w):
+        os.close(fd)
     try:
         data = b""
         while True:
-            chunk = os.read(r, 32)
+            chunk = os.read(pid_r, 32)
             if not chunk:
                 break
             data += chunk
     finally:
-        os.close(r)
+        os.close(pid_r)
         os.waitpid(middle, 0)
+    try:
+        if data:
+            os.write(go_w, data)
+    except OSError:
+        pass   # the worker died already; the supervisor reaps it
+    finally:
+        os.close(go_w)
     if not data:
         raise OSError("worker fork failed in the intermediate process")
     return int(data)
 
 
-def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int) -> None:
+def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, sync: tuple) -> None:
     code = protocol.EXIT_WORKER_BOOT
+    go_r, up_w, ack_r = sync
+    trace = spec["trace"]   # (step, CLOCK_MONOTONIC) for the supervisor's boot_ms
+    trace.append(("fork", time.monotonic()))
     try:
         # join the worker's cgroup before anything else runs, so nothing it will ever
         # start can be outside it
         for path in spec.get("cgroup_procs") or ():
             with open(path, "w") as f:
                 f.write("0")
-        proc.close_fds_except(set(fds))
-        # wait to be re-parented, then die with the supervisor (SIGTERM: drain first);
-        # setting PDEATHSIG before that would fire when the intermediate exits
-        deadline = time.monotonic() + _REPARENT_WAIT
-        while os.getppid() != supervisor_pid and time.monotonic() < deadline:
-            time.sleep(0.0002)
+        trace.append(("cgroup_join", time.monotonic()))
+        iso = spec.get("isolation")
+        keep = set(fds) | {go_r, up_w, ack_r}
+        if iso and spec.get("access_log") not in (None, "", "journal"):
+            # opened while root: the isolated worker cannot see or open the file
+            spec["access_log_fd"] = accesslog.open_file(spec["access_log"])
+            keep.add(spec["access_log_fd"])
+        proc.close_fds_except(keep)
+        if iso:
+            confine(iso, up_w, ack_r, trace)
+        else:
+            harden()
+            trace.append(("harden", time.monotonic()))
+        os.close(up_w)
+        os.close(ack_r)
+        # the zygote's go: we are the supervisor's child now (and learn our host pid,
+        # since in our own pid namespace getpid() says 1)
+        go = os.read(go_r, 32)
+        os.close(go_r)
+        if not go:
+            os._exit(protocol.EXIT_SUPERVISOR_GONE)
+        spec["host_pid"] = int(go)
+        trace.append(("reparent", time.monotonic()))
         try:
-            proc.set_pdeathsig(signal.SIGTERM)
+            proc.set_pdeathsig(signal.SIGTERM)   # after the uid switch: that clears it
         except OSError:
             pass
-        if os.getppid() != supervisor_pid:
+        if not (iso and iso.get("pidns")) and os.getppid() != supervisor_pid:
             os._exit(protocol.EXIT_SUPERVISOR_GONE)
         # its own session and process group: killing the group takes whatever the
         # app started with it (the cgroup does that fully where hostd has cgroups)
@@ -147,3 +199,43 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int
         except Exception:
             pass
         os._exit(code)
+
+
+def harden() -> None:
+    """Every worker, isolated or not: an empty capability bounding set and
+    no_new_privs, so nothing it execs can gain privileges. (A worker of an unisolated
+    pool keeps hostd's uid; hostd warns about that at start.)"""
+    if os.geteuid() == 0:
+        privileges.drop_bounding_set()
+    privileges.set_no_new_privs()
+
+
+def confine(iso: dict, up_w: int, ack_r: int, trace: list) -> None:
+    """Puts this (root) process into the pool's namespaces and identity, in the one
+    order that works: the network namespace and the mount view need root of the
+    host; the user namespace comes last, so the namespaces made before it belong to
+    the host's user namespace and the worker can never undo them.
+    Raises: OSError naming the step that failed."""
+    if iso.get("netns"):
+        fd = os.open(iso["netns"], os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            namespaces.setns(fd, namespaces.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+        trace.append(("netns", time.monotonic()))
+    if iso.get("view"):
+        namespaces.unshare(namespaces.CLONE_NEWNS | namespaces.CLONE_NEWIPC)
+        fsview.apply(fsview.View.from_spec(iso["view"]))
+        trace.append(("mount_view", time.monotonic()))
+    if iso.get("userns"):
+        namespaces.unshare(namespaces.CLONE_NEWUSER)
+        os.write(up_w, b"u")
+        if os.read(ack_r, 1) != b"k":
+            raise OSError("the intermediate process could not write the uid/gid maps")
+        trace.append(("userns", time.monotonic()))
+    # after the unshare: a new user namespace starts with a full bounding set
+    privileges.drop_bounding_set()
+    privileges.switch_identity(iso["uid"], iso["gid"])
+    privileges.clear_capabilities()
+    privileges.set_no_new_privs()
+    trace.append(("identity", time.monotonic()))

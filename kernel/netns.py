@@ -9,7 +9,7 @@ The kernel is the interface:
 * it is freed when the pin is unmounted and the last process and socket in it are gone.
 
 Python 3.11 has no os.unshare/os.setns, so those (and mount/umount2) are called through
-ctypes on libc; a failure raises OSError(errno, "<call>: <strerror>", path).
+kernel/ns.py's system calls; a failure raises OSError(errno, "<call>: <strerror>", path).
 
 Links are made with pyroute2 (rtnetlink), imported lazily: it costs ~0.1 s to import and
 only `private_link`/`remove_link` need it. `loopback_up` uses two ioctls instead, since it
@@ -20,7 +20,6 @@ caller's business (`subnet` and `ifname` are pure helpers for that).
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import ipaddress
@@ -30,14 +29,9 @@ import struct
 
 # --------------------------------------------------------------------------- constants
 
-#: unshare(2)/setns(2) flags (linux/sched.h)
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-
-#: mount(2) flags (linux/mount.h)
-MS_BIND = 0x1000
-#: umount2(2) flags
-MNT_DETACH = 0x2
+# the system calls themselves are kernel/ns.py's (one ctypes wrapper per call)
+from kernel.ns import CLONE_NEWNET, CLONE_NEWNS, MNT_DETACH, MS_BIND, setns, unshare  # noqa: F401
+from kernel.ns import mount as _mount, umount as _umount
 
 #: ioctl on a namespace file: which kind of namespace it is (linux/nsfs.h: _IO(0xb7, 0x3))
 NS_GET_NSTYPE = 0xB703
@@ -56,52 +50,18 @@ NS_IFNAME = "eth0"
 # struct ifreq: char ifr_name[16]; union { short ifr_flags; ... } padded to 40 bytes (LP64)
 _IFREQ = struct.Struct("16sH22x")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                        ctypes.c_ulong, ctypes.c_void_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-
-
-def _check(ret: int, what: str, filename: str | None = None) -> None:
-    if ret == -1:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}", filename)
-
-
-# --------------------------------------------------------------------------- syscalls
-
-def unshare(flags: int) -> None:
-    """unshare(2) for the calling thread.
-
-    Takes: CLONE_* flags (e.g. CLONE_NEWNET).
-    Returns: None.
-    Raises: OSError (EPERM without CAP_SYS_ADMIN, EINVAL for bad flags, ...).
-    Note: namespaces are per thread; in a multi-threaded process only the caller moves,
-    which is why `create` does this in a forked (single-threaded) child.
-    """
-    _check(_libc.unshare(flags), f"unshare({flags:#x})")
-
-
-def setns(fd: int, nstype: int) -> None:
-    """setns(2): move the calling thread into the namespace open at `fd`.
-
-    Takes: a descriptor of a namespace file (/proc/<pid>/ns/<x> or a bind mount of one),
-    the expected CLONE_NEW* type (0 accepts any).
-    Returns: None.
-    Raises: OSError (EINVAL when fd is not a namespace of that type, EPERM, ...).
-    """
-    _check(_libc.setns(fd, nstype), f"setns(fd={fd}, {nstype:#x})")
-
-
 def _mount_bind(source: bytes, target: bytes) -> None:
-    _check(_libc.mount(source, target, b"none", MS_BIND, None),
-           "mount(MS_BIND)", os.fsdecode(target))
+    try:
+        _mount(os.fsdecode(source), os.fsdecode(target), "none", MS_BIND)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.fsdecode(target)) from None
 
 
 def _umount_detach(target: bytes) -> None:
-    _check(_libc.umount2(target, MNT_DETACH), "umount2(MNT_DETACH)", os.fsdecode(target))
+    try:
+        _umount(os.fsdecode(target), MNT_DETACH)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, os.fsdecode(target)) from None
 
 
 def _nstype(path: str) -> int | None:

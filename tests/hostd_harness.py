@@ -75,6 +75,7 @@ class Hostd:
         if defaults:
             doc["defaults"] = defaults
         self.config.write_text(toml_dump(doc))
+        self.config.chmod(0o600)
         for name, pool in pools.items():
             self.write_pool(name, pool)
         self.proc: subprocess.Popen | None = None
@@ -87,6 +88,7 @@ class Hostd:
     def write_pool(self, name: str, pool: dict | str) -> Path:
         path = self.pools_dir / f"{name}.toml"
         path.write_text(pool if isinstance(pool, str) else toml_dump(pool))
+        path.chmod(0o600)   # pool files may hold env values: hostd refuses them readable
         return path
 
     def remove_pool(self, name: str) -> None:

@@ -51,8 +51,13 @@ class Worker:
         self.sem_fd = sem_fd
         self.reroute = reroute
         self.board = scoreboard
-        self.pid = os.getpid()
-        self.access = AccessLog(spec["access_log"], self.pool, self.pid) \
+        # the host's pid: in its own pid namespace a worker's getpid() is 1
+        self.pid = spec.get("host_pid") or os.getpid()
+        # pid 1 of its own pid namespace (filesystem = "site"): orphans of the app
+        # are re-parented to us, so we must reap them (reap_orphans)
+        self.ns_init = os.getpid() == 1
+        self.access = AccessLog(spec["access_log"], self.pool, self.pid,
+                                spec.get("access_log_fd", -1)) \
             if spec.get("access_log") else None
         self.router = Router.from_table(spec.get("routes") or [])
         self.route_cache: dict = {}
@@ -335,11 +340,22 @@ class Worker:
             if not r:
                 continue
             try:
-                data = ctl.recv(protocol.MAX_CONTROL_BYTES)
+                data, fds = recv_with_fds(ctl, protocol.MAX_CONTROL_BYTES, 0, maxfds=1)
             except (BlockingIOError, InterruptedError):
                 continue
-            except OSError:
-                data = b""
+            except (OSError, RuntimeError):
+                data, fds = b"", []
+            if fds:
+                # only "access_log" carries a descriptor: the reopened access log
+                try:
+                    wanted = data and protocol.decode(data).get("t") == "access_log"
+                except ValueError:
+                    wanted = False
+                if wanted and self.access is not None:
+                    self.access.replace_fd(fds.pop(0))
+                for fd in fds:
+                    os.close(fd)
+                continue
             if not data:
                 self._to_loop({"t": "eof"})
                 return
@@ -491,6 +507,8 @@ class Worker:
                 self._board()
                 if self.access is not None:
                     self.access.tick(now)
+                if self.ns_init:
+                    reap_orphans()
             if self.draining and self.running == 0:
                 # anything left is owned by nobody: hand it back too
                 for conn in list(conns.values()):
@@ -514,6 +532,38 @@ class Worker:
         self._board()
         if self.access is not None:
             self.access.close()
+
+
+def reap_orphans() -> int:
+    """As pid 1 of the pool's pid namespace: reaps exited processes the app lost track
+    of (a daemon that double-forked and setsid()ed, then died). Only zombies of another
+    session are taken: a child of the app in our own session may still be waited for
+    by the app (subprocess.Popen), and reaping it would steal its exit status.
+    Returns how many were reaped. The namespace is small, so the /proc scan is cheap;
+    it runs on the loop's sweep, never per request."""
+    reaped = 0
+    own_sid = os.getsid(0)
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.isdigit() or entry == "1":
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        # state, ppid, pgrp, session
+        if fields[0] == b"Z" and fields[1] == b"1" and int(fields[3]) != own_sid:
+            try:
+                os.waitpid(int(entry), os.WNOHANG)
+                reaped += 1
+            except ChildProcessError:
+                pass
+    return reaped
 
 
 def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int,
@@ -544,6 +594,8 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
         app = load_app(spec.get("config") or {})
     except BaseException:
         return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
+    trace = spec.get("trace") or []
+    trace.append(("app_import", time.monotonic()))
     try:
         worker = Worker(spec, ctl, queue, sem_fd, reroute, scoreboard, app)
     except BaseException:
@@ -562,7 +614,8 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
         return worker.ctl_open
     _api._reporter = _report
     try:
-        ctl.send(protocol.encode({"t": protocol.READY}))
+        trace.append(("worker_init", time.monotonic()))
+        ctl.send(protocol.encode({"t": protocol.READY, "trace": trace}))
     except OSError:
         return protocol.EXIT_SUPERVISOR_GONE
     return worker.run()

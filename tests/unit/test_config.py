@@ -23,6 +23,7 @@ def site(tmp_path):
 
 def write_main(site, text):
     (site / "hostd.toml").write_text(text)
+    (site / "hostd.toml").chmod(0o600)   # it may hold env values (secrets)
     return site / "hostd.toml"
 
 
@@ -32,6 +33,7 @@ def write_pool(site, name, text=None, bindings=None):
                 f'bindings = {json.dumps(bindings or [name + ".localhost"])}\n')
     path = site / "pools.d" / f"{name}.toml"
     path.write_text(text)
+    path.chmod(0o600)   # pool files may hold env values (secrets)
     return path
 
 
@@ -254,7 +256,13 @@ env = {{ DJANGO_SETTINGS_MODULE = "shop.settings", B = "" }}
     ('env = { "" = "1" }', "env."),
     ('env = { A = "a\\u0000b" }', "env.A"),
     ("workers = 2", "workers"),
-    ("[isolation]", "isolation"),
+    ('[isolation]\nidentity = "root"', "isolation.identity"),
+    ('[isolation]\nidentity = "user:no-such-user-here"', "isolation.identity"),
+    ('[isolation]\nnetwork = "bridge"', "isolation.network"),
+    ('[isolation]\nfilesystem = "chroot"', "isolation.filesystem"),
+    ('[isolation]\nuser_namespace = "yes"', "isolation.user_namespace"),
+    ('[isolation]\nshow = ["/no/such/dir"]', "isolation.show[0]"),
+    ("[sandbox]", "sandbox"),
     ('[recycling]\nschedule = ["25:00"]', "recycling.schedule"),
     ('[recycling]\nschedule = "03:00"', "recycling.schedule"),
     ('[recycling]\nrequests = -1', "recycling.requests"),
@@ -287,9 +295,9 @@ def test_pool_required_keys(site, missing):
 
 def test_pool_collects_all_problems_of_a_file(site):
     errors = pool_errors(site, 'app = "x"\ndirectory = "nope"\nbindings = ["a*.b", "ok", ":0"]\n'
-                               'threads = 0\n[isolation]\n')
+                               'threads = 0\n[sandbox]\n')
     assert set(errors) == {"app", "directory", "bindings[0]", "bindings[2]", "threads",
-                           "isolation"}
+                           "sandbox"}
 
 
 def test_pool_virtualenv_version_from_pyvenv_cfg(site):
@@ -439,7 +447,8 @@ def test_to_spec_is_json_and_round_trips(site):
                       "private_memory": 0, "virtual_memory": 0},
         "limits": {"worker_memory_max": 0, "memory_max": 0, "memory_high": 0, "cpus": "",
                    "cpu_max": 0, "cpu_action": "throttle", "cpu_interval": 300.0,
-                   "pids_max": 0}}
+                   "pids_max": 0},
+        "isolation": None}
     assert PoolConfig.from_spec(spec) == pool
 
 
@@ -486,8 +495,9 @@ def test_check_config_main_syntax_error(site):
 def test_every_key_is_documented():
     from hostd.config import HOSTD_KEYS, POOL_KEYS
     docs = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    from hostd.config import HEALTH_KEYS, LIMITS_KEYS, RECYCLING_KEYS
-    missing = [k for k in [*HOSTD_KEYS, *POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS]
+    from hostd.config import HEALTH_KEYS, ISOLATION_KEYS, LIMITS_KEYS, RECYCLING_KEYS
+    missing = [k for k in [*HOSTD_KEYS, *POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS,
+                           *ISOLATION_KEYS]
                if f"| `{k}` |" not in docs]
     assert missing == []
 
@@ -529,11 +539,71 @@ def test_the_every_key_example_is_a_valid_pool_file(tmp_path):
     from hostd.config import HEALTH_KEYS, LIMITS_KEYS, POOL_KEYS, RECYCLING_KEYS
     example = Path(__file__).resolve().parents[2] / "examples" / "pools.d" / "every-key.toml.example"
     text = example.read_text()
-    for key in [*POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS]:
+    from hostd.config import ISOLATION_KEYS
+    for key in [*POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS, *ISOLATION_KEYS]:
         assert f"\n{key} = " in text or f"\n# {key} = " in text or f"[{key}]" in text, key
     (tmp_path / "pools.d").mkdir()
     shutil.copytree(example.parents[1] / "apps", tmp_path / "apps")
     (tmp_path / "pools.d" / "shop.toml").write_text(text)
+    (tmp_path / "pools.d" / "shop.toml").chmod(0o600)
     (tmp_path / "hostd.toml").write_text('[hostd]\npools_dir = "pools.d"\n')
     pools, broken = load_pools(load_main(tmp_path / "hostd.toml"))
     assert broken == {} and pools["shop"].recycling.schedule == ("03:00",)
+
+
+# --- [isolation] and the secrets rule ------------------------------------------------
+def test_isolation_absent_means_not_isolated(site):
+    assert load_one(site, BASE).isolation is None
+
+
+def test_isolation_table_defaults(site):
+    from hostd.config import Isolation
+    pool = load_one(site, BASE + "[isolation]\n")
+    assert pool.isolation == Isolation("dynamic", True, "site", False, "host", ())
+    assert PoolConfig.from_spec(pool.to_spec()) == pool
+
+
+def test_isolation_from_defaults_table(site):
+    write_main(site, '[defaults.isolation]\nnetwork = "none"\n')
+    pool = load_one(site, BASE)
+    assert pool.isolation.network == "none" and pool.isolation.identity == "dynamic"
+
+
+def test_isolation_existing_user(site):
+    pool = load_one(site, BASE + '[isolation]\nidentity = "user:nobody"\nfilesystem = "host"\n')
+    assert pool.isolation.identity == "user:nobody" and pool.isolation.filesystem == "host"
+
+
+def test_pool_file_with_env_readable_by_others_is_refused(site):
+    path = write_pool(site, "p", BASE + 'env = { SECRET = "x" }\n')
+    path.chmod(0o644)
+    good, broken = load_pools(load_main(site / "hostd.toml"))
+    assert "p" not in good
+    [err] = broken["p"]
+    assert err.key == "env" and err.file == str(path) and "chmod 600" in err.problem
+    path.chmod(0o640)
+    assert "p" in load_pools(load_main(site / "hostd.toml"))[1]
+    path.chmod(0o600)
+    assert "p" in load_pools(load_main(site / "hostd.toml"))[0]
+
+
+def test_pool_file_without_env_may_be_world_readable(site):
+    path = write_pool(site, "p", BASE)
+    path.chmod(0o644)
+    assert "p" in load_pools(load_main(site / "hostd.toml"))[0]
+
+
+def test_main_file_with_default_env_readable_by_others_is_refused(site):
+    write_main(site, '[defaults]\nenv = { SECRET = "x" }\n')
+    (site / "hostd.toml").chmod(0o644)
+    with pytest.raises(ConfigErrors) as info:
+        load_main(site / "hostd.toml")
+    assert [e.key for e in info.value.errors] == ["defaults.env"]
+
+
+def test_identity_range_and_private_network(site):
+    write_main(site, '[hostd]\nidentity_range = "5000-5009"\nprivate_network = "10.9.0.0/24"\n')
+    main = load_main(site / "hostd.toml")
+    assert main.identity_range == (5000, 5009) and main.private_network == "10.9.0.0/24"
+    errors = main_errors(site, '[hostd]\nidentity_range = "9-1"\nprivate_network = "10.9.0.0/31"\n')
+    assert set(errors) == {"hostd.identity_range", "hostd.private_network"}

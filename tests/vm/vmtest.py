@@ -239,6 +239,7 @@ class PoolFiles:
         doc = {"bindings": bindings, **keys}
         path = POOLS_DIR / f"{name}.toml"
         path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in doc.items()))
+        path.chmod(0o600)   # hostd refuses a pool file with env that others can read
         self.written.append(path)
         return path
 

@@ -3,7 +3,7 @@ import os
 
 
 def application(environ, start_response):
-    body = (f"{os.environ.get('GREETING', 'Hello')}: pool={environ.get('hostd.pool')} "
+    body = (f"{os.environ.get('GREETING') or 'Hello from ' + environ.get('hostd.pool', '?')}: pool={environ.get('hostd.pool')} "
             f"pid={os.getpid()} path={environ['SCRIPT_NAME']}{environ['PATH_INFO']}\n").encode()
     start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"),
                               ("Content-Length", str(len(body)))])

@@ -1,0 +1,236 @@
+"""What a pool's [isolation] means on this host: its identity, its filesystem view, and
+the checks made before its first worker starts.
+
+The supervisor decides everything here and sends the result in the spawn spec; the
+zygote (hostd/zygote.py) and kernel/ only carry it out. So the rules are plain
+functions over the config, tested without processes (tests/unit/test_isolation.py).
+
+Identity ("dynamic"): a uid/gid from [hostd] identity_range, one per pool, kept in
+<state_dir>/identities.json so it is the same after a restart or a reload (IIS's
+ApplicationPoolIdentity). An identity is never given to another pool, even after its
+pool is removed: files the old site left behind must not change owner.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernel.fsview import View
+
+#: directories that are private (a fresh tmpfs) in a "site" view
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+#: directories hidden in every "site" view (besides hostd's own and other pools')
+HIDDEN_DIRS = ("/root", "/home")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a pool's workers are on the host."""
+
+    uid: int
+    gid: int
+    kind: str          # "dynamic" | "user"
+    user: str | None   # the account name for "user:NAME"
+
+    def to_dict(self) -> dict:
+        return {"uid": self.uid, "gid": self.gid, "identity": self.kind, "user": self.user}
+
+
+class IdentityStore:
+    """Pool -> dynamic uid, and pool -> index of its private /30 network, kept in a
+    JSON file written atomically (tmp + fsync + rename)."""
+
+    def __init__(self, path: Path, first: int, last: int):
+        self.path = Path(path)
+        self.first, self.last = first, last
+        self.uids: dict[str, int] = {}
+        self.nets: dict[str, int] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise OSError(f"{self.path}: unreadable identity file ({exc}); fix or move "
+                          "it aside: it keeps the pools' uids stable") from None
+        self.uids = {str(k): int(v) for k, v in (data.get("uids") or {}).items()}
+        self.nets = {str(k): int(v) for k, v in (data.get("nets") or {}).items()}
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"version": 1, "uids": self.uids, "nets": self.nets}, f, indent=1,
+                      sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def uid(self, pool: str) -> int:
+        """Takes: a pool name. Returns: its uid (= gid), allocating and saving one the
+        first time. Raises: OSError when the range is exhausted or the file cannot be
+        written."""
+        if pool in self.uids:
+            return self.uids[pool]
+        taken = set(self.uids.values())
+        for uid in range(self.first, self.last + 1):
+            if uid in taken or _account_exists(uid):
+                continue
+            self.uids[pool] = uid
+            self._save()
+            return uid
+        raise OSError(f"identity_range {self.first}-{self.last} is exhausted "
+                      f"({len(taken)} pools have one)")
+
+    def net_index(self, pool: str) -> int:
+        """Takes: a pool name. Returns: the index of its /30 in private_network,
+        allocated and saved the first time. Raises: OSError when it cannot be saved."""
+        if pool not in self.nets:
+            taken = set(self.nets.values())
+            self.nets[pool] = next(i for i in range(len(taken) + 1) if i not in taken)
+            self._save()
+        return self.nets[pool]
+
+
+def _account_exists(uid: int) -> bool:
+    """A uid or gid the host's account database already knows is never handed out."""
+    import grp
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(uid)
+            return True
+        except KeyError:
+            pass
+    return False
+
+
+def resolve_identity(pool: str, identity: str, store: IdentityStore) -> Identity:
+    """Takes: the pool name, its [isolation] identity, the store. Returns: Identity.
+    Raises: OSError (dynamic: cannot allocate), KeyError (the account vanished)."""
+    if identity == "dynamic":
+        uid = store.uid(pool)
+        return Identity(uid, uid, "dynamic", None)
+    name = identity.partition(":")[2]
+    entry = pwd.getpwnam(name)
+    return Identity(entry.pw_uid, entry.pw_gid, "user", name)
+
+
+# --- the view ------------------------------------------------------------------------
+def runtime_dirs() -> list[str]:
+    """The host directories a worker imports from after it gave up root: the
+    interpreter's library directories and where hostd's own packages live. They are
+    shown read-only in a "site" view, and must be readable by the pool's identity."""
+    import hostd
+    import kernel
+    import workers
+    dirs = {os.path.dirname(os.path.dirname(os.path.abspath(m.__file__)))
+            for m in (hostd, workers, kernel)}
+    for entry in sys.path:
+        if entry and os.path.isabs(entry) and os.path.isdir(entry):
+            dirs.add(os.path.normpath(entry))
+    # one directory inside another is already visible through it
+    out = sorted(dirs)
+    return [d for d in out if not any(d != o and d.startswith(o.rstrip("/") + "/") for o in out)]
+
+
+def pool_dirs(cfg) -> list[str]:
+    """A pool's own directories: its working directory and its virtualenv."""
+    out = [str(cfg.directory)]
+    if cfg.virtualenv is not None:
+        out.append(str(cfg.virtualenv))
+    return out
+
+
+def build_view(cfg, main, others: list, runtime: list[str] | None = None) -> View:
+    """Takes: the pool's config, the MainConfig, the other pools' configs. Returns: the
+    View of filesystem = "site": system read-only; the pool's directory (writable
+    unless read_only) and virtualenv, the runtime and [isolation] show visible;
+    /tmp, /var/tmp, /dev/shm private; /root, /home, hostd's config, state and run
+    directories, the access log's directory and the other pools' directories hidden."""
+    iso = cfg.isolation
+    mine = pool_dirs(cfg)
+    hide = set(HIDDEN_DIRS)
+    hide.update(str(p) for p in (main.state_dir, main.run_dir, main.pools_dir,
+                                 main.path.parent))
+    if main.access_log not in ("", "journal"):
+        hide.add(os.path.dirname(main.access_log))
+    for other in others:
+        for d in pool_dirs(other):
+            # never hide what leads to this pool's own files (a site inside another's)
+            if not any(m == d or m.startswith(d.rstrip("/") + "/") for m in mine):
+                hide.add(d)
+    hide.discard("/")
+    show = [(mine[0], not iso.read_only)] + [(d, False) for d in mine[1:]]
+    for d in (runtime if runtime is not None else runtime_dirs()) + list(iso.show):
+        if d not in dict(show):
+            show.append((d, False))
+    # a hidden directory that is also the pool's or the runtime's is shown, not hidden
+    shown = {p for p, _ in show}
+    hide = {h for h in hide if h not in shown}
+    return View(hide=tuple(sorted(hide)), show=tuple(show), private=PRIVATE_DIRS,
+                new_proc=True, read_only_system=True)
+
+
+# --- checks before a pool starts ----------------------------------------------------
+def unreadable(path: str, uid: int, gid: int, crossable=lambda p: False) -> str | None:
+    """Why `uid`/`gid` cannot list and enter directory `path`, or None.
+
+    Walks every ancestor (each needs search permission) with the plain mode bits the
+    kernel checks (ACLs are not read). `crossable(p)` says an ancestor is replaced in
+    the worker's view by a directory it can cross (inside a hidden or private tmpfs).
+    """
+    parts = Path(path).parts
+    for i in range(1, len(parts) + 1):
+        current = str(Path(*parts[:i]))
+        last = i == len(parts)
+        if not last and crossable(current):
+            continue
+        try:
+            st = os.stat(current)
+        except OSError as exc:
+            return f"{current}: {exc.strerror}"
+        need = (stat.S_IROTH | stat.S_IXOTH) if last else stat.S_IXOTH
+        if st.st_uid == uid:
+            need <<= 6
+        elif st.st_gid == gid:
+            need <<= 3
+        if st.st_mode & need != need:
+            what = "read" if last else "enter"
+            return (f"uid {uid} cannot {what} {current} (owner {st.st_uid}:{st.st_gid}, "
+                    f"mode {stat.S_IMODE(st.st_mode):03o})")
+    return None
+
+
+def access_problem(cfg, identity: Identity, view: View | None,
+                   runtime: list[str] | None = None) -> str | None:
+    """The first directory the pool's identity cannot read, as a clear error naming
+    the file and what to do, or None. Checked at pool start."""
+    if view is not None:
+        covers = [*view.hide, *view.private]
+
+        def crossable(p: str) -> bool:
+            return any(p == c or p.startswith(c.rstrip("/") + "/") for c in covers)
+        dirs = [p for p, _ in view.show]
+    else:
+        def crossable(p: str) -> bool:
+            return False
+        dirs = pool_dirs(cfg) + (runtime if runtime is not None else runtime_dirs())
+    for d in dirs:
+        problem = unreadable(d, identity.uid, identity.gid, crossable)
+        if problem is not None:
+            hint = (f"chown -R {identity.uid}:{identity.gid} {d}, or make it readable"
+                    if d in pool_dirs(cfg) else
+                    "install hostd with an interpreter in a world-readable place "
+                    "(README: what a host needs), or use filesystem = \"site\"")
+            return (f"{cfg.file}: isolation.identity: the pool's identity cannot read "
+                    f"{d}: {problem}; {hint}")
+    return None

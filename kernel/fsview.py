@@ -1,0 +1,189 @@
+"""A pool's filesystem view: what a worker sees in its own mount namespace.
+
+Two halves, h11-style:
+
+* `plan(view)` is pure: it turns a `View` (what to hide, what to show, what to make
+  private) into the ordered list of mount operations that builds it. It touches
+  nothing, so the rules are unit-tested without root (tests/unit/test_fsview.py).
+* `apply(ops)` does the I/O in the calling process, which must already be in a new
+  mount namespace (ns.unshare(CLONE_NEWNS)) and still be real root.
+
+The view, in order:
+1. every mount becomes a slave (nothing propagates back to the host) and read-only;
+2. paths are handled from the shallowest to the deepest, so a parent is built before
+   what lies in it:
+   * hide: an empty tmpfs over the directory, mode 000 (listing it fails with EACCES),
+     or 0711 when something below it is shown (it can be crossed, not listed);
+   * show: the host directory bind-mounted at the same path (created inside a hiding
+     tmpfs when needed), read-only or writable;
+   * private: a fresh, empty, writable tmpfs (mode 1777) — the pool's own /tmp;
+3. a new /proc for the worker's own pid namespace.
+
+The sources of "show" are opened (O_PATH) before anything is hidden, so a directory
+under a hidden one (a site under /home, the interpreter under /root) is still reached.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from kernel import ns
+
+HIDDEN_MODE = 0o000
+CROSSING_MODE = 0o711
+PRIVATE_MODE = 0o1777
+
+
+@dataclass(frozen=True)
+class View:
+    """What a worker's filesystem looks like. Paths are absolute and normalised."""
+
+    hide: tuple[str, ...] = ()
+    show: tuple[tuple[str, bool], ...] = ()      # (path, writable)
+    private: tuple[str, ...] = ()
+    new_proc: bool = True
+    read_only_system: bool = True
+
+    def to_spec(self) -> dict:
+        return {"hide": list(self.hide), "show": [list(s) for s in self.show],
+                "private": list(self.private), "new_proc": self.new_proc,
+                "read_only_system": self.read_only_system}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "View":
+        return cls(tuple(spec["hide"]), tuple((p, bool(w)) for p, w in spec["show"]),
+                   tuple(spec["private"]), bool(spec["new_proc"]),
+                   bool(spec["read_only_system"]))
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of building a view: kind is "slave", "readonly", "hide", "mkdirs",
+    "bind", "private" or "proc"; `mode` for tmpfs; `writable` for bind;
+    `source` indexes the O_PATH descriptors opened by apply()."""
+
+    kind: str
+    path: str
+    mode: int = 0
+    writable: bool = False
+    source: int = -1
+    below: tuple[str, ...] = field(default=())
+
+
+def _under(path: str, parent: str) -> bool:
+    return path == parent or parent == "/" or path.startswith(parent.rstrip("/") + "/")
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.rstrip("/").count("/")
+
+
+def plan(view: View) -> list[Op]:
+    """Takes: a View. Returns: the ordered mount operations that build it.
+    Raises: ValueError for a relative path or the root itself in hide/private."""
+    for p in (*view.hide, *(s for s, _ in view.show), *view.private):
+        if not p.startswith("/") or os.path.normpath(p) != p:
+            raise ValueError(f"view path {p!r} must be absolute and normalised")
+    for p in (*view.hide, *view.private):
+        if p == "/":
+            raise ValueError("cannot hide or replace / itself")
+    ops: list[Op] = [Op("slave", "/")]
+    if view.read_only_system:
+        ops.append(Op("readonly", "/"))
+    entries = ([(p, "hide", False) for p in view.hide]
+               + [(p, "show", w) for p, w in view.show]
+               + [(p, "private", True) for p in view.private])
+    # shallow first; at equal depth hide before private before show, so a path that
+    # is both hidden and shown ends up shown
+    order = {"hide": 0, "private": 1, "show": 2}
+    entries.sort(key=lambda e: (_depth(e[0]), order[e[1]], e[0]))
+    done: list[tuple[str, str]] = []     # (path, kind) applied so far
+    shows = [p for p, _ in view.show]
+    for index, (path, kind, writable) in enumerate(entries):
+        # what currently covers `path`: the deepest entry already applied above it
+        cover = None
+        for p, k in done:
+            if _under(path, p) and (cover is None or _depth(p) >= _depth(cover[0])):
+                cover = (p, k)
+        hidden = cover is not None and cover[1] in ("hide", "private") and cover[0] != path
+        if kind == "hide":
+            if hidden and cover[1] == "hide":
+                continue   # already invisible
+            below = tuple(s for s in shows if s != path and _under(s, path))
+            if hidden:
+                ops.append(Op("mkdirs", path))
+            ops.append(Op("hide", path, CROSSING_MODE if below else HIDDEN_MODE, below=below))
+        elif kind == "private":
+            if hidden:
+                ops.append(Op("mkdirs", path))
+            ops.append(Op("private", path, PRIVATE_MODE))
+        else:
+            if hidden:
+                ops.append(Op("mkdirs", path))
+            ops.append(Op("bind", path, writable=writable, source=shows.index(path)))
+        done.append((path, kind))
+    if view.new_proc:
+        ops.append(Op("proc", "/proc"))
+    return ops
+
+
+def apply(view: View, ops: list[Op] | None = None) -> None:
+    """Builds the view in the current mount namespace. The caller unshared CLONE_NEWNS
+    and is root of the host's user namespace. A hidden path that does not exist on
+    the host is skipped; a shown path that does not exist is an error.
+    Raises: OSError naming the path."""
+    ops = plan(view) if ops is None else ops
+    sources = []
+    try:
+        for path, _ in view.show:
+            try:
+                sources.append(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot show {path} in the pool's view: "
+                                         f"{exc.strerror}") from None
+        for op in ops:
+            _apply_one(op, sources)
+    finally:
+        for fd in sources:
+            os.close(fd)
+
+
+def _apply_one(op: Op, sources: list[int]) -> None:
+    if op.kind == "slave":
+        ns.make_slave(op.path)
+    elif op.kind == "readonly":
+        ns.make_readonly_tree(op.path)
+    elif op.kind == "mkdirs":
+        _mkdirs(op.path)
+    elif op.kind == "hide":
+        if not os.path.isdir(op.path):
+            return
+        ns.mount("tmpfs", op.path, "tmpfs", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC,
+                 f"mode={op.mode:o},size=64k,nr_inodes=256")
+    elif op.kind == "private":
+        if not os.path.isdir(op.path):
+            return
+        ns.mount("tmpfs", op.path, "tmpfs", ns.MS_NOSUID | ns.MS_NODEV,
+                 f"mode={op.mode:o}")
+    elif op.kind == "bind":
+        ns.mount(f"/proc/self/fd/{sources[op.source]}", op.path, None, ns.MS_BIND | ns.MS_REC)
+        flags = ns.MS_BIND | ns.MS_REMOUNT | ns.MS_NOSUID | ns.MS_NODEV
+        if not op.writable:
+            flags |= ns.MS_RDONLY
+        ns.mount(None, op.path, None, flags)
+    elif op.kind == "proc":
+        ns.mount("proc", "/proc", "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
+    else:  # pragma: no cover - plan() makes only the kinds above
+        raise ValueError(f"unknown view operation {op.kind!r}")
+
+
+def _mkdirs(path: str) -> None:
+    """Creates `path` and its missing parents, crossable but not listable: these are
+    directories inside a hiding tmpfs that lead to something shown."""
+    parts = path.strip("/").split("/")
+    current = ""
+    for part in parts:
+        current += "/" + part
+        if not os.path.isdir(current):
+            os.mkdir(current, CROSSING_MODE)
+            os.chmod(current, CROSSING_MODE)   # mkdir's mode passes through the umask

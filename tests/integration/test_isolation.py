@@ -1,0 +1,286 @@
+"""[isolation] against the real kernel (the isolation issue's acceptance): an intruder
+app in pool "a" tries to reach pool "b", hostd and the host, and every attempt must
+fail; each failure is checked next to a positive control (the same attempt from a
+place where it must work), so a broken probe cannot pass for isolation.
+
+Root only: uids, user/mount/pid/network namespaces are real, nothing is mocked."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from hostd_harness import APPS, Hostd
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolation needs root "
+                                "(uids, user/mount/pid/network namespaces)")
+
+
+def site_dir(root: Path, name: str) -> Path:
+    """A pool directory with the intruder app, readable by any uid (0755/0644): which
+    pool may see it is the view's business, not the mode's."""
+    d = root / name
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    shutil.copy(APPS / "intruder_app.py", d / "intruder_app.py")
+    (d / "intruder_app.py").chmod(0o644)
+    return d
+
+
+def pool(d: Path, binding: str, **isolation) -> dict:
+    return {"app": "intruder_app:application", "directory": str(d), "bindings": [binding],
+            "start_mode": "always_running", "isolation": isolation}
+
+
+def ask(h: Hostd, host: str, path: str) -> dict:
+    status, _, body = h.get(host, path)
+    assert status == 200, (status, body)
+    return json.loads(body)
+
+
+def ready_pid(h: Hostd, name: str) -> int:
+    h.wait_for(lambda: any(w["state"] == "ready" for w in h.pool(name)["workers"]),
+               timeout=20, what=f"pool {name} ready")
+    return next(w["pid"] for w in h.pool(name)["workers"] if w["state"] == "ready")
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A TCP listener on the host's loopback: pool "a" (network = "none") must not
+    reach it, pool "b" (network = "host") must."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    yield s.getsockname()[1]
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def hostd(tmp_path_factory):
+    root = tmp_path_factory.mktemp("isolation")
+    a, b = site_dir(root, "a"), site_dir(root, "b")
+    b.chmod(0o700)            # root's until the admin gives it to b's identity (below)
+    h = Hostd(root, pools={
+        "a": pool(a, "a.localhost", network="none"),
+        "b": {**pool(b, "b.localhost"), "env": {"SECRET": "b's database password"}},
+    })
+    leaky = h.write_pool("leaky", {**pool(a, "leaky.localhost"), "env": {"SECRET": "x"}})
+    leaky.chmod(0o644)        # env values readable by everybody: hostd must refuse it
+    h.start()
+    try:
+        # the admin's way: b fails with an error that names its uid; chown, start
+        h.wait_for(lambda: h.pool("b")["state"] == "failed", timeout=10)
+        assert "cannot read" in h.pool("b")["error"]
+        h.ids = {n: json.loads(h.ctl("pool", "identity", n, "--json").stdout)
+                 for n in ("a", "b")}
+        assert f"chown -R {h.ids['b']['uid']}:{h.ids['b']['gid']}" in h.pool("b")["error"]
+        secret = b / "secret.txt"
+        secret.write_text("b's secret")
+        secret.chmod(0o600)
+        for path in (b, b / "intruder_app.py", secret):
+            os.chown(path, h.ids["b"]["uid"], h.ids["b"]["gid"])
+        assert h.ctl("pool", "start", "b").returncode == 0
+        h.a_pid, h.b_pid = ready_pid(h, "a"), ready_pid(h, "b")
+        h.secret, h.a_dir, h.b_dir = secret, a, b
+        yield h
+    finally:
+        h.stop()
+
+
+def test_each_pool_has_its_own_uid_and_the_host_sees_it(hostd):
+    a, b = hostd.ids["a"], hostd.ids["b"]
+    assert a["identity"] == b["identity"] == "dynamic"
+    assert a["uid"] != b["uid"] and a["uid"] >= 1000 and b["uid"] >= 1000
+    for name, pid in (("a", hostd.a_pid), ("b", hostd.b_pid)):
+        uid = hostd.ids[name]["uid"]
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in status, status
+        # a user namespace that maps exactly the pool's uid, nothing else
+        assert Path(f"/proc/{pid}/uid_map").read_text().split() == [str(uid), str(uid), "1"]
+        assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+        assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        assert os.readlink(f"/proc/{pid}/ns/pid_for_children") != os.readlink("/proc/self/ns/pid")
+    assert os.readlink(f"/proc/{hostd.a_pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert os.readlink(f"/proc/{hostd.b_pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    status = hostd.pool("a")
+    assert status["identity"]["uid"] == a["uid"] and status["isolation"]["network"] == "none"
+    text = hostd.ctl("pool", "identity", "a").stdout
+    assert str(a["uid"]) in text, text
+
+
+def test_worker_is_not_root_and_has_no_capabilities(hostd):
+    me = ask(hostd, "a.localhost", "/whoami")
+    assert me["uid"] == hostd.ids["a"]["uid"] and me["gid"] == hostd.ids["a"]["gid"]
+    assert me["groups"] == []
+    assert int(me["CapEff"], 16) == int(me["CapPrm"], 16) == int(me["CapBnd"], 16) == 0
+    assert me["NoNewPrivs"] == "1"
+    assert me["getpid"] == 1                       # pid 1 of its own pid namespace
+    assert me["pids"] == [1], me["pids"]           # sees no pid outside its pool
+    assert me["cwd"] == str(hostd.a_dir)
+    assert me["interfaces"] == ["lo"]              # network = "none"
+
+
+def test_worker_reaps_the_daemons_it_inherits_as_pid_1(hostd):
+    assert ask(hostd, "a.localhost", "/daemon")["ok"]
+    # the daemon exits after 0.2 s; the worker's sweep (at most 1 s later) reaps it
+    hostd.wait_for(lambda: ask(hostd, "a.localhost", "/whoami")["pids"] == [1], timeout=5,
+                   what="the orphaned daemon reaped")
+
+
+def test_tmp_is_private_to_the_pool(hostd):
+    marker = f"/tmp/hostd-isolation-{os.getpid()}"
+    assert ask(hostd, "a.localhost", f"/write?path={marker}")["ok"]
+    try:
+        assert not os.path.exists(marker)           # not the host's /tmp
+        assert "hostd-isolation" not in " ".join(ask(hostd, "b.localhost", "/whoami")["tmp"])
+    finally:
+        if os.path.exists(marker):
+            os.unlink(marker)
+
+
+def test_intruder_cannot_read_another_pools_file(hostd):
+    # positive control: b reads its own 0600 file
+    assert ask(hostd, "b.localhost", f"/read?path={hostd.secret}")["ok"]
+    r = ask(hostd, "a.localhost", f"/read?path={hostd.secret}")
+    assert not r["ok"] and r["errno"] in ("EACCES", "ENOENT"), r
+
+
+def test_intruder_cannot_list_another_pools_directory(hostd):
+    assert ask(hostd, "b.localhost", f"/list?path={hostd.b_dir}")["ok"]
+    r = ask(hostd, "a.localhost", f"/list?path={hostd.b_dir}")
+    assert not r["ok"] and r["errno"] in ("EACCES", "ENOENT"), r
+
+
+def test_intruder_cannot_read_shadow_or_write_usr(hostd):
+    r = ask(hostd, "a.localhost", "/read?path=/etc/shadow")
+    assert not r["ok"] and r["errno"] == "EACCES", r
+    assert ask(hostd, "a.localhost", "/read?path=/etc/hostname")["ok"] or \
+        ask(hostd, "a.localhost", "/read?path=/etc/passwd")["ok"]
+    r = ask(hostd, "a.localhost", "/write?path=/usr/intruder")
+    assert not r["ok"] and r["errno"] in ("EROFS", "EACCES"), r
+    assert not os.path.exists("/usr/intruder")
+    # b's own directory is writable in its view (read_only = false); a's is root's
+    assert ask(hostd, "b.localhost", f"/write?path={hostd.b_dir}/scratch")["ok"]
+    r = ask(hostd, "a.localhost", f"/write?path={hostd.a_dir}/scratch")
+    assert not r["ok"] and r["errno"] == "EACCES", r
+
+
+def test_intruder_cannot_read_any_pool_file(hostd):
+    for f in ("a.toml", "b.toml"):
+        path = hostd.pools_dir / f
+        r = ask(hostd, "a.localhost", f"/read?path={path}")
+        assert not r["ok"] and r["errno"] in ("EACCES", "ENOENT"), (f, r)
+    r = ask(hostd, "a.localhost", f"/read?path={hostd.config}")
+    assert not r["ok"], r
+    # b's env reached b's app without b reading its file
+    assert "SECRET" not in json.dumps(ask(hostd, "a.localhost", "/whoami"))
+
+
+def test_intruder_cannot_signal_or_ptrace_another_pool(hostd):
+    for pid in (hostd.b_pid, hostd.proc.pid):
+        for probe in ("kill", "ptrace"):
+            r = ask(hostd, "a.localhost", f"/{probe}?pid={pid}")
+            assert not r["ok"] and r["errno"] in ("ESRCH", "EPERM"), (probe, pid, r)
+
+
+def test_intruder_cannot_connect_to_the_control_socket(hostd):
+    r = ask(hostd, "a.localhost", f"/unix?path={hostd.socket_path}")
+    assert not r["ok"] and r["errno"] in ("EACCES", "ENOENT"), r
+    r = ask(hostd, "b.localhost", f"/unix?path={hostd.socket_path}")
+    assert not r["ok"], r
+
+
+def test_network_none_cannot_reach_the_host(hostd, listener):
+    # positive control: b (network = "host") connects to the host's loopback listener
+    assert ask(hostd, "b.localhost", f"/connect?host=127.0.0.1&port={listener}")["ok"]
+    r = ask(hostd, "a.localhost", f"/connect?host=127.0.0.1&port={listener}")
+    assert not r["ok"] and r["errno"] in ("ECONNREFUSED", "ENETUNREACH"), r
+    r = ask(hostd, "a.localhost", f"/connect?host=127.0.0.1&port={hostd.port}")
+    assert not r["ok"], r
+
+
+def test_intruder_cannot_leave_its_cgroup(hostd):
+    r = ask(hostd, "a.localhost", "/escape")
+    assert not r["ok"], r
+    cg = Path(f"/proc/{hostd.a_pid}/cgroup").read_text()
+    assert "pool-a" in cg or "hostd" in cg, cg
+
+
+def test_env_file_readable_by_others_is_refused_and_others_run(hostd):
+    leaky = hostd.pool("leaky")
+    assert leaky["state"] == "failed"
+    assert "leaky.toml" in leaky["error"] and "env" in leaky["error"], leaky["error"]
+    assert "chmod 600" in leaky["error"]
+    assert hostd.get("a.localhost", "/")[0] == 200
+
+
+def test_identity_stable_across_restart_and_unreadable_dir_is_an_error(hostd, tmp_path):
+    before = hostd.ids
+    store = json.loads((hostd.root / "state" / "identities.json").read_text())
+    assert store["uids"]["a"] == before["a"]["uid"]
+    hostd.stop()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o700)          # root only: no pool identity can read it
+    shutil.copy(APPS / "intruder_app.py", locked / "intruder_app.py")
+    hostd.write_pool("locked", pool(locked, "locked.localhost"))
+    hostd.start()
+    try:
+        after = {n: json.loads(hostd.ctl("pool", "identity", n, "--json").stdout)
+                 for n in ("a", "b", "locked")}
+        assert after["a"]["uid"] == before["a"]["uid"]
+        assert after["b"]["uid"] == before["b"]["uid"]
+        assert len({d["uid"] for d in after.values()}) == 3
+        hostd.wait_for(lambda: hostd.pool("locked")["state"] == "failed", timeout=10)
+        error = hostd.pool("locked")["error"]
+        assert "locked.toml" in error and "cannot read" in error and str(locked) in error, error
+        assert hostd.get("a.localhost", "/")[0] == 200
+    finally:
+        hostd.remove_pool("locked")
+
+
+def test_private_network_and_access_log_of_isolated_workers(tmp_path):
+    """network = "private": a veth pair from private_network (a benchmarking range
+    here, 198.18.0.0/15, so it collides with nothing); the host side answers, the
+    host's loopback does not. The access log, which an isolated worker cannot open,
+    is written through the descriptor it got, and logrotate (rename + SIGUSR1) moves
+    it to the new file."""
+    d = site_dir(tmp_path, "p")
+    log_file = tmp_path / "logs" / "access.log"
+    h = Hostd(tmp_path, pools={"p": pool(d, "p.localhost", network="private")},
+              hostd={"private_network": "198.18.128.0/24", "access_log": str(log_file)})
+    h.start()
+    try:
+        ready_pid(h, "p")
+        me = ask(h, "p.localhost", "/whoami")
+        assert me["interfaces"] == ["lo", "eth0"], me["interfaces"]
+        ifname = next(n for _, n in socket.if_nameindex() if n.endswith("-p") and n.startswith("hd"))
+        with socket.socket() as s:
+            s.bind(("198.18.128.1", 0))
+            s.listen(8)
+            r = ask(h, "p.localhost", f"/connect?host=198.18.128.1&port={s.getsockname()[1]}")
+            assert r["ok"], r
+        with socket.socket() as lo:
+            lo.bind(("127.0.0.1", 0))
+            lo.listen(8)
+            r = ask(h, "p.localhost", f"/connect?host=127.0.0.1&port={lo.getsockname()[1]}")
+            assert not r["ok"], r
+        h.wait_for(lambda: log_file.exists() and "/whoami" in log_file.read_text(), timeout=5,
+                   what="access log line")
+        log_file.rename(log_file.with_suffix(".log.1"))
+        h.signal(__import__("signal").SIGUSR1)
+        h.wait_for(lambda: log_file.exists(), timeout=5, what="a new access log")
+        time.sleep(0.2)
+        assert h.get("p.localhost", "/after-rotate")[0] == 200
+        h.wait_for(lambda: "/after-rotate" in log_file.read_text(), timeout=5,
+                   what="the request in the new file")
+        assert "/after-rotate" not in log_file.with_suffix(".log.1").read_text()
+    finally:
+        h.stop()
+    assert ifname not in [n for _, n in socket.if_nameindex()]
+    assert not (tmp_path / "run" / "netns" / "p").exists()

@@ -1,0 +1,139 @@
+"""The rules of [isolation] without processes: the view plan (kernel/fsview.py), the view
+a pool gets (hostd/isolation.py), the readability check and the identity store."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hostd import isolation
+from hostd.config import Isolation
+from kernel import fsview
+from kernel.fsview import View, plan
+
+
+def kinds(ops):
+    return [(op.kind, op.path) for op in ops]
+
+
+def test_plan_order_and_modes():
+    ops = plan(View(hide=("/root", "/srv/b"), show=(("/srv/a", True), ("/root/py", False)),
+                    private=("/tmp",)))
+    assert kinds(ops)[:2] == [("slave", "/"), ("readonly", "/")]
+    assert kinds(ops)[-1] == ("proc", "/proc")
+    k = kinds(ops)
+    # a parent is built before what lies in it; a shown path inside a hidden one is
+    # created in the hiding tmpfs first
+    assert k.index(("hide", "/root")) < k.index(("mkdirs", "/root/py")) < k.index(("bind", "/root/py"))
+    hide_root = next(op for op in ops if op.kind == "hide" and op.path == "/root")
+    hide_b = next(op for op in ops if op.kind == "hide" and op.path == "/srv/b")
+    assert hide_root.mode == fsview.CROSSING_MODE and hide_b.mode == fsview.HIDDEN_MODE
+    bind_a = next(op for op in ops if op.kind == "bind" and op.path == "/srv/a")
+    assert bind_a.writable and ("mkdirs", "/srv/a") not in k    # visible already
+    assert next(op for op in ops if op.kind == "private").mode == 0o1777
+
+
+def test_plan_hidden_inside_hidden_is_skipped_but_hidden_inside_shown_is_not():
+    k = kinds(plan(View(hide=("/home", "/home/x", "/srv/a/secret"),
+                        show=(("/srv/a", True),), private=())))
+    assert ("hide", "/home/x") not in k
+    assert k.index(("bind", "/srv/a")) < k.index(("hide", "/srv/a/secret"))
+
+
+def test_plan_site_under_private_tmp():
+    k = kinds(plan(View(show=(("/tmp/sites/a", True),), private=("/tmp",))))
+    assert k.index(("private", "/tmp")) < k.index(("mkdirs", "/tmp/sites/a")) < k.index(("bind", "/tmp/sites/a"))
+
+
+@pytest.mark.parametrize("bad", [View(hide=("relative",)), View(hide=("/",)),
+                                 View(show=(("/a/../b", False),)), View(private=("/",))])
+def test_plan_refuses_bad_paths(bad):
+    with pytest.raises(ValueError):
+        plan(bad)
+
+
+def test_view_round_trips_through_the_spawn_spec():
+    v = View(hide=("/root",), show=(("/srv/a", True),), private=("/tmp",))
+    assert View.from_spec(json.loads(json.dumps(v.to_spec()))) == v
+
+
+def cfg(name, directory, venv=None, **iso):
+    return SimpleNamespace(name=name, file=Path(f"/etc/hostd/pools.d/{name}.toml"),
+                           directory=Path(directory), virtualenv=Path(venv) if venv else None,
+                           isolation=Isolation(**iso))
+
+
+MAIN = SimpleNamespace(state_dir=Path("/var/lib/hostd"), run_dir=Path("/run/hostd"),
+                       pools_dir=Path("/etc/hostd/pools.d"), path=Path("/etc/hostd/hostd.toml"),
+                       access_log="/var/log/hostd/access.log")
+
+
+def test_build_view_hides_others_and_hostd_and_shows_own():
+    a = cfg("a", "/srv/a", "/srv/venvs/a")
+    b = cfg("b", "/srv/b", "/srv/venvs/b")
+    parent = cfg("p", "/srv")          # a pool whose directory holds a's: never hidden from a
+    v = isolation.build_view(a, MAIN, [b, parent], runtime=["/usr/lib/python3.11", "/opt/hostd"])
+    assert dict(v.show) == {"/srv/a": True, "/srv/venvs/a": False,
+                            "/usr/lib/python3.11": False, "/opt/hostd": False}
+    for hidden in ("/srv/b", "/srv/venvs/b", "/root", "/home", "/var/lib/hostd", "/run/hostd",
+                   "/etc/hostd", "/etc/hostd/pools.d", "/var/log/hostd"):
+        assert hidden in v.hide, hidden
+    assert "/srv" not in v.hide
+    assert set(v.private) == {"/tmp", "/var/tmp", "/dev/shm"} and v.new_proc
+
+
+def test_build_view_read_only_and_show():
+    a = cfg("a", "/srv/a", read_only=True, show=("/srv/shared",))
+    v = isolation.build_view(a, MAIN, [], runtime=[])
+    assert dict(v.show) == {"/srv/a": False, "/srv/shared": False}
+
+
+def test_unreadable_walks_ancestors(tmp_path):
+    site = tmp_path / "outer" / "site"
+    site.mkdir(parents=True)
+    (tmp_path / "outer").chmod(0o700)
+    site.chmod(0o755)
+    uid = 2100000999
+    outer = str(tmp_path / "outer")
+    problem = isolation.unreadable(str(site), uid, uid, crossable=lambda p: p != outer
+                                   and not p.startswith(outer + "/"))
+    assert problem and "cannot enter" in problem and outer in problem
+    # inside a hiding/private tmpfs the ancestors are replaced by crossable ones
+    assert isolation.unreadable(str(site), uid, uid, crossable=lambda p: True) is None
+    site.chmod(0o700)
+    problem = isolation.unreadable(str(site), uid, uid, crossable=lambda p: True)
+    assert "cannot read" in problem and "mode 700" in problem
+    if os.geteuid() == 0:
+        os.chown(site, uid, uid)
+        assert isolation.unreadable(str(site), uid, uid, crossable=lambda p: True) is None
+
+
+def test_identity_store_is_stable_unique_and_persisted(tmp_path):
+    path = tmp_path / "state" / "identities.json"
+    store = isolation.IdentityStore(path, 2100000000, 2100000002)
+    a, b = store.uid("a"), store.uid("b")
+    assert a != b and store.uid("a") == a
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again = isolation.IdentityStore(path, 2100000000, 2100000002)
+    assert again.uid("b") == b and again.uid("a") == a
+    again.uid("c")
+    with pytest.raises(OSError, match="exhausted"):
+        again.uid("d")
+    assert again.net_index("x") == 0 and again.net_index("y") == 1 and again.net_index("x") == 0
+
+
+def test_identity_store_skips_known_accounts(tmp_path):
+    store = isolation.IdentityStore(tmp_path / "ids.json", 0, 0)   # uid 0 = root: skipped
+    with pytest.raises(OSError, match="exhausted"):
+        store.uid("a")
+
+
+def test_identity_store_refuses_a_corrupt_file(tmp_path):
+    path = tmp_path / "ids.json"
+    path.write_text("{not json")
+    with pytest.raises(OSError, match="identity file"):
+        isolation.IdentityStore(path, 2100000000, 2100000010)
