@@ -69,6 +69,10 @@ def hostd(tmp_path_factory):
         "a": pool(a, "a.localhost", network="none"),
         "b": {**pool(b, "b.localhost"), "env": {"SECRET": "b's database password"}},
     })
+    # no user namespace, read-only site; and an existing account
+    h.write_pool("c", pool(site_dir(root, "c"), "c.localhost", user_namespace=False,
+                           read_only=True))
+    h.write_pool("d", pool(site_dir(root, "d"), "d.localhost", identity="user:nobody"))
     leaky = h.write_pool("leaky", {**pool(a, "leaky.localhost"), "env": {"SECRET": "x"}})
     leaky.chmod(0o644)        # env values readable by everybody: hostd must refuse it
     h.start()
@@ -284,3 +288,56 @@ def test_private_network_and_access_log_of_isolated_workers(tmp_path):
         h.stop()
     assert ifname not in [n for _, n in socket.if_nameindex()]
     assert not (tmp_path / "run" / "netns" / "p").exists()
+
+
+def test_without_user_namespace_and_read_only(hostd):
+    pid = ready_pid(hostd, "c")
+    uid = json.loads(hostd.ctl("pool", "identity", "c", "--json").stdout)["uid"]
+    assert os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user")
+    me = ask(hostd, "c.localhost", "/whoami")
+    assert me["uid"] == uid and int(me["CapEff"], 16) == 0 and int(me["CapBnd"], 16) == 0
+    assert me["pids"] == [1]
+    d = Path(me["cwd"])
+    os.chown(d, uid, uid)          # even its owner cannot write: the view is read-only
+    try:
+        r = ask(hostd, "c.localhost", f"/write?path={d}/x")
+        assert not r["ok"] and r["errno"] == "EROFS", r
+    finally:
+        os.chown(d, 0, 0)
+
+
+def test_identity_of_an_existing_account(hostd):
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    doc = json.loads(hostd.ctl("pool", "identity", "d", "--json").stdout)
+    assert (doc["uid"], doc["gid"], doc["identity"], doc["user"]) == \
+        (nobody.pw_uid, nobody.pw_gid, "user", "nobody")
+    ready_pid(hostd, "d")
+    assert ask(hostd, "d.localhost", "/whoami")["uid"] == nobody.pw_uid
+
+
+def _sockets(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
+def test_worker_holds_no_descriptor_but_its_own(hostd):
+    a_pid, b_pid = ready_pid(hostd, "a"), ready_pid(hostd, "b")   # (after any restart)
+    a, b = _sockets(a_pid), _sockets(b_pid)
+    # what two pools' workers share: the reroute channel back to the front ends, no more
+    # (each has its own control channel and its own pool's queue)
+    assert len(a & b) <= 1, a & b
+    # the control socket (listening, in the supervisor) is in no worker
+    inode = os.stat(hostd.socket_path).st_ino
+    with open("/proc/net/unix") as f:
+        listening = {line.split()[6] for line in f if line.rstrip().endswith(hostd.socket_path)}
+    assert listening, inode
+    for pid in (a_pid, b_pid):
+        assert not any(s == f"socket:[{i}]" for s in _sockets(pid) for i in listening)

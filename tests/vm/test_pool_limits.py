@@ -57,3 +57,37 @@ def test_unit_tree_is_supervisor_and_pool_workers(unit_cgroup):
     assert workers and all(leaves[w] for w in workers), leaves
     # the unit's own cgroup holds no process either: everything is in a leaf
     assert (unit_cgroup.path / "cgroup.procs").read_text().split() == []
+
+
+LIMITS_APP = (Path(__file__).resolve().parents[1] / "apps" / "limits_app.py").read_text()
+
+
+def test_memory_max_oom_stays_in_the_pool_and_pids_max_bounds_a_fork_bomb(pool_files, http,
+                                                                         journal, unit_cgroup):
+    """cgroup v2: an app allocating past memory_max is OOM-killed inside its pool (logged
+    with the limit), a fork bomb stops at pids_max, and another pool answers throughout."""
+    since = journal.cursor()
+    pool_files.write("hog", bindings=["hog.localhost"], app_source=LIMITS_APP,
+                     start_mode="always_running",
+                     limits={"memory_max": "64M", "pids_max": 32})
+    pool_files.write("calm", bindings=["calm.localhost"], start_mode="always_running")
+    pool_files.reload(expect=["hog", "calm"])
+    wait_for(lambda: [w for w in pools()["hog"]["workers"] if w["state"] == "ready"],
+             what="hog ready")
+    assert http.get("calm.localhost")[0] == 200
+    # the fork bomb: bounded by pids.max, inside the pool
+    status, _, body = http.get("hog.localhost", "/forkbomb?seconds=2", timeout=60)
+    forks, eagain = map(int, body.split())
+    assert status == 200 and forks < 32 and eagain > 0, body
+    assert http.get("calm.localhost")[0] == 200
+    # the allocation: killed at memory_max, inside the pool; calm keeps answering
+    try:
+        http.get("hog.localhost", "/alloc?mb=200", timeout=60)
+    except OSError:
+        pass            # the worker serving it was killed: the connection just closes
+    line = journal.wait_for_line("OOM kill in the pool's cgroup at memory_max", since=since,
+                                 timeout=60)
+    assert "pool hog" in line, line
+    events = (unit_cgroup.path / "pool-hog" / "memory.events").read_text()
+    assert int(re.search(r"^oom_kill (\d+)", events, re.M).group(1)) >= 1, events
+    assert http.get("calm.localhost")[0] == 200
