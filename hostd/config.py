@@ -573,6 +573,12 @@ def _identity_range(value, base) -> tuple[int, int]:
     return first, last
 
 
+def _frontend_identity(value, base) -> str:
+    if value == "root":
+        return value
+    return _identity(value, base)
+
+
 def _private_network(value, base) -> str:
     try:
         net = ipaddress.IPv4Network(_string(value))
@@ -603,6 +609,7 @@ HOSTD_KEYS: dict[str, Key] = {
     "access_log": Key(lambda v, b: v if v in ("", "journal") else str(_absolute(v, b)), "",
                       'access log: "" = off, "journal" = journald (EVENT=access), or a file (reopened on SIGUSR1)'),
     "identity_range": Key(_identity_range, (2100000000, 2100065535), "uids/gids hostd gives to pools with identity = \"dynamic\" (\"FIRST-LAST\")"),
+    "frontend_identity": Key(_frontend_identity, "dynamic", "who the front ends run as once their sockets are set up: \"dynamic\" (a uid of their own from identity_range), \"user:NAME\", or \"root\""),
     "private_network": Key(_private_network, "10.213.0.0/16", "addresses of network = \"private\" pools, a /30 each"),
 }
 
@@ -722,6 +729,7 @@ class MainConfig:
     access_log: str = ""
     metrics_listen: tuple[str, int] | None = None
     identity_range: tuple[int, int] = (2100000000, 2100065535)
+    frontend_identity: str = "dynamic"
     private_network: str = "10.213.0.0/16"
 
     def frontend_count(self) -> int:

@@ -549,8 +549,25 @@ def frontend_main(slot: int, listeners: list[socket.socket], ctl: socket.socket,
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    if settings.get("identity"):
+        _drop_root(*settings["identity"])
     try:
-        proc.set_pdeathsig(signal.SIGKILL)
+        proc.set_pdeathsig(signal.SIGKILL)   # after the uid switch, which clears it
     except OSError:
         pass
+    if settings.get("supervisor_pid") and os.getppid() != settings["supervisor_pid"]:
+        return protocol.EXIT_SUPERVISOR_GONE
     return FrontEnd(slot, listeners, ctl, reroute, settings).run()
+
+
+def _drop_root(uid: int, gid: int) -> None:
+    """The front end holds its sockets already; from here on it needs no privilege:
+    no capabilities (bounding set included), no_new_privs, its own uid. What it would
+    import lazily is imported first: its uid may not read the interpreter's files."""
+    import fcntl  # noqa: F401  (hostd/log.py, journald)
+    import struct  # noqa: F401  (kernel/sockets.py)
+    from kernel import privileges
+    privileges.drop_bounding_set()
+    privileges.switch_identity(uid, gid)
+    privileges.clear_capabilities()
+    privileges.set_no_new_privs()

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from kernel.fsview import View
 
+#: the identity store's name for the front ends' uid (no pool name starts with "@")
+FRONTEND_KEY = "@frontends"
 #: directories that are private (a fresh tmpfs) in a "site" view
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 #: directories hidden in every "site" view (besides hostd's own and other pools')

@@ -203,6 +203,7 @@ class Supervisor:
         self.cgroups = None                    # kernel.cgroups tree, when available
         self.identities: isolation.IdentityStore | None = None   # opened when first needed
         self.runtime_dirs: list[str] | None = None
+        self.frontend_ids: tuple[int, int] | None = None   # (uid, gid) the front ends drop to
         self.ready_sent = False
 
     # ============================================================ start and run
@@ -231,6 +232,7 @@ class Supervisor:
             self._watch(self.metrics.sock.fileno(),
                         lambda ev: self.metrics.accept(self._watch, self._unwatch))
         self._start_zygote()
+        self._frontend_identity()
         pools, broken = hconfig.load_pools(self.main)
         for name, cfg in sorted(pools.items()):
             self._add_pool(name, cfg)
@@ -404,7 +406,8 @@ class Supervisor:
         sockets.enlarge_buffers(mine)
         listeners = self.slots[slot]
         keep = {theirs.fileno(), self.reroute_out.fileno(), 1, 2} | {s.fileno() for s in listeners}
-        settings = {"max_header_bytes": self.main.max_header_bytes, **self._limit_settings()}
+        settings = {"max_header_bytes": self.main.max_header_bytes, **self._limit_settings(),
+                    "identity": self.frontend_ids, "supervisor_pid": self.pid}
         keep.add(settings["conn_sem"])
         pid = os.fork()
         if pid == 0:
@@ -1377,6 +1380,24 @@ class Supervisor:
         pool.identity = identity
         return None
 
+    def _frontend_identity(self) -> None:
+        """The front ends parse what any client sends: once their sockets are set up they
+        drop root for a uid of their own (never a pool's, so no site can signal or
+        ptrace them), with no capabilities. [hostd] frontend_identity; a change needs a
+        restart."""
+        choice = self.main.frontend_identity
+        if os.geteuid() != 0 or choice == "root":
+            return
+        try:
+            ident = isolation.resolve_identity(isolation.FRONTEND_KEY, choice, self._identities())
+        except (OSError, KeyError) as exc:
+            log.error("frontend_identity", f"{self.main.path}: hostd.frontend_identity: {exc}; "
+                      "the front ends stay root")
+            return
+        self.frontend_ids = (ident.uid, ident.gid)
+        log.info("identity", f"front ends run as uid {ident.uid} gid {ident.gid} ({choice})",
+                 UID=ident.uid, GID=ident.gid)
+
     def _identities(self) -> isolation.IdentityStore:
         if self.identities is None:
             first, last = self.main.identity_range
@@ -1968,7 +1989,8 @@ class Supervisor:
                 "listen": [_show_addr(h, p) for h, p in self.main.listen],
                 "frontends": [{"slot": fe.slot, "pid": fe.pid} for fe in
                               sorted(self.frontends.values(), key=lambda f: f.slot)],
-                "zygote": self.zygote_pid, "pools": pools}
+                "zygote": self.zygote_pid, "pools": pools,
+                "frontend_uid": self.frontend_ids[0] if self.frontend_ids else os.geteuid()}
 
 
 #: recycle reasons for a worker whose memory grows: it stops taking work at once

@@ -341,3 +341,20 @@ def test_worker_holds_no_descriptor_but_its_own(hostd):
     assert listening, inode
     for pid in (a_pid, b_pid):
         assert not any(s == f"socket:[{i}]" for s in _sockets(pid) for i in listening)
+
+
+def test_front_ends_run_without_root(hostd):
+    """They parse what any client sends: a uid of their own, no capabilities."""
+    doc = hostd.status()
+    uid = doc["frontend_uid"]
+    store = json.loads((hostd.root / "state" / "identities.json").read_text())
+    assert uid == store["uids"]["@frontends"] and uid not in (0, hostd.ids["a"]["uid"],
+                                                               hostd.ids["b"]["uid"])
+    for fe in doc["frontends"]:
+        status = Path(f"/proc/{fe['pid']}/status").read_text()
+        assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in status, status
+        caps = dict(line.split(":\t") for line in status.splitlines() if line.startswith(("Cap", "NoNew")))
+        assert int(caps["CapEff"], 16) == int(caps["CapBnd"], 16) == 0 and caps["NoNewPrivs"] == "1"
+    # and they still route, refuse and hand off
+    assert hostd.get("a.localhost", "/")[0] == 200
+    assert hostd.get("nobody.example", "/")[0] == 404
