@@ -84,7 +84,13 @@ def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int) -> int
     go_r, go_w = os.pipe()        # zygote -> worker: re-parented; your host pid
     up_r, up_w = os.pipe()        # worker -> intermediate: map my user namespace
     ack_r, ack_w = os.pipe()      # intermediate -> worker: mapped
-    middle = os.fork()
+    pipes = (pid_r, pid_w, go_r, go_w, up_r, up_w, ack_r, ack_w)
+    try:
+        middle = os.fork()
+    except OSError:
+        for fd in pipes:
+            os.close(fd)
+        raise
     if middle == 0:
         try:
             os.close(pid_r)

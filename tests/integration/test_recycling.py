@@ -45,8 +45,10 @@ def ready(h: Hostd, name: str) -> list[dict]:
 
 
 def grown(h: Hostd, name: str, n: int) -> None:
-    """Pre-grow the garden to n workers."""
-    with Load(h, [f"{name}.test"], clients=20):
+    """Pre-grow the garden to n workers. New connections, so some keep waiting in the
+    queue: a web garden grows on queued connections, and one worker can take 20
+    kept-alive ones before the supervisor's tick sees any of them waiting."""
+    with Load(h, [f"{name}.test"], clients=20, new_conn=True):
         h.wait_for(lambda: len(ready(h, name)) >= n, timeout=20, what=f"{n} workers")
 
 

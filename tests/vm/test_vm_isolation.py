@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from vmtest import HOSTCTL, PORT, REPO, UNIT, Http, pools, systemctl, wait_for
+from vmtest import HOSTCTL, PORT, REPO, UNIT, Http, pools, status, systemctl, wait_for
 
 INTRUDER = (REPO / "tests" / "apps" / "intruder_app.py").read_text()
 
@@ -72,3 +72,14 @@ def test_isolated_pool_under_systemd(pool_files, unit_cgroup):
              timeout=90, what="pools back after restart")
     assert {n: identity(n)["uid"] for n in ids} == {n: d["uid"] for n, d in ids.items()}
     assert os.stat("/var/lib/hostd/identities.json").st_mode & 0o077 == 0
+
+
+def test_front_ends_are_not_root_under_systemd(hostd):
+    doc = status()
+    uid = doc["frontend_uid"]
+    assert uid != 0
+    for fe in doc["frontends"]:
+        text = Path(f"/proc/{fe['pid']}/status").read_text()
+        assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in text
+        assert re.search(r"^CapEff:\s*0+$", text, re.M) and re.search(r"^NoNewPrivs:\s*1$", text, re.M)
+    assert Http().get("alpha.localhost")[0] == 200
