@@ -73,6 +73,11 @@ EVENTS: dict[str, str] = {
     "app_error": "The application raised an exception; the client got 500 and the traceback is in MESSAGE.",
     "limit": "A client limit was hit (connections, header size/time, body rate, send timeout ...).",
     "no_isolation": "hostd runs without root: pools are not isolated.",
+    "unisolated": "A pool has no [isolation] table: its workers run as hostd's user (root), in hostd's namespaces.",
+    "identity": "The uid/gid a pool's workers (or the front ends) run as (UID=, GID=); `hostctl pool identity NAME`.",
+    "isolation_failed": "A changed [isolation] could not be applied on reload (e.g. the identity cannot read the pool's directory); the pool failed.",
+    "frontend_identity": "The front ends' identity ([hostd] frontend_identity) could not be resolved; they stay root.",
+    "network": "A pool's private network link (INTERFACE=) was made, or its network could not be removed.",
     "watchdog": "Watchdog keep-alives to systemd are enabled (WatchdogSec=).",
 }
 MESSAGE_IDS: dict[str, str] = {e: uuid.uuid5(_NS, "hostd." + e).hex for e in EVENTS}
