@@ -182,6 +182,27 @@ def build_view(cfg, main, others: list, runtime: list[str] | None = None) -> Vie
                 new_proc=True, read_only_system=True)
 
 
+def runtime_view(identity: Identity, runtime: list[str]) -> View | None:
+    """filesystem = "host" on a host whose Python lives where the pool's uid cannot
+    go (a pyenv under /root): a minimal view that changes nothing else. The first
+    ancestor the uid cannot enter is hidden (crossable, not listable: the uid could
+    not read it anyway) and the runtime directories under it are shown read-only.
+    No read-only system, no own /proc. Returns None when the runtime is reachable."""
+    hide, show = set(), []
+    for d in runtime:
+        parts = Path(d).parts
+        for i in range(2, len(parts)):
+            ancestor = str(Path(*parts[:i]))
+            if unreadable(ancestor, identity.uid, identity.gid) is not None:
+                hide.add(ancestor)
+                show.append((d, False))
+                break
+    if not show:
+        return None
+    return View(hide=tuple(sorted(hide)), show=tuple(show), private=(), new_proc=False,
+                read_only_system=False)
+
+
 # --- checks before a pool starts ----------------------------------------------------
 def unreadable(path: str, uid: int, gid: int, crossable=lambda p: False) -> str | None:
     """Why `uid`/`gid` cannot list and enter directory `path`, or None.
@@ -215,24 +236,35 @@ def unreadable(path: str, uid: int, gid: int, crossable=lambda p: False) -> str 
 def access_problem(cfg, identity: Identity, view: View | None,
                    runtime: list[str] | None = None) -> str | None:
     """The first directory the pool's identity cannot read, as a clear error naming
-    the file and what to do, or None. Checked at pool start."""
+    the file and what to do, or None. Checked at pool start.
+
+    filesystem = "site" (a view): what the view shows, with its hidden and private
+    ancestors crossable. "host" (no view): the pool's own directories as the host has
+    them; the runtime's directories only by their own mode, since runtime_view shows
+    them through any ancestor the uid cannot enter."""
+    never = lambda p: False   # noqa: E731
     if view is not None:
         covers = [*view.hide, *view.private]
 
         def crossable(p: str) -> bool:
             return any(p == c or p.startswith(c.rstrip("/") + "/") for c in covers)
-        dirs = [p for p, _ in view.show]
+        checks = [(p, crossable) for p, _ in view.show]
     else:
-        def crossable(p: str) -> bool:
-            return False
-        dirs = pool_dirs(cfg) + (runtime if runtime is not None else runtime_dirs())
-    for d in dirs:
+        runtime = runtime if runtime is not None else runtime_dirs()
+        checks = [(d, never) for d in pool_dirs(cfg)]
+        checks += [(d, lambda p, d=d: p != d) for d in runtime]
+    for d, crossable in checks:
         problem = unreadable(d, identity.uid, identity.gid, crossable)
         if problem is not None:
-            hint = (f"chown -R {identity.uid}:{identity.gid} {d}, or make it readable"
-                    if d in pool_dirs(cfg) else
-                    "install hostd with an interpreter in a world-readable place "
-                    "(README: what a host needs), or use filesystem = \"site\"")
+            if "cannot enter" in problem:
+                hint = (f"every directory above {d} must be enterable by uid {identity.uid} "
+                        "(chmod o+x, or an ACL)"
+                        + (", or use filesystem = \"site\"" if view is None else ""))
+            elif d in pool_dirs(cfg):
+                hint = f"chown -R {identity.uid}:{identity.gid} {d}, or make it readable"
+            else:
+                hint = ("make the Python runtime's directories world-readable (README: what "
+                        "a host needs)")
             return (f"{cfg.file}: isolation.identity: the pool's identity cannot read "
                     f"{d}: {problem}; {hint}")
     return None

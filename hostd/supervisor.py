@@ -1419,9 +1419,12 @@ class Supervisor:
         iso = pool.cfg.isolation
         if iso is None or pool.identity is None:
             return None
-        view = self._view(pool) if iso.filesystem == "site" else None
+        if iso.filesystem == "site":
+            view = self._view(pool)
+        else:
+            view = isolation.runtime_view(pool.identity, self._runtime_dirs())
         return {"uid": pool.identity.uid, "gid": pool.identity.gid,
-                "userns": iso.user_namespace, "pidns": view is not None,
+                "userns": iso.user_namespace, "pidns": iso.filesystem == "site",
                 "view": view.to_spec() if view is not None else None,
                 "netns": pool.netns}
 

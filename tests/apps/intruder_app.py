@@ -12,6 +12,7 @@ tries to reach outside its pool. Each attempt answers JSON
 /unix?path=P                connect to an AF_UNIX stream socket
 /daemon                     double-fork a daemon (setsid) that exits after 0.2 s: as pid 1
                             of the pool's pid namespace the worker must reap it
+/import?name=M              import a module (the runtime must be readable to the pool's uid)
 /escape                     write "0" (itself) to the cgroup.procs of its cgroups' parents
                             and of the hierarchy roots
 """
@@ -141,6 +142,9 @@ def application(environ, start_response):
         doc = _attempt(lambda: _connect(a["host"], a["port"]))
     elif path == "/unix":
         doc = _attempt(lambda: _unix(a["path"]))
+    elif path == "/import":
+        import importlib
+        doc = _attempt(lambda: importlib.import_module(a["name"]).__name__)
     elif path == "/daemon":
         pid = os.fork()
         if pid == 0:

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,6 +74,11 @@ def hostd(tmp_path_factory):
     h.write_pool("c", pool(site_dir(root, "c"), "c.localhost", user_namespace=False,
                            read_only=True))
     h.write_pool("d", pool(site_dir(root, "d"), "d.localhost", identity="user:nobody"))
+    # the host's view: only the uid protects (this host's Python is under /root). Its
+    # directory must be reachable on the host: pytest's base (/tmp/pytest-of-root) is 0700
+    host_root = Path(tempfile.mkdtemp(prefix="hostd-hostview-"))
+    host_root.chmod(0o755)
+    h.write_pool("h", pool(site_dir(host_root, "h"), "h.localhost", filesystem="host"))
     leaky = h.write_pool("leaky", {**pool(a, "leaky.localhost"), "env": {"SECRET": "x"}})
     leaky.chmod(0o644)        # env values readable by everybody: hostd must refuse it
     h.start()
@@ -94,6 +100,7 @@ def hostd(tmp_path_factory):
         yield h
     finally:
         h.stop()
+        shutil.rmtree(host_root, ignore_errors=True)
 
 
 def test_each_pool_has_its_own_uid_and_the_host_sees_it(hostd):
@@ -358,3 +365,30 @@ def test_front_ends_run_without_root(hostd):
     # and they still route, refuse and hand off
     assert hostd.get("a.localhost", "/")[0] == 200
     assert hostd.get("nobody.example", "/")[0] == 404
+
+
+def test_host_view_is_protected_by_the_uid_alone(hostd):
+    """filesystem = "host": no view, but its own uid, user namespace and no capabilities.
+    The Python of this host lives under /root (0700): hostd shows just the runtime's
+    directories to the pool, so modules import after the uid switch."""
+    pid = ready_pid(hostd, "h")
+    assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    assert os.readlink(f"/proc/{pid}/ns/pid_for_children") == os.readlink("/proc/self/ns/pid")
+    for name in ("decimal", "email.mime.text", "sqlite3"):
+        r = ask(hostd, "h.localhost", f"/import?name={name}")
+        assert r["ok"], (name, r)
+    me = ask(hostd, "h.localhost", "/whoami")
+    assert len(me["pids"]) > 3 and int(me["CapEff"], 16) == 0     # the host's /proc
+    b_pid = ready_pid(hostd, "b")
+    for probe, errnos in ((f"/read?path={hostd.secret}", ("EACCES",)),
+                          (f"/list?path={hostd.b_dir}", ("EACCES",)),
+                          ("/read?path=/etc/shadow", ("EACCES",)),
+                          ("/list?path=/root", ("EACCES",)),
+                          (f"/read?path={hostd.pools_dir / 'b.toml'}", ("EACCES",)),
+                          (f"/kill?pid={b_pid}", ("EPERM",)),
+                          (f"/ptrace?pid={b_pid}", ("EPERM",)),
+                          (f"/unix?path={hostd.socket_path}", ("EACCES",)),
+                          ("/write?path=/usr/intruder", ("EACCES",)),
+                          ("/escape", ("EACCES",))):
+        r = ask(hostd, "h.localhost", probe)
+        assert not r["ok"] and r["errno"] in errnos, (probe, r)
