@@ -80,7 +80,9 @@ class Scoreboard:
     may see a value one update old, never a torn one (8-byte aligned stores).
 
     Layout (little-endian): requests served (Q), requests running now (Q), connections
-    held (Q), last activity as CLOCK_MONOTONIC seconds (d), worker pid (Q).
+    held (Q), last activity as CLOCK_MONOTONIC seconds (d), worker pid (Q); at offset
+    64, the global connection slots an isolated worker has released (Q: it holds no
+    descriptor of the global semaphore, the supervisor gives them back).
     """
 
     _FMT = struct.Struct("<QQQdQ")
@@ -117,6 +119,15 @@ class Scoreboard:
         of the pool's `bindings`."""
         n = min(len(counts), self.MAX_BINDINGS * self.COUNT_FIELDS)
         struct.pack_into(f"<Q{n}Q", self._map, self._COUNTS_AT, bytes_in, *counts[:n])
+
+    _RELEASED_AT = 64
+
+    def write_released(self, n: int) -> None:
+        """An isolated worker: how many global connection slots it has released so far."""
+        struct.pack_into("<Q", self._map, self._RELEASED_AT, n)
+
+    def read_released(self) -> int:
+        return struct.unpack_from("<Q", self._map, self._RELEASED_AT)[0]
 
     def read_counts(self, nbindings: int) -> tuple[int, list[list[int]]]:
         """Returns (bytes received, [[requests, 1xx, 2xx, 3xx, 4xx, 5xx, bytes sent] per

@@ -67,6 +67,7 @@ class Worker:
         self.startup_error: str | None = None
         self.ready_early = False   # READY can overtake the zygote's "spawned" reply
         self.isolated = False      # spawned with [isolation] (its own uid and view)
+        self.released_seen = 0     # global connection slots given back for it (isolated)
         self.boot: dict[str, float] = {}   # step -> ms, from spawn request to READY
         self.spawn_sent: float | None = None
         self.ping_seq = 0
@@ -580,6 +581,7 @@ class Supervisor:
         max_connections semaphore (made once: a new value needs a restart)."""
         if getattr(self, "conn_sem", None) is None:
             self.conn_sem = sockets.semaphore(self.main.max_connections)
+            self.conn_sem_max = self.main.max_connections
         m = self.main
         return {"conn_sem": self.conn_sem, "header_timeout": m.header_timeout,
                 "keepalive_timeout": m.keepalive_timeout, "send_timeout": m.send_timeout,
@@ -751,6 +753,7 @@ class Supervisor:
         worker_iso = self._worker_isolation(pool)
         worker.isolated = worker_iso is not None
         spec = {"pool": pool.name, "worker_id": wid, "generation": pool.generation,
+                "global_slots_via_board": worker.isolated,
                 "cgroup_procs": worker.cgroup.procs_files() if worker.cgroup else [],
                 "isolation": worker_iso,
                 "max_header_bytes": self.main.max_header_bytes, **self._limit_settings(),
@@ -758,7 +761,9 @@ class Supervisor:
                 "config": pool.cfg.to_spec(), "routes": self.router_table()}
         sid = next(self.spawn_ids)
         fds = [ctl_theirs.fileno(), pool.queue_out.fileno(), pool.sem,
-               self.reroute_in.fileno(), worker.board.fd, self._limit_settings()["conn_sem"]]
+               self.reroute_in.fileno(), worker.board.fd]
+        if not worker.isolated:
+            fds.append(self._limit_settings()["conn_sem"])
         if pool.csem >= 0:
             fds.append(pool.csem)
         worker.spawn_sent = time.monotonic()
@@ -955,6 +960,7 @@ class Supervisor:
         if worker.board is not None:
             stats = worker.stats()
             pool.served_by_gone += stats["requests"]
+            self._released_slots(worker)
             if stats["connections"]:   # it died holding connections: their slots
                 sockets.give_slot(self._limit_settings()["conn_sem"], stats["connections"])
                 if pool.csem >= 0:
@@ -1032,6 +1038,9 @@ class Supervisor:
             for pool in self.pools.values():
                 pool.rate_samples.append((now, self._pool_requests(pool)))
         for pool in self.pools.values():
+            for w in pool.workers.values():
+                if w.isolated and w.board is not None:
+                    self._released_slots(w)
             if pool.state == P.STARTED and pool.cfg is not None and not self.stopping:
                 self._grow(pool)
                 self._check_recycling(pool, now, second)
@@ -1489,6 +1498,21 @@ class Supervisor:
         return True, {"ok": True, "pool": name, **doc,
                       "isolated": iso is not None,
                       "message": f"pool {name}: uid {doc['uid']} gid {doc['gid']} ({doc['identity']})"}
+
+    def _released_slots(self, worker: Worker) -> None:
+        """An isolated worker holds no descriptor of the global connection semaphore:
+        the slots of the connections it closed are given back here, from its scoreboard
+        (within one tick). It cannot inflate the limit past max_connections: at most the
+        slots taken now are given back."""
+        released = worker.board.read_released()
+        delta = released - worker.released_seen
+        if delta <= 0:
+            return
+        worker.released_seen = released
+        sem = self._limit_settings()["conn_sem"]
+        taken = self.conn_sem_max - sockets.semaphore_value(sem)
+        if taken > 0:
+            sockets.give_slot(sem, min(delta, taken))
 
     def _send_access_log(self) -> None:
         """logrotate for isolated workers, which can neither see nor open the file: the

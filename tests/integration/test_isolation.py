@@ -392,3 +392,51 @@ def test_host_view_is_protected_by_the_uid_alone(hostd):
                           ("/escape", ("EACCES",))):
         r = ask(hostd, "h.localhost", probe)
         assert not r["ok"] and r["errno"] in errnos, (probe, r)
+
+
+def _eventfd_counts(pid: int) -> list[int]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventfd]":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            if line.startswith("eventfd-count:"):
+                out.append(int(line.split()[1], 16))
+    return out
+
+
+def test_max_connections_holds_for_isolated_workers(tmp_path):
+    """An isolated worker holds no descriptor of the global connection semaphore (it
+    could read it dry and starve every pool): the supervisor gives back the slots of
+    the connections it closes. The limit still holds, and slots come back."""
+    d = site_dir(tmp_path, "p")
+    h = Hostd(tmp_path, pools={"p": {**pool(d, "p.localhost"), "threads": 4}},
+              hostd={"max_connections": 20})
+    h.start()
+    try:
+        pid = ready_pid(h, "p")
+        # the global semaphore (20 free slots now) is the supervisor's, not the worker's
+        assert 20 in _eventfd_counts(h.proc.pid)
+        assert 20 not in _eventfd_counts(pid)
+        for _ in range(3):
+            conns = []
+            for _ in range(20):
+                c = h.connect()
+                c.request("GET", "/", headers={"Host": "p.localhost"})
+                r = c.getresponse()
+                r.read()
+                assert r.status == 200
+                conns.append(c)
+            assert h.get("p.localhost", "/")[0] == 503          # the 21st
+            for c in conns:
+                c.close()
+            # the worker sees the closes, the supervisor's tick returns the slots
+            h.wait_for(lambda: h.get("p.localhost", "/")[0] == 200, timeout=5,
+                       what="slots back")
+            time.sleep(0.3)
+    finally:
+        h.stop()
