@@ -77,6 +77,7 @@ EVENTS: dict[str, str] = {
     "identity": "The uid/gid a pool's workers (or the front ends) run as (UID=, GID=); `hostctl pool identity NAME`.",
     "isolation_failed": "A changed [isolation] could not be applied on reload (e.g. the identity cannot read the pool's directory); the pool failed.",
     "frontend_identity": "The front ends' identity ([hostd] frontend_identity) could not be resolved; they stay root.",
+    "reroute_refused": "An isolated worker handed back a descriptor that is not a client connection of hostd; it was closed.",
     "network": "A pool's private network link (INTERFACE=) was made, or its network could not be removed.",
     "watchdog": "Watchdog keep-alives to systemd are enabled (WatchdogSec=).",
 }

@@ -137,6 +137,11 @@ class Pool:
         # [isolation] as resolved at pool start (hostd/isolation.py)
         self.identity: isolation.Identity | None = None
         self.netns: str | None = None      # its pinned network namespace
+        # isolated workers hand connections back through a channel of their pool's,
+        # relayed by the supervisor (Supervisor._relay): made at the first such worker
+        self.reroute_in: socket.socket | None = None
+        self.reroute_out: socket.socket | None = None
+        self.relay_paused = False
         self.link: str | None = None       # host side of its veth (network = "private")
         # counters of workers that have exited, kept so totals never go backwards
         self.gone_counts: dict[str, list[int]] = {}   # binding text -> 7 counters
@@ -157,6 +162,10 @@ class Pool:
     def close(self) -> None:
         self.queue_in.close()
         self.queue_out.close()
+        for s in (self.reroute_in, self.reroute_out):
+            if s is not None:
+                s.close()
+        self.reroute_in = self.reroute_out = None
         os.close(self.sem)
         if self.csem >= 0:
             os.close(self.csem)
@@ -205,6 +214,9 @@ class Supervisor:
         self.identities: isolation.IdentityStore | None = None   # opened when first needed
         self.runtime_dirs: list[str] | None = None
         self.frontend_ids: tuple[int, int] | None = None   # (uid, gid) the front ends drop to
+        # connections on their way back to the front ends that the shared reroute
+        # channel could not take yet (it is never written blocking): (fd, bytes)
+        self.reroute_outbox: collections.deque = collections.deque()
         self.ready_sent = False
 
     # ============================================================ start and run
@@ -591,11 +603,108 @@ class Supervisor:
     def _send_reroute(self, fd: int, buf: bytes, pool: Pool | None = None) -> None:
         if pool is not None and pool.csem >= 0:
             sockets.give_slot(pool.csem)   # it leaves the pool (keeps its global slot)
+        self._reroute(fd, buf)
+
+    # ------------------------------------------------------------ the reroute relay
+    def _reroute(self, fd: int, buf: bytes) -> None:
+        """Hands a connection (fd + the bytes already read) to the front ends through
+        the shared reroute channel, never blocking the loop: when the channel is full
+        it waits in the outbox, flushed on EPOLLOUT. Takes ownership of fd."""
+        if not self.reroute_outbox:
+            try:
+                fdpass.send_with_fds(self.reroute_in, buf, (fd,), socket.MSG_DONTWAIT)
+                os.close(fd)
+                return
+            except BlockingIOError:
+                pass
+            except OSError:
+                os.close(fd)
+                return
+            self._watch(self.reroute_in.fileno(), self._flush_outbox, select.EPOLLOUT)
+        self.reroute_outbox.append((fd, buf))
+
+    def _flush_outbox(self, _ev=None) -> None:
+        box = self.reroute_outbox
+        while box:
+            fd, buf = box[0]
+            try:
+                fdpass.send_with_fds(self.reroute_in, buf, (fd,), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                pass
+            box.popleft()
+            os.close(fd)
+        self._unwatch(self.reroute_in.fileno())
+        for pool in list(self.pools.values()) + self.retired:
+            if pool.relay_paused:
+                pool.relay_paused = False
+                self._watch(pool.reroute_out.fileno(), lambda ev, p=pool: self._relay(p))
+
+    def _pool_reroute(self, pool: Pool) -> socket.socket:
+        """The pool's own reroute channel for its isolated workers (made once). A
+        worker that floods it fills only its pool's channel; the shared one is
+        written by the supervisor alone, which takes turns between pools."""
+        if pool.reroute_in is None:
+            pool.reroute_in, pool.reroute_out = sockets.seqpacket_pair()
+            pool.reroute_out.setblocking(False)
+            self._watch(pool.reroute_out.fileno(), lambda ev, p=pool: self._relay(p))
+        return pool.reroute_in
+
+    def _relay(self, pool: Pool) -> None:
+        """Connections an isolated worker hands back: checked (a TCP connection to one
+        of hostd's own ports, not whatever descriptor the app chose to send) and passed
+        on, at most _RELAY_BATCH per turn so pools take turns. While the outbox is
+        long the pool's channel is not read: only its own workers wait."""
+        for _ in range(_RELAY_BATCH):
+            if len(self.reroute_outbox) >= _OUTBOX_MAX:
+                pool.relay_paused = True
+                self._unwatch(pool.reroute_out.fileno())
+                return
+            try:
+                data, fds = fdpass.recv_with_fds(pool.reroute_out, protocol.MAX_HANDOFF_BYTES,
+                                                 socket.MSG_DONTWAIT, maxfds=1)
+            except BlockingIOError:
+                return
+            except (RuntimeError, OSError):
+                continue
+            for fd in fds[1:]:
+                os.close(fd)
+            if not fds:
+                if not data:
+                    return
+                continue
+            if self._client_connection(fds[0]):
+                self._reroute(fds[0], data)
+            else:
+                os.close(fds[0])
+                log.warning("reroute_refused", f"pool {pool.name} handed back a descriptor "
+                            "that is not a client connection of hostd; closed", POOL=pool.name)
+
+    def _client_connection(self, fd: int) -> bool:
         try:
-            fdpass.send_with_fds(self.reroute_in, buf, (fd,))
+            s = socket.socket(fileno=os.dup(fd))
         except OSError:
-            pass
-        os.close(fd)
+            return False
+        try:
+            if s.type != socket.SOCK_STREAM or s.family not in (socket.AF_INET, socket.AF_INET6):
+                return False
+            s.getpeername()
+            return s.getsockname()[1] in {ls.getsockname()[1] for slot in self.slots
+                                          for ls in slot}
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def _close_relay(self, pool: Pool) -> None:
+        """A pool going away: what its workers handed back is passed on first."""
+        if pool.reroute_out is None:
+            return
+        self._relay(pool)
+        if not pool.relay_paused:
+            self._unwatch(pool.reroute_out.fileno())
+        pool.relay_paused = False
 
     # ============================================================ pools
     def _unsupported(self, cfg) -> str | None:
@@ -760,8 +869,9 @@ class Supervisor:
                 "access_log": self.main.access_log,
                 "config": pool.cfg.to_spec(), "routes": self.router_table()}
         sid = next(self.spawn_ids)
+        reroute = self._pool_reroute(pool) if worker.isolated else self.reroute_in
         fds = [ctl_theirs.fileno(), pool.queue_out.fileno(), pool.sem,
-               self.reroute_in.fileno(), worker.board.fd]
+               reroute.fileno(), worker.board.fd]
         if not worker.isolated:
             fds.append(self._limit_settings()["conn_sem"])
         if pool.csem >= 0:
@@ -1855,6 +1965,7 @@ class Supervisor:
         if pool.life.can(P.STOPPED):
             pool.life.to(P.STOPPED, "retired")
         self.retired.remove(pool)
+        self._close_relay(pool)
         successor = self.pools.get(pool.name)
         if successor is None or successor.netns is None:
             self._drop_network(pool)   # not when a re-added pool of that name uses it
@@ -1965,6 +2076,9 @@ class Supervisor:
             pool.parked.clear()
             self._drop_network(pool)
             pool.close()
+        for fd, _ in self.reroute_outbox:
+            os.close(fd)
+        self.reroute_outbox.clear()
         self.reroute_in.close()
         self.reroute_out.close()
         self.ep.close()
@@ -2019,6 +2133,11 @@ class Supervisor:
                 "zygote": self.zygote_pid, "pools": pools,
                 "frontend_uid": self.frontend_ids[0] if self.frontend_ids else os.geteuid()}
 
+
+#: connections relayed from one pool's reroute channel per turn of the loop
+_RELAY_BATCH = 64
+#: connections waiting for room in the shared reroute channel before pools wait too
+_OUTBOX_MAX = 1024
 
 #: recycle reasons for a worker whose memory grows: it stops taking work at once
 _MEMORY_REASONS = frozenset({"private_memory", "memory_max"})

@@ -13,6 +13,9 @@ tries to reach outside its pool. Each attempt answers JSON
 /daemon                     double-fork a daemon (setsid) that exits after 0.2 s: as pid 1
                             of the pool's pid namespace the worker must reap it
 /import?name=M              import a module (the runtime must be readable to the pool's uid)
+/forge                      send a socket of its own making, with a request for b.localhost,
+                            down every SOCK_SEQPACKET descriptor it holds (the reroute
+                            channel among them): hostd must refuse it
 /escape                     write "0" (itself) to the cgroup.procs of its cgroups' parents
                             and of the hierarchy roots
 """
@@ -145,6 +148,29 @@ def application(environ, start_response):
     elif path == "/import":
         import importlib
         doc = _attempt(lambda: importlib.import_module(a["name"]).__name__)
+    elif path == "/forge":
+        import array
+        sent = 0
+        mine, theirs = socket.socketpair()
+        request = b"GET /forged HTTP/1.1\r\nHost: b.localhost\r\n\r\n"
+        for fd in range(3, 256):
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                if s.type == socket.SOCK_SEQPACKET:
+                    s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array("i", [theirs.fileno()]).tobytes())],
+                              socket.MSG_DONTWAIT)
+                    sent += 1
+            except OSError:
+                pass
+            finally:
+                s.close()
+        mine.close()
+        theirs.close()
+        doc = {"ok": sent > 0, "sent": sent}
     elif path == "/daemon":
         pid = os.fork()
         if pid == 0:
@@ -158,7 +184,8 @@ def application(environ, start_response):
     elif path == "/escape":
         doc = _attempt(_escape)
     else:
-        doc = {"pool": environ.get("hostd.pool"), "pid": os.getpid()}
+        doc = {"pool": environ.get("hostd.pool"), "pid": os.getpid(),
+               "worker": environ.get("hostd.worker_pid")}
     body = json.dumps(doc).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])

@@ -143,6 +143,40 @@ def test_worker_reaps_the_daemons_it_inherits_as_pid_1(hostd):
                    what="the orphaned daemon reaped")
 
 
+def test_a_forged_handback_is_refused(hostd):
+    """The intruder sends a socket of its own (with a request for b) down every channel
+    it holds; the supervisor's relay lets only hostd's own client connections through."""
+    before = hostd.log().count("reroute_refused")
+    r = ask(hostd, "a.localhost", "/forge")
+    assert r["ok"], r
+    hostd.wait_for(lambda: hostd.log().count("reroute_refused") > before, timeout=5,
+                   what="the forged descriptor refused")
+    assert hostd.get("a.localhost", "/")[0] == 200 and hostd.get("b.localhost", "/")[0] == 200
+
+
+def test_recycle_hands_kept_alive_connections_back_through_the_relay(hostd):
+    """An isolated worker draining on recycle gives its idle keep-alive connection back
+    (through its pool's channel and the supervisor's relay); the next request on the
+    same connection is served by the replacement."""
+    conn = hostd.connect()
+    try:
+        conn.request("GET", "/", headers={"Host": "b.localhost"})
+        old = json.loads(conn.getresponse().read())["worker"]
+        assert old == ready_pid(hostd, "b")
+        assert hostd.ctl("pool", "recycle", "b").returncode == 0
+        hostd.wait_for(lambda: old not in [w["pid"] for w in hostd.pool("b")["workers"]],
+                       timeout=20, what="the old worker gone")
+        conn.request("GET", "/", headers={"Host": "b.localhost"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        new = json.loads(resp.read())["worker"]
+        assert new != old and new == ready_pid(hostd, "b")
+        assert "reroute_refused" not in hostd.log().split("recycle")[-1]
+    finally:
+        conn.close()
+    hostd.b_pid = ready_pid(hostd, "b")
+
+
 def test_tmp_is_private_to_the_pool(hostd):
     marker = f"/tmp/hostd-isolation-{os.getpid()}"
     assert ask(hostd, "a.localhost", f"/write?path={marker}")["ok"]
