@@ -152,12 +152,15 @@ def pool_dirs(cfg) -> list[str]:
     return out
 
 
-def build_view(cfg, main, others: list, runtime: list[str] | None = None) -> View:
+def build_view(cfg, main, others: list, runtime: list[str] | None = None,
+               tmp: dict[str, str] | None = None) -> View:
     """Takes: the pool's config, the MainConfig, the other pools' configs. Returns: the
     View of filesystem = "site": system read-only; the pool's directory (writable
     unless read_only) and virtualenv, the runtime and [isolation] show visible;
     /tmp, /var/tmp, /dev/shm private; /root, /home, hostd's config, state and run
-    directories, the access log's directory and the other pools' directories hidden."""
+    directories, the access log's directory and the other pools' directories hidden.
+    `tmp` maps those private directories to host directories of the pool's own (so its
+    workers share them, across recycles); without it each worker gets fresh tmpfs."""
     iso = cfg.isolation
     mine = pool_dirs(cfg)
     hide = set(HIDDEN_DIRS)
@@ -178,8 +181,11 @@ def build_view(cfg, main, others: list, runtime: list[str] | None = None) -> Vie
     # a hidden directory that is also the pool's or the runtime's is shown, not hidden
     shown = {p for p, _ in show}
     hide = {h for h in hide if h not in shown}
-    return View(hide=tuple(sorted(hide)), show=tuple(show), private=PRIVATE_DIRS,
-                new_proc=True, read_only_system=True)
+    tmp = tmp or {}
+    return View(hide=tuple(sorted(hide)), show=tuple(show),
+                private=tuple(d for d in PRIVATE_DIRS if d not in tmp),
+                new_proc=True, read_only_system=True,
+                binds=tuple((tmp[d], d) for d in PRIVATE_DIRS if d in tmp))
 
 
 def runtime_view(identity: Identity, runtime: list[str]) -> View | None:
@@ -244,7 +250,7 @@ def access_problem(cfg, identity: Identity, view: View | None,
     them through any ancestor the uid cannot enter."""
     never = lambda p: False   # noqa: E731
     if view is not None:
-        covers = [*view.hide, *view.private]
+        covers = [*view.hide, *view.private, *(t for _, t in view.binds)]
 
         def crossable(p: str) -> bool:
             return any(p == c or p.startswith(c.rstrip("/") + "/") for c in covers)

@@ -137,6 +137,7 @@ class Pool:
         # [isolation] as resolved at pool start (hostd/isolation.py)
         self.identity: isolation.Identity | None = None
         self.netns: str | None = None      # its pinned network namespace
+        self.tmp: dict[str, str] | None = None   # its /tmp, /dev/shm, /var/tmp on the host
         # isolated workers hand connections back through a channel of their pool's,
         # relayed by the supervisor (Supervisor._relay): made at the first such worker
         self.reroute_in: socket.socket | None = None
@@ -1473,6 +1474,7 @@ class Supervisor:
             pool.identity = None
             if pool.netns is not None:
                 self._drop_network(pool)
+            self._drop_tmp(pool)
             if os.geteuid() == 0:
                 log.warning("unisolated", f"pool {pool.name} has no [isolation]: its workers "
                             "run as root, in hostd's namespaces", POOL=pool.name)
@@ -1484,6 +1486,13 @@ class Supervisor:
             identity = isolation.resolve_identity(pool.name, iso.identity, self._identities())
         except (OSError, KeyError) as exc:
             return f"{cfg.file}: isolation.identity: {exc}"
+        if iso.filesystem == "site":
+            try:
+                self._pool_tmp(pool)
+            except OSError as exc:
+                return f"{cfg.file}: isolation.filesystem: cannot make the pool's /tmp: {exc}"
+        elif pool.tmp is not None:
+            self._drop_tmp(pool)
         view = self._view(pool) if iso.filesystem == "site" else None
         problem = isolation.access_problem(cfg, identity, view, self._runtime_dirs())
         if problem is not None:
@@ -1531,7 +1540,40 @@ class Supervisor:
 
     def _view(self, pool: Pool):
         others = [p.cfg for p in self.pools.values() if p is not pool and p.cfg is not None]
-        return isolation.build_view(pool.cfg, self.main, others, self._runtime_dirs())
+        return isolation.build_view(pool.cfg, self.main, others, self._runtime_dirs(),
+                                    pool.tmp)
+
+    def _pool_tmp(self, pool: Pool) -> None:
+        """The pool's own /tmp and /dev/shm (a tmpfs of its own in run_dir, which its
+        workers share and which outlives recycles) and /var/tmp (in state_dir, kept
+        across restarts like the host's). Pages a pool writes there are charged to the
+        writer's memory cgroup, so [limits] memory_max bounds them.
+        Raises: OSError."""
+        from kernel import ns
+        base = self.main.run_dir / "tmp" / pool.name
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.path.ismount(base):
+            ns.mount("tmpfs", str(base), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=0711")
+        var = self.main.state_dir / "tmp" / pool.name
+        var.mkdir(parents=True, exist_ok=True)
+        for d in (base / "tmp", base / "shm", var):
+            d.mkdir(exist_ok=True)
+            os.chmod(d, 0o1777)
+        pool.tmp = {"/tmp": str(base / "tmp"), "/dev/shm": str(base / "shm"),
+                    "/var/tmp": str(var)}
+
+    def _drop_tmp(self, pool: Pool) -> None:
+        """Unmounts the pool's /tmp tmpfs (its /var/tmp stays, as the host's would)."""
+        if pool.tmp is None:
+            return
+        from kernel import ns
+        base = os.path.dirname(pool.tmp["/tmp"])
+        try:
+            ns.umount(base, ns.MNT_DETACH)
+            os.rmdir(base)
+        except OSError as exc:
+            log.warning("tmp", f"pool {pool.name}: cannot remove its /tmp: {exc}", POOL=pool.name)
+        pool.tmp = None
 
     def _worker_isolation(self, pool: Pool) -> dict | None:
         """The spawn spec's "isolation": what the zygote applies (hostd/zygote.py)."""
@@ -1969,6 +2011,8 @@ class Supervisor:
         successor = self.pools.get(pool.name)
         if successor is None or successor.netns is None:
             self._drop_network(pool)   # not when a re-added pool of that name uses it
+        if successor is None or successor.tmp is None:
+            self._drop_tmp(pool)
         pool.close()
 
     # ============================================================ stop
@@ -2075,6 +2119,7 @@ class Supervisor:
                 os.close(fd)
             pool.parked.clear()
             self._drop_network(pool)
+            self._drop_tmp(pool)
             pool.close()
         for fd, _ in self.reroute_outbox:
             os.close(fd)

@@ -16,7 +16,9 @@ The view, in order:
      or 0711 when something below it is shown (it can be crossed, not listed);
    * show: the host directory bind-mounted at the same path (created inside a hiding
      tmpfs when needed), read-only or writable;
-   * private: a fresh, empty, writable tmpfs (mode 1777) — the pool's own /tmp;
+   * private: a fresh, empty, writable tmpfs (mode 1777);
+   * bind: another host directory, writable, at this path — how a pool's own /tmp,
+     shared by its workers and kept across recycles, replaces the host's;
 3. a new /proc for the worker's own pid namespace.
 
 The sources of "show" are opened (O_PATH) before anything is hidden, so a directory
@@ -43,17 +45,24 @@ class View:
     private: tuple[str, ...] = ()
     new_proc: bool = True
     read_only_system: bool = True
+    binds: tuple[tuple[str, str], ...] = ()      # (host source, target), writable
 
     def to_spec(self) -> dict:
         return {"hide": list(self.hide), "show": [list(s) for s in self.show],
                 "private": list(self.private), "new_proc": self.new_proc,
-                "read_only_system": self.read_only_system}
+                "read_only_system": self.read_only_system,
+                "binds": [list(b) for b in self.binds]}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "View":
         return cls(tuple(spec["hide"]), tuple((p, bool(w)) for p, w in spec["show"]),
                    tuple(spec["private"]), bool(spec["new_proc"]),
-                   bool(spec["read_only_system"]))
+                   bool(spec["read_only_system"]),
+                   tuple((s, t) for s, t in spec.get("binds", ())))
+
+    def sources(self) -> list[str]:
+        """The host directories bind-mounted into the view, in Op.source order."""
+        return [p for p, _ in self.show] + [s for s, _ in self.binds]
 
 
 @dataclass(frozen=True)
@@ -81,10 +90,11 @@ def _depth(path: str) -> int:
 def plan(view: View) -> list[Op]:
     """Takes: a View. Returns: the ordered mount operations that build it.
     Raises: ValueError for a relative path or the root itself in hide/private."""
-    for p in (*view.hide, *(s for s, _ in view.show), *view.private):
+    for p in (*view.hide, *(s for s, _ in view.show), *view.private,
+              *(x for b in view.binds for x in b)):
         if not p.startswith("/") or os.path.normpath(p) != p:
             raise ValueError(f"view path {p!r} must be absolute and normalised")
-    for p in (*view.hide, *view.private):
+    for p in (*view.hide, *view.private, *(t for _, t in view.binds)):
         if p == "/":
             raise ValueError("cannot hide or replace / itself")
     ops: list[Op] = [Op("slave", "/")]
@@ -92,13 +102,15 @@ def plan(view: View) -> list[Op]:
         ops.append(Op("readonly", "/"))
     entries = ([(p, "hide", False) for p in view.hide]
                + [(p, "show", w) for p, w in view.show]
-               + [(p, "private", True) for p in view.private])
+               + [(p, "private", True) for p in view.private]
+               + [(t, "private", True) for _, t in view.binds])
     # shallow first; at equal depth hide before private before show, so a path that
     # is both hidden and shown ends up shown
     order = {"hide": 0, "private": 1, "show": 2}
     entries.sort(key=lambda e: (_depth(e[0]), order[e[1]], e[0]))
     done: list[tuple[str, str]] = []     # (path, kind) applied so far
     shows = [p for p, _ in view.show]
+    bind_source = {t: len(shows) + i for i, (_, t) in enumerate(view.binds)}
     for index, (path, kind, writable) in enumerate(entries):
         # what currently covers `path`: the deepest entry already applied above it
         cover = None
@@ -116,7 +128,10 @@ def plan(view: View) -> list[Op]:
         elif kind == "private":
             if hidden:
                 ops.append(Op("mkdirs", path))
-            ops.append(Op("private", path, PRIVATE_MODE))
+            if path in bind_source:
+                ops.append(Op("bind", path, writable=True, source=bind_source[path]))
+            else:
+                ops.append(Op("private", path, PRIVATE_MODE))
         else:
             if hidden:
                 ops.append(Op("mkdirs", path))
@@ -135,7 +150,7 @@ def apply(view: View, ops: list[Op] | None = None) -> None:
     ops = plan(view) if ops is None else ops
     sources = []
     try:
-        for path, _ in view.show:
+        for path in view.sources():
             try:
                 sources.append(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
             except OSError as exc:

@@ -178,14 +178,24 @@ def test_recycle_hands_kept_alive_connections_back_through_the_relay(hostd):
 
 
 def test_tmp_is_private_to_the_pool(hostd):
-    marker = f"/tmp/hostd-isolation-{os.getpid()}"
-    assert ask(hostd, "a.localhost", f"/write?path={marker}")["ok"]
+    """/tmp is the pool's: not the host's, not another pool's; its workers share it, and
+    it outlives a recycle (a tmpfs of the pool's own in run_dir)."""
+    name = f"hostd-isolation-{os.getpid()}"
+    assert ask(hostd, "a.localhost", f"/write?path=/tmp/{name}")["ok"]
     try:
-        assert not os.path.exists(marker)           # not the host's /tmp
-        assert "hostd-isolation" not in " ".join(ask(hostd, "b.localhost", "/whoami")["tmp"])
+        assert not os.path.exists(f"/tmp/{name}")           # not the host's /tmp
+        assert (hostd.root / "run" / "tmp" / "a" / "tmp" / name).exists()
+        assert name not in ask(hostd, "b.localhost", "/whoami")["tmp"]
+        old = ready_pid(hostd, "a")
+        assert hostd.ctl("pool", "recycle", "a").returncode == 0
+        hostd.wait_for(lambda: old not in [w["pid"] for w in hostd.pool("a")["workers"]],
+                       timeout=20, what="a recycled")
+        assert name in ask(hostd, "a.localhost", "/whoami")["tmp"]   # the new worker's too
+        assert ask(hostd, "a.localhost", f"/read?path=/tmp/{name}")["ok"]
     finally:
-        if os.path.exists(marker):
-            os.unlink(marker)
+        if os.path.exists(f"/tmp/{name}"):
+            os.unlink(f"/tmp/{name}")
+        hostd.a_pid = ready_pid(hostd, "a")
 
 
 def test_intruder_cannot_read_another_pools_file(hostd):

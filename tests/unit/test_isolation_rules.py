@@ -137,3 +137,23 @@ def test_identity_store_refuses_a_corrupt_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(OSError, match="identity file"):
         isolation.IdentityStore(path, 2100000000, 2100000010)
+
+
+def test_plan_binds_a_pools_own_tmp_over_the_hosts():
+    v = View(show=(("/tmp/sites/a", True),), binds=(("/run/hostd/tmp/a/tmp", "/tmp"),))
+    ops = plan(v)
+    k = kinds(ops)
+    assert ("private", "/tmp") not in k
+    bind_tmp = next(op for op in ops if op.kind == "bind" and op.path == "/tmp")
+    assert bind_tmp.writable and v.sources()[bind_tmp.source] == "/run/hostd/tmp/a/tmp"
+    # what lies below is built inside it, after it
+    assert k.index(("bind", "/tmp")) < k.index(("mkdirs", "/tmp/sites/a")) < k.index(("bind", "/tmp/sites/a"))
+    assert View.from_spec(json.loads(json.dumps(v.to_spec()))) == v
+
+
+def test_build_view_with_the_pools_tmp():
+    a = cfg("a", "/srv/a")
+    tmp = {"/tmp": "/run/hostd/tmp/a/tmp", "/dev/shm": "/run/hostd/tmp/a/shm",
+           "/var/tmp": "/var/lib/hostd/tmp/a"}
+    v = isolation.build_view(a, MAIN, [], runtime=[], tmp=tmp)
+    assert v.private == () and dict((t, s) for s, t in v.binds) == tmp
