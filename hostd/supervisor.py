@@ -517,16 +517,7 @@ class Supervisor:
         self._flush_parked(pool)
 
     def _flush_parked(self, pool: Pool) -> None:
-        while pool.parked:
-            fd, buf = pool.parked[0]
-            try:
-                fdpass.send_with_fds(pool.queue_in, buf, (fd,), socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            except OSError:
-                pass
-            pool.parked.popleft()
-            os.close(fd)
+        _send_queued(pool.queue_in, pool.parked)
         want = bool(pool.parked)
         if want != pool.watch_parked:
             pool.watch_parked = want
@@ -625,17 +616,8 @@ class Supervisor:
         self.reroute_outbox.append((fd, buf))
 
     def _flush_outbox(self, _ev=None) -> None:
-        box = self.reroute_outbox
-        while box:
-            fd, buf = box[0]
-            try:
-                fdpass.send_with_fds(self.reroute_in, buf, (fd,), socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except OSError:
-                pass
-            box.popleft()
-            os.close(fd)
+        if not _send_queued(self.reroute_in, self.reroute_outbox):
+            return
         self._unwatch(self.reroute_in.fileno())
         for pool in list(self.pools.values()) + self.retired:
             if pool.relay_paused:
@@ -2201,6 +2183,22 @@ def _boot_steps(worker: Worker, trace: list, now: float) -> dict[str, float]:
         last = t
     steps["total"] = round((now - worker.spawned_at) * 1000, 2)
     return steps
+
+
+def _send_queued(sock: socket.socket, box: collections.deque) -> bool:
+    """Sends the (fd, bytes) connections waiting in `box` down `sock` without blocking,
+    closing our copy of each one sent (or refused). Returns True when box is empty."""
+    while box:
+        fd, buf = box[0]
+        try:
+            fdpass.send_with_fds(sock, buf, (fd,), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass
+        box.popleft()
+        os.close(fd)
+    return True
 
 
 def _sem_value(pool: Pool) -> int:
