@@ -70,8 +70,9 @@ def table(rows: list[list], header: list[str]) -> str:
 
 def show_status(doc: dict) -> str:
     pools = [[p["name"], p["state"], len(p["workers"]), p.get("queued", 0),
+              (p.get("identity") or {}).get("uid", "-"),
               " ".join(p["bindings"]) or "-"] for p in doc["pools"]]
-    out = [table(pools, ["POOL", "STATE", "WORKERS", "QUEUED", "BINDINGS"])]
+    out = [table(pools, ["POOL", "STATE", "WORKERS", "QUEUED", "UID", "BINDINGS"])]
     errors = [f"  {p['name']}: {p['error']}" for p in doc["pools"] if p.get("error")]
     if errors:
         out.append("\nerrors:\n" + "\n".join(errors))

@@ -122,6 +122,9 @@ def test_each_pool_has_its_own_uid_and_the_host_sees_it(hostd):
     assert status["identity"]["uid"] == a["uid"] and status["isolation"]["network"] == "none"
     text = hostd.ctl("pool", "identity", "a").stdout
     assert str(a["uid"]) in text, text
+    table = hostd.ctl("status").stdout            # the UID column of the pool table
+    row = next(l for l in table.splitlines() if l.startswith("a "))
+    assert str(a["uid"]) in row.split(), table
 
 
 def test_worker_is_not_root_and_has_no_capabilities(hostd):
