@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,16 +37,10 @@ from hostd_harness import Hostd  # noqa: E402  (the test harness runs a real hos
 POOLS = {"plain": None, "full": {"network": "none"}, "private": {"network": "private"}}
 
 
-def one_request(port: int, host: str) -> float:
+def one_request(h: Hostd, host: str) -> float:
     t0 = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = h.raw(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
+                 timeout=10)
     elapsed = (time.perf_counter() - t0) * 1000
     if not data.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(f"{host}: {data[:200]!r}")
@@ -99,7 +92,7 @@ def main() -> int:
                 wait(lambda: h.pool(name)["state"] == "stopped" and not h.pool(name)["workers"])
                 h.ctl("pool", "start", name)
                 wait(lambda: h.pool(name)["state"] == "started")
-                results[name]["e2e"].append(one_request(h.port, f"{name}.bench"))
+                results[name]["e2e"].append(one_request(h, f"{name}.bench"))
                 w = h.pool(name)["workers"]
                 if w and w[0].get("boot_ms"):
                     results[name]["boot"].append(w[0]["boot_ms"])

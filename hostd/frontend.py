@@ -567,7 +567,4 @@ def _drop_root(uid: int, gid: int) -> None:
     import fcntl  # noqa: F401  (hostd/log.py, journald)
     import struct  # noqa: F401  (kernel/sockets.py)
     from kernel import privileges
-    privileges.drop_bounding_set()
-    privileges.switch_identity(uid, gid)
-    privileges.clear_capabilities()
-    privileges.set_no_new_privs()
+    privileges.drop_to(uid, gid)

@@ -371,9 +371,16 @@ class Supervisor:
         if passed:   # socket activation (systemd/hostd.socket): all front ends share them
             shared = sdnotify.match_listen(passed, self.main.listen)
             self.slots = [shared for _slot in range(n)]
+            self._note_listen_ports()
             return
         for _slot in range(n):
             self.slots.append([sockets.listen_tcp(h, p) for h, p in self.main.listen])
+        self._note_listen_ports()
+
+    def _note_listen_ports(self) -> None:
+        #: the ports of hostd's listening sockets: a handed-back connection must be
+        #: to one of them (_client_connection)
+        self.listen_ports = {s.getsockname()[1] for slot in self.slots for s in slot}
 
     # ============================================================ zygote
     def _start_zygote(self) -> None:
@@ -673,8 +680,7 @@ class Supervisor:
             if s.type != socket.SOCK_STREAM or s.family not in (socket.AF_INET, socket.AF_INET6):
                 return False
             s.getpeername()
-            return s.getsockname()[1] in {ls.getsockname()[1] for slot in self.slots
-                                          for ls in slot}
+            return s.getsockname()[1] in self.listen_ports
         except OSError:
             return False
         finally:

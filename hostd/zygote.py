@@ -239,9 +239,5 @@ def confine(iso: dict, up_w: int, ack_r: int, trace: list) -> None:
         if os.read(ack_r, 1) != b"k":
             raise OSError("the intermediate process could not write the uid/gid maps")
         trace.append(("userns", time.monotonic()))
-    # after the unshare: a new user namespace starts with a full bounding set
-    privileges.drop_bounding_set()
-    privileges.switch_identity(iso["uid"], iso["gid"])
-    privileges.clear_capabilities()
-    privileges.set_no_new_privs()
+    privileges.drop_to(iso["uid"], iso["gid"])
     trace.append(("identity", time.monotonic()))

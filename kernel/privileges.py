@@ -91,6 +91,17 @@ def switch_identity(uid: int, gid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
+def drop_to(uid: int, gid: int) -> None:
+    """The whole sequence, in its one working order: empty bounding set (needs
+    CAP_SETPCAP, so first), uid/gid, no capability left, no_new_privs. Called after
+    any unshare(CLONE_NEWUSER), which gives a full bounding set back.
+    Raises: OSError."""
+    drop_bounding_set()
+    switch_identity(uid, gid)
+    clear_capabilities()
+    set_no_new_privs()
+
+
 def write_id_maps(pid: int, uid: int, gid: int, inside_uid: int | None = None,
                   inside_gid: int | None = None) -> None:
     """Maps one host uid/gid into the user namespace of process `pid` (the same number

@@ -90,14 +90,17 @@ def configure(worker, spec: dict) -> None:
     worker.max_bandwidth = int(config.get("max_bandwidth") or 0)
     worker.throttles = {}
     sems = list(spec.get("conn_sems") or [])
-    # an isolated worker gets no descriptor of the global max_connections semaphore
-    # (reading it dry would starve every pool): it counts the global slots it releases
-    # in its scoreboard, and the supervisor gives them back
-    worker.released = 0 if spec.get("global_slots_via_board") else -1
-    if worker.released >= 0:
-        sems.insert(0, -1)
-    worker.csem = sems[0] if len(sems) > 0 else -1
-    worker.pool_csem = sems[1] if len(sems) > 1 else -1
+    if spec.get("global_slots_via_board"):
+        # an isolated worker gets no descriptor of the global max_connections semaphore
+        # (reading it dry would starve every pool): it counts the global slots it
+        # releases in its scoreboard, and the supervisor gives them back
+        worker.released = 0
+        worker.csem = -1
+        worker.pool_csem = sems[0] if sems else -1
+    else:                       # [global, pool's]
+        worker.released = -1
+        worker.csem = sems[0] if len(sems) > 0 else -1
+        worker.pool_csem = sems[1] if len(sems) > 1 else -1
     worker.body_grace = float(spec.get("header_timeout") or 10.0)
 R503 = _error_response("503 Service Unavailable", "Service Unavailable")
 _BODY500 = b"Internal Server Error\n"
