@@ -877,12 +877,33 @@ class Supervisor:
             return None
         ctl_theirs.close()
         worker.ctl = ctl_mine
+        if worker.memwatch is not None:
+            self._send_fence(worker)
         pool.workers[wid] = worker
         self.spawning[sid] = worker
         self._watch(ctl_mine.fileno(), lambda ev, w=worker: self._worker_readable(w))
         log.info("spawn", f"starting worker {pool.name}#{wid} ({reason})",
                  POOL=pool.name, WORKER_ID=wid, REASON=reason)
         return worker
+
+    def _send_fence(self, worker: Worker) -> None:
+        """Gives the worker its own copy of the kernel's memory notification (queued on its
+        control channel until it reads it): it stops taking requests the moment it
+        passes the threshold, not a round trip later. Without it, the supervisor's
+        own watch still recycles the worker, a few requests later."""
+        try:
+            fd = worker.memwatch.fence()
+        except OSError as exc:
+            log.warning("memory_fence", f"worker {worker.pool.name}#{worker.id}: {exc}",
+                        POOL=worker.pool.name)
+            return
+        try:
+            fdpass.send_with_fds(worker.ctl, protocol.encode({"t": "memory_fence"}), [fd])
+        except OSError as exc:
+            log.warning("memory_fence", f"worker {worker.pool.name}#{worker.id}: {exc}",
+                        POOL=worker.pool.name)
+        finally:
+            os.close(fd)
 
     def _worker_spawned(self, worker: Worker, pid: int) -> None:
         worker.pid = pid
@@ -923,6 +944,11 @@ class Supervisor:
                 if msg.get("stuck") and worker.state == W.READY:
                     self._unhealthy(worker, "every app thread is stuck on the same request "
                                     f"for over {worker.pool.cfg.health.ping_timeout:g}s")
+            elif kind == "memory_fence":
+                # the worker passed its memory threshold and stopped taking requests;
+                # the kernel tells us too, but this message is what makes sure it is
+                # recycled (it waits for our drain order)
+                self._memory_fenced(worker)
             elif kind == "unhealthy":
                 if worker.state == W.READY and msg.get("app"):
                     # the app asked for it (workers.report_unhealthy): a recycle
@@ -1740,6 +1766,17 @@ class Supervisor:
         elif memevents.HIGH in events:
             self.recycle(worker, "private_memory")
 
+    def _memory_fenced(self, worker: Worker) -> None:
+        watch = worker.memwatch
+        if watch is None or worker.state not in (W.READY, W.STARTING):
+            return
+        at_max = watch.limit and watch.usage() >= watch.near_limit()
+        # urgent: a fenced worker holds no work, so it does not wait for its turn
+        if not self.recycle(worker, "memory_max" if at_max else "private_memory",
+                            urgent=True) and worker.state == W.READY:
+            # already being recycled for another reason: it holds no work, drain it now
+            self._drain(worker, worker.reason or "memory fence")
+
     def recycle(self, worker: Worker, reason: str, urgent: bool = False) -> bool:
         """Recycles one worker: overlapping (replacement first, then drain) or not
         (drain, then start). One recycle at a time per pool; others wait their turn,
@@ -1768,10 +1805,10 @@ class Supervisor:
         worker.reason = f"recycle: {reason}"
         if reason in _MEMORY_REASONS and pool.state == P.STARTED and not self.stopping:
             # a worker that is growing must not take one more request: it drains now
-            # (idle keep-alive connections go back to the front ends) while its
+            # (idle keep-alive connections go back to the front ends), then its
             # replacement starts; meanwhile connections wait in the queue
-            self._spawn(pool, f"recycle: {reason}")
             self._drain(worker, worker.reason)
+            self._spawn(pool, f"recycle: {reason}")
             return True
         if pool.cfg.recycling.overlapping and pool.state == P.STARTED and not self.stopping:
             new = self._spawn(pool, f"recycle: {reason}")

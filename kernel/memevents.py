@@ -9,6 +9,9 @@ limit", "the OOM killer ran". Memory-triggered recycling is an event, not a poll
   back to tell which); a second eventfd on `memory.oom_control` fires on OOM.
 
 `MemoryWatch.fileno()` goes into the caller's epoll; `read()` returns what happened.
+`MemoryWatch.fence()` makes one more descriptor for the same cgroup, readable at the first
+crossing, for the process that is growing: it can stop taking work at once instead of
+after a round trip through whoever watches it.
 """
 from __future__ import annotations
 
@@ -73,6 +76,7 @@ class MemoryWatch:
                 raise OSError(err, f"inotify on {self._events_path}: {os.strerror(err)}")
             self._fd = fd
         else:
+            self._control = os.path.join(directory, "cgroup.event_control")
             # one eventfd for every notification: thresholds and OOM all wake the same fd
             self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self._fds.append(self._fd)
@@ -98,6 +102,35 @@ class MemoryWatch:
 
     def fileno(self) -> int:
         return self._fd
+
+    def fence(self) -> int:
+        """A new descriptor (the caller owns it) that becomes readable when the cgroup first
+        passes the lower of the two thresholds (v1: an eventfd on that threshold; v2: an
+        inotify watch on memory.events, which the kernel first modifies at memory.high
+        or memory.max). Meant to be handed to the process in the cgroup.
+        Raises: OSError (naming the file)."""
+        if self.version == 2:
+            libc = _inotify()
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+            if libc.inotify_add_watch(fd, self._events_path.encode(), _IN_MODIFY) < 0:
+                err = ctypes.get_errno()
+                os.close(fd)
+                raise OSError(err, f"inotify on {self._events_path}: {os.strerror(err)}")
+            return fd
+        at = min(t for t in (self.high, self._near(self.limit) if self.limit else 0) if t)
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        usage = os.open(os.path.join(self.directory, "memory.usage_in_bytes"), os.O_RDONLY)
+        try:
+            with open(self._control, "w") as f:
+                f.write(f"{fd} {usage} {at}")
+        except OSError as exc:
+            os.close(fd)
+            raise OSError(exc.errno, f"{self._control}: {exc.strerror}") from None
+        finally:
+            os.close(usage)
+        return fd
 
     def read(self) -> list[str]:
         """Drains the notification and returns what is true now: a list of HIGH, MAX,
@@ -125,6 +158,10 @@ class MemoryWatch:
         if self.high and usage >= self.high:
             out.append(HIGH)
         return out
+
+    def near_limit(self) -> int:
+        """The usage read as "at the hard limit" (0 without one)."""
+        return self._near(self.limit) if self.limit else 0
 
     @staticmethod
     def _near(limit: int) -> int:

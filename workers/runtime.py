@@ -94,6 +94,11 @@ class Worker:
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.queue_registered = False
         self.draining = False
+        # fenced: draining because the cgroup passed its memory threshold, but held until
+        # the supervisor's drain order (it recycles us; an exit of our own would look
+        # like a crash to it)
+        self.fenced = False
+        self.fence_fd = -1
         self.exit_code = protocol.EXIT_OK
         self.stop_signal = False
         self.ctl_open = True
@@ -346,13 +351,16 @@ class Worker:
             except (OSError, RuntimeError):
                 data, fds = b"", []
             if fds:
-                # only "access_log" carries a descriptor: the reopened access log
+                # "access_log" carries the reopened access log; "memory_fence" the
+                # kernel's notification that our cgroup passed its memory threshold
                 try:
-                    wanted = data and protocol.decode(data).get("t") == "access_log"
+                    kind = protocol.decode(data).get("t") if data else None
                 except ValueError:
-                    wanted = False
-                if wanted and self.access is not None:
+                    kind = None
+                if kind == "access_log" and self.access is not None:
                     self.access.replace_fd(fds.pop(0))
+                elif kind == "memory_fence" and self.fence_fd < 0:
+                    self._arm_fence(fds.pop(0))
                 for fd in fds:
                     os.close(fd)
                 continue
@@ -381,6 +389,33 @@ class Worker:
                 self.queue_registered = False
             else:
                 self._to_loop(msg)
+
+    def _arm_fence(self, fd: int) -> None:
+        """Control thread: watch the memory fence in the loop's epoll."""
+        self.fence_fd = fd
+        try:
+            self.ep.register(fd, _IN)
+        except (OSError, ValueError):
+            self.fence_fd = -1
+            os.close(fd)
+
+    def _fence(self) -> None:
+        """Loop thread: the cgroup passed its memory threshold (the supervisor hears it
+        from the kernel too). Take no more requests at once, before the round trip:
+        a leaking app grows with every one. Idle connections go back to the front ends;
+        the exit waits for the supervisor's drain order, and our message makes sure
+        it comes."""
+        fd, self.fence_fd = self.fence_fd, -1
+        try:
+            self.ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        os.close(fd)
+        if self.draining:
+            return
+        self.begin_drain(protocol.EXIT_OK)
+        self.fenced = True
+        self._ctl_send({"t": "memory_fence"})
 
     def stuck(self, now: float) -> bool:
         """Every app thread has been busy on the same request for > ping_timeout."""
@@ -433,10 +468,12 @@ class Worker:
             pass
 
     def begin_drain(self, code: int) -> None:
-        """Stop taking work; hand idle connections back; busy ones follow when done."""
-        if not self.draining:
+        """Stop taking work; hand idle connections back; busy ones follow when done.
+        Releases a memory fence's hold: the worker exits once idle."""
+        if not self.draining or self.fenced:
             self.exit_code = code
         self.draining = True
+        self.fenced = False
         self._queue_off()
         for conn in list(self.conns.values()):
             if not conn.owned:
@@ -499,8 +536,10 @@ class Worker:
                         self._returned()
                     if self.ctl_events:
                         self._on_ctl_events()
-                    if self.stop_signal and not self.draining:
+                    if self.stop_signal and (self.fenced or not self.draining):
                         self.begin_drain(protocol.EXIT_OK)
+                elif fd == self.fence_fd:
+                    self._fence()
             if now >= next_sweep:
                 next_sweep = now + interval
                 self._sweep()
@@ -509,7 +548,7 @@ class Worker:
                     self.access.tick(now)
                 if self.ns_init:
                     reap_orphans()
-            if self.draining and self.running == 0:
+            if self.draining and self.running == 0 and not self.fenced:
                 # anything left is owned by nobody: hand it back too
                 for conn in list(conns.values()):
                     conn.handoff()

@@ -142,6 +142,14 @@ def test_leaking_app_recycled_at_private_memory_never_oom(tmp_path):
         # never near the 200 MB cap: (200 - ~20 MB runtime) / 5 MB = 36 requests at most
         assert max(at) <= 36, at
         assert events(h, "oom") == [] and recycles(h, "leak", "memory_max") == 0
+        # the memory fence: a worker answers no request after the one that crossed
+        # (the scoreboard may lag the crossing by that one). Between two recycles the
+        # pool served what the old worker served after its crossing plus what the new
+        # one served up to its own.
+        rec = [(int(field(l, "POOL_REQUESTS")), int(field(l, "WORKER_REQUESTS")))
+               for l in events(h, "recycle", REASON="private_memory")]
+        after = [b[0] - a[0] - b[1] for a, b in zip(rec, rec[1:])]
+        assert max(after) <= 1, after
         ms = sorted(float(field(l, "ELAPSED_MS")) for l in events(h, "recycle_ready",
                                                                   REASON="private_memory"))
         assert ms and ms[len(ms) // 2] < 1000, ms

@@ -426,6 +426,36 @@ def test_drain_waits_for_the_request_in_flight():
         s.close()
 
 
+def test_memory_fence_stops_taking_work_at_once_and_waits_for_the_drain_order(worker):
+    # the supervisor hands each worker a descriptor the kernel signals when the worker's
+    # cgroup passes its memory threshold (v1: an eventfd registered in
+    # cgroup.event_control). There is no cgroup here, so the test plays the kernel on a
+    # plain eventfd; test_recycling's leaking app covers the real one end to end.
+    from kernel.fdpass import send_with_fds
+    idle = worker.connect()
+    idle.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert read_response(idle)[0] == 200
+    fence = os.eventfd(0, os.EFD_CLOEXEC)
+    send_with_fds(worker.ctl, protocol.encode({"t": "memory_fence"}), [fence])
+    time.sleep(0.2)
+    os.eventfd_write(fence, 1)
+    assert worker.ctl_recv(timeout=5) == {"t": "memory_fence"}
+    data, passed = worker.reroute_recv(timeout=5)    # the idle connection goes back
+    assert data == b""
+    passed.close()
+    late = worker.connect()                          # queued: this worker must not take it
+    late.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    late.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        late.recv(1)
+    assert worker.wait_exit(0.3) is None             # held: its exit is the supervisor's call
+    worker.ctl_send({"t": "drain"})
+    assert worker.wait_exit(10) == protocol.EXIT_OK
+    os.close(fence)
+    idle.close()
+    late.close()
+
+
 def test_sigterm_drains_and_control_eof_exits_supervisor_gone():
     with WorkerHarness("worker_basic:app") as h:
         os.kill(h.pid, signal.SIGTERM)

@@ -91,3 +91,43 @@ def test_memory_max_oom_stays_in_the_pool_and_pids_max_bounds_a_fork_bomb(pool_f
     events = (unit_cgroup.path / "pool-hog" / "memory.events").read_text()
     assert int(re.search(r"^oom_kill (\d+)", events, re.M).group(1)) >= 1, events
     assert http.get("calm.localhost")[0] == 200
+
+
+RECYCLE_APP = (Path(__file__).resolve().parents[1] / "apps" / "recycle_app.py").read_text()
+
+
+def test_leaking_app_recycled_at_private_memory_through_memory_high(pool_files, journal):
+    """cgroup v2: recycling.private_memory is the worker cgroup's memory.high; the kernel's
+    memory.events reaches the supervisor and, through its memory fence, the worker itself,
+    which answers nothing after the request that crossed. No request fails, none is OOM."""
+    import http.client
+    import json
+    since = journal.cursor()
+    pool_files.write("leak", bindings=["leak.localhost"], app_source=RECYCLE_APP,
+                     start_mode="always_running", recycling={"private_memory": "48M"},
+                     limits={"worker_memory_max": "160M"})
+    pool_files.reload(expect=["leak"])
+    wait_for(lambda: [w for w in pools()["leak"]["workers"] if w["state"] == "ready"],
+             what="leak ready", timeout=60)
+    conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=60)
+    pids = []
+    for _ in range(30):
+        conn.request("GET", "/leak", headers={"Host": "leak.localhost"})
+        resp = conn.getresponse()
+        body = resp.read().decode()
+        assert resp.status == 200, body
+        pids.append(int(body))
+        if resp.will_close:
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=60)
+    conn.close()
+    entries = [json.loads(l) for l in journal.lines(since, output="json")]
+    rec = [(int(e["POOL_REQUESTS"]), int(e["WORKER_REQUESTS"])) for e in entries
+           if e.get("EVENT") == "recycle" and e.get("POOL") == "leak"
+           and e.get("REASON") == "private_memory"]
+    assert len(rec) >= 2, (rec, pids)
+    assert not [e for e in entries if e.get("EVENT") == "oom"], "an OOM kill"
+    # 5 MB a request against 160M: without recycling one worker would answer all 30
+    assert len(set(pids)) >= 3, pids
+    after = [b[0] - a[0] - b[1] for a, b in zip(rec, rec[1:])]
+    assert max(after) <= 1, (after, rec)
