@@ -1755,6 +1755,12 @@ class Supervisor:
         if worker.memwatch is None:
             return
         events = worker.memwatch.read()
+        if memevents.HIGH in events:
+            try:
+                worker.memwatch.release_high()
+            except OSError as exc:
+                log.warning("cgroup_failed", f"worker {worker.pool.name}#{worker.id}: {exc}",
+                            POOL=worker.pool.name)
         if memevents.OOM in events:
             worker.oom = True
             log.error("oom", f"worker {worker.pool.name}#{worker.id} pid {worker.pid}: "

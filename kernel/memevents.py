@@ -159,6 +159,22 @@ class MemoryWatch:
             out.append(HIGH)
         return out
 
+    def release_high(self) -> None:
+        """v2: lifts memory.high (writes "max") once the threshold has been seen. Above
+        memory.high the kernel throttles every allocation (up to 2 s each), so a worker
+        left there would crawl through its last requests and its own exit; the hard
+        limit, if any, still holds. v1 thresholds do not throttle: nothing to do.
+        Raises: OSError (naming the file)."""
+        if self.version != 2 or not self.high:
+            return
+        path = os.path.join(self.directory, "memory.high")
+        try:
+            with open(path, "w") as f:
+                f.write("max")
+        except OSError as exc:
+            raise OSError(exc.errno, f"{path}: {exc.strerror}") from None
+        self.high = 0
+
     def near_limit(self) -> int:
         """The usage read as "at the hard limit" (0 without one)."""
         return self._near(self.limit) if self.limit else 0

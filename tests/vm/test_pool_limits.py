@@ -96,10 +96,14 @@ def test_memory_max_oom_stays_in_the_pool_and_pids_max_bounds_a_fork_bomb(pool_f
 RECYCLE_APP = (Path(__file__).resolve().parents[1] / "apps" / "recycle_app.py").read_text()
 
 
-def test_leaking_app_recycled_at_private_memory_through_memory_high(pool_files, journal):
+def test_leaking_app_recycled_at_private_memory_through_memory_high(pool_files, journal,
+                                                                    unit_cgroup):
     """cgroup v2: recycling.private_memory is the worker cgroup's memory.high; the kernel's
     memory.events reaches the supervisor and, through its memory fence, the worker itself,
-    which answers nothing after the request that crossed. No request fails, none is OOM."""
+    which stops taking requests. The supervisor then lifts memory.high: a worker left
+    above it is throttled on every allocation and would crawl through its last request
+    and its exit (seen: 60 s timeouts, a 90 s shutdown_limit kill). No request fails,
+    none is OOM."""
     import http.client
     import json
     since = journal.cursor()
@@ -111,9 +115,17 @@ def test_leaking_app_recycled_at_private_memory_through_memory_high(pool_files, 
              what="leak ready", timeout=60)
     conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=60)
     pids = []
-    for _ in range(30):
+    for i in range(30):
         conn.request("GET", "/leak", headers={"Host": "leak.localhost"})
-        resp = conn.getresponse()
+        try:
+            resp = conn.getresponse()
+        except OSError as exc:
+            cg = {str(p.parent.name): p.read_text().split()
+                  for p in sorted(unit_cgroup.path.glob("pool-leak/*/memory.events"))}
+            raise AssertionError(f"request {i}: {exc!r}; answered by {pids}; "
+                                 f"memory.events {cg}; journal: "
+                                 + "\n".join(l for l in journal.lines(since)
+                                              if "leak" in l)) from None
         body = resp.read().decode()
         assert resp.status == 200, body
         pids.append(int(body))
@@ -129,5 +141,9 @@ def test_leaking_app_recycled_at_private_memory_through_memory_high(pool_files, 
     assert not [e for e in entries if e.get("EVENT") == "oom"], "an OOM kill"
     # 5 MB a request against 160M: without recycling one worker would answer all 30
     assert len(set(pids)) >= 3, pids
+    # what each worker answered after its crossing (see test_recycling's twin). v2 delivers
+    # memory.events changes to inotify from a kernel work item, a little after the
+    # crossing, so the fence may let one or two more requests in; v1's eventfd is
+    # signalled in the charge itself.
     after = [b[0] - a[0] - b[1] for a, b in zip(rec, rec[1:])]
-    assert max(after) <= 1, (after, rec)
+    assert max(after) <= 3, (after, rec)
