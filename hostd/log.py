@@ -51,6 +51,7 @@ EVENTS: dict[str, str] = {
     "spawn": "A worker process of a pool is being started (demand, always_running, web garden growth or a recycle).",
     "spawn_failed": "A worker could not be started (zygote unreachable, cgroup failure).",
     "worker_boot_failed": "A forked worker failed before loading its application.",
+    "rebalance": "A saturated worker of a web garden gives idle keep-alive connections (COUNT=) back to the front ends, so that their next requests reach a worker with room.",
     "recycle_ready": "The replacement of a recycled worker is ready; the old worker drains.",
     "zygote": "The zygote (forks workers with the runtime preloaded) started.",
     "zygote_crash": "The zygote died; it is started again.",

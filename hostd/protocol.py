@@ -54,6 +54,7 @@ PONG = "pong"                      # {"seq": n, "stuck": bool}
 # supervisor -> worker
 DRAIN = "drain"                    # stop taking work, finish, hand idle connections back, exit 0
 ROUTES = "routes"                  # {"routes": table}: the whole binding table (hostd.router)
+SHED = "shed"                      # {"n": k}: hand k idle keep-alive connections back (web garden)
 PING = "ping"                      # {"seq": n}
 # supervisor -> front end
 POOLS = "pools"                    # {"pools": {name: {"state", "lb", "slot"}}, "routes": table}
@@ -80,9 +81,11 @@ class Scoreboard:
     may see a value one update old, never a torn one (8-byte aligned stores).
 
     Layout (little-endian): requests served (Q), requests running now (Q), connections
-    held (Q), last activity as CLOCK_MONOTONIC seconds (d), worker pid (Q); at offset
-    64, the global connection slots an isolated worker has released (Q: it holds no
-    descriptor of the global semaphore, the supervisor gives them back).
+    held (Q), last activity as CLOCK_MONOTONIC seconds (d), worker pid (Q); at offset 40
+    and 48 the web garden's saturation signal: seconds spent at full capacity so far (d)
+    and since when it has been at full capacity (d, CLOCK_MONOTONIC; 0 = it has room);
+    at offset 64, the global connection slots an isolated worker has released (Q: it
+    holds no descriptor of the global semaphore, the supervisor gives them back).
     """
 
     _FMT = struct.Struct("<QQQdQ")
@@ -107,6 +110,19 @@ class Scoreboard:
     def write(self, requests: int, active: int, connections: int, last_activity: float,
               pid: int) -> None:
         self._FMT.pack_into(self._map, 0, requests, active, connections, last_activity, pid)
+
+    #: indexes in doubles(): busy seconds so far, busy since (0 = not busy now)
+    BUSY_TOTAL, BUSY_SINCE = 5, 6
+
+    def doubles(self) -> memoryview:
+        """The page as native doubles, for the worker's per-loop busy stores (a store into
+        a memoryview costs less than a pack)."""
+        return memoryview(self._map).cast("d")
+
+    def busy(self, now: float) -> float:
+        """Seconds the worker has spent at full capacity up to `now` (CLOCK_MONOTONIC)."""
+        total, since = struct.unpack_from("<dd", self._map, 40)
+        return total + (now - since if since else 0.0)
 
     def read(self) -> dict:
         """Returns {"requests", "active", "connections", "last_activity", "pid"}."""

@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from hostd import config as hconfig
-from hostd import isolation, log, poollimits, protocol
+from hostd import garden, isolation, log, poollimits, protocol
 from hostd.control import ControlServer
 from hostd.lifecycle import (WORKER_ALIVE, PoolState, RapidFail, WorkerState,
                              pool_lifecycle, worker_lifecycle)
@@ -89,6 +89,8 @@ class Worker:
         self.recycle_started = 0.0
         self.cpu_at_exit = 0.0
         self.replies: dict[int, list] = {}      # requests query seq -> live requests
+        self.busy_sample: tuple[float, float] | None = None   # (when, Scoreboard.busy)
+        self.busy_frac = 0.0                    # at full capacity, share of the last second
 
     @property
     def state(self) -> WorkerState:
@@ -1171,6 +1173,7 @@ class Supervisor:
                 self._check_recycling(pool, now, second)
                 if second:
                     self._check_cpu(pool, now)
+                    self._balance(pool, now)
             for w in list(pool.workers.values()):
                 if w.state == W.SPAWNING and w.drain_at is not None and w.pid is not None:
                     self._drain(w, w.drain_reason)
@@ -1890,6 +1893,37 @@ class Supervisor:
         if pool.parked or _readable(pool.queue_out):
             self._spawn(pool, "queue waiting")
 
+    def _balance(self, pool: Pool, now: float) -> None:
+        """Once a second: samples how saturated each ready worker was, then lets
+        hostd.garden decide whether the garden grows and which worker gives idle
+        keep-alive connections back to the front ends."""
+        samples, starting = [], 0
+        for w in pool.workers.values():
+            if w.state in (W.SPAWNING, W.STARTING):
+                starting += 1
+                continue
+            if w.state != W.READY or w.recycling or w.board is None:
+                continue
+            busy = w.board.busy(now)
+            then, before = w.busy_sample or (w.ready_at or now, 0.0)
+            w.busy_sample = (now, busy)
+            if now - then < 0.5:
+                continue    # just ready: no interval to judge yet
+            w.busy_frac = min(1.0, max(0.0, (busy - before) / (now - then)))
+            samples.append(garden.Sample(w, w.busy_frac, w.stats()["connections"]))
+        d = garden.decide(samples, pool.cfg.processes, starting)
+        if d.grow:
+            self._spawn(pool, "saturated")
+        if d.shed_from is not None:
+            w = d.shed_from
+            log.info("rebalance", f"worker {pool.name}#{w.id} is saturated: it gives {d.shed} "
+                     "idle keep-alive connection(s) back for a worker with room",
+                     POOL=pool.name, WORKER_PID=w.pid, COUNT=d.shed)
+            try:
+                w.ctl.sendall(protocol.encode({"t": protocol.SHED, "n": d.shed}))
+            except (OSError, AttributeError):
+                pass
+
     def _shrink(self, pool: Pool, now: float) -> None:
         """Idle timeout, one worker at a time: workers above the first end after
         idle_timeout without a request; the last one too, unless always_running."""
@@ -2180,7 +2214,8 @@ class Supervisor:
                                                           "connections": 0}
                 workers.append({"pid": w.pid, "id": w.id, "state": w.state.value,
                                 "requests": s["requests"], "active": s["active"],
-                                "connections": s["connections"], "rss": _rss(w.pid),
+                                "connections": s["connections"],
+                                "busy": round(w.busy_frac, 3), "rss": _rss(w.pid),
                                 "cpu_seconds": round(_cpu_seconds(w.pid), 3),
                                 "generation": w.generation,
                                 "started": round(w.started_wall, 3),

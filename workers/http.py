@@ -690,7 +690,9 @@ class Connection:
                 self.nserved += 1
                 if worker.inline:
                     worker.request_done()
-                if worker.draining and not self.closed:
+                if (worker.draining or worker.shed_left) and not self.closed:
+                    if not worker.draining:
+                        worker.shed_left -= 1   # given back at its idle point (shed)
                     self.handoff()
                     return False
             if self.broken is not None:

@@ -25,6 +25,8 @@ from .app import load_app
 from .http import Connection, configure as configure_limits
 from .wsgi import ErrorStream, FileWrapper
 
+BUSY_TOTAL, BUSY_SINCE = protocol.Scoreboard.BUSY_TOTAL, protocol.Scoreboard.BUSY_SINCE
+
 _IN = select.EPOLLIN
 _QUEUE_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
 _ONE = (1).to_bytes(8, "little")
@@ -99,6 +101,8 @@ class Worker:
         # like a crash to it)
         self.fenced = False
         self.fence_fd = -1
+        self.shed_left = 0   # connections still to give back after their next response
+        self.shed_at = 0.0   # ... asked then; what is not given back within a second lapses
         self.exit_code = protocol.EXIT_OK
         self.stop_signal = False
         self.ctl_open = True
@@ -106,6 +110,10 @@ class Worker:
         self.served = 0
         self.running = 0
         self.last_activity = self.now
+        # saturation (Scoreboard BUSY_*): inline, the time not spent waiting in epoll;
+        # with threads, the time all of them were taken
+        self.busy_total = 0.0
+        self.bd = scoreboard.doubles()
         # threads > 1
         self.jobs: _queue.SimpleQueue | None = None
         self.done: deque = deque()
@@ -227,6 +235,8 @@ class Worker:
             self.ep.unregister(conn.fd)
         conn.owned = True
         self.running += 1
+        if self.running == self.threads:
+            self.bd[BUSY_SINCE] = self.now
         if self.running >= self.threads and self.queue_registered:
             self._queue_off()
         self.last_activity = self.now
@@ -258,6 +268,11 @@ class Worker:
         while done:
             conn = done.popleft()
             conn.owned = False
+            if self.running == self.threads:
+                bd = self.bd
+                self.busy_total += self.now - bd[BUSY_SINCE]
+                bd[BUSY_TOTAL] = self.busy_total
+                bd[BUSY_SINCE] = 0.0
             self.running -= 1
             self.served += conn.nserved
             conn.nserved = 0
@@ -449,6 +464,8 @@ class Worker:
                 self.begin_drain(protocol.EXIT_SUPERVISOR_GONE)
             elif t == protocol.DRAIN:
                 self.begin_drain(protocol.EXIT_OK)
+            elif t == protocol.SHED:
+                self.shed(int(msg.get("n") or 0))
             elif t == protocol.ROUTES:
                 try:
                     self.router = Router.from_table(msg.get("routes") or [])
@@ -478,6 +495,26 @@ class Worker:
         for conn in list(self.conns.values()):
             if not conn.owned:
                 conn.handoff()
+
+    def shed(self, n: int) -> int:
+        """Loop thread: hands n keep-alive connections back to the front ends, whose next
+        requests then go through the pool queue to whichever worker has room (the
+        supervisor asks a saturated worker when another one has room). Idle ones go now;
+        the rest as they become idle, after their next response. Returns how many went
+        now."""
+        gone = 0
+        if self.draining:
+            return gone
+        for conn in list(self.conns.values()):
+            if gone >= n:
+                break
+            if conn.registered and not conn.owned and conn.cur is None and not conn.pending:
+                conn.handoff()
+                gone += conn.handed
+        self.shed_left = n - gone
+        self.shed_at = self.now
+        self._board()
+        return gone
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = True
@@ -516,9 +553,18 @@ class Worker:
         next_sweep = time.monotonic() + interval
         poll = ep.poll
         monotonic = time.monotonic
+        inline = self.inline
+        bd = self.bd
+        busy_since = now = monotonic()
         while True:
+            if inline:   # busy is whatever is not waiting here
+                self.busy_total += monotonic() - busy_since
+                bd[BUSY_TOTAL] = self.busy_total
+                bd[BUSY_SINCE] = 0.0
             events = poll(interval)
             self.now = now = monotonic()
+            if inline:
+                bd[BUSY_SINCE] = busy_since = now
             for fd, _ev in events:
                 conn = conns.get(fd)
                 if conn is not None:
@@ -543,6 +589,8 @@ class Worker:
             if now >= next_sweep:
                 next_sweep = now + interval
                 self._sweep()
+                if self.shed_left and now - self.shed_at > 1.0:
+                    self.shed_left = 0
                 self._board()
                 if self.access is not None:
                     self.access.tick(now)

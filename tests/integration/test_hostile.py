@@ -299,7 +299,9 @@ def test_slowloris(hostd):
     # header_timeout is 2 s: every slow connection is closed at 2 s ± 1 s
     assert min(closed_after) >= 1.0 and max(closed_after) <= 3.0, (min(closed_after), max(closed_after))
     p99 = _p99(during)
-    assert p99 < 3 * max(baseline, 0.002), (baseline, p99)
+    # a front end stalled by the slow clients answers on their timescale (seconds);
+    # the 100 ms floor keeps a busy CI machine's scheduling noise out of the verdict
+    assert p99 < max(3 * baseline, 0.1), (baseline, p99)
     time.sleep(2.5)   # lingering closes end
     rss, fds = _fe_usage(h)
     assert fds <= base_fds + 2, (base_fds, fds)

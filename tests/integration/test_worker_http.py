@@ -456,6 +456,60 @@ def test_memory_fence_stops_taking_work_at_once_and_waits_for_the_drain_order(wo
     late.close()
 
 
+def test_shed_hands_back_idle_connections_now_and_busy_ones_after_their_response(worker):
+    idle = []
+    for _ in range(3):
+        c = worker.connect()
+        c.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_response(c)[0] == 200
+        idle.append(c)
+    half = worker.connect()
+    half.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert read_response(half)[0] == 200
+    half.sendall(b"GET / HTTP/1.1\r\nHo")         # a head begun: not idle, stays
+    time.sleep(0.2)
+    worker.ctl_send({"t": "shed", "n": 5})
+    got = [worker.reroute_recv(timeout=5) for _ in range(3)]
+    assert [g[0] for g in got] == [b"", b"", b""]
+    assert worker.reroute_recv(timeout=0.5) is None
+    for _, sock in got:
+        sock.close()
+    half.sendall(b"st: a\r\n\r\n")                   # the worker still serves it,
+    assert read_response(half)[0] == 200
+    data, sock = worker.reroute_recv(timeout=5)     # then gives it back: 5 were asked
+    assert data == b""
+    sock.close()
+    assert worker.wait_exit(0.2) is None            # shedding is not draining
+    late = worker.connect()                         # and it keeps taking new work
+    late.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert read_response(late)[0] == 200
+    late.close()
+    for c in idle + [half]:
+        c.close()
+
+
+def test_scoreboard_busy_counts_time_at_full_capacity():
+    for threads in (1, 2):
+        with WorkerHarness("worker_basic:app", threads=threads) as h:
+            board = h.board
+            time.sleep(0.3)
+            assert board.busy(time.monotonic()) < 0.1      # idle: waiting in epoll
+            socks = [h.connect() for _ in range(threads)]
+            t0 = time.monotonic()
+            for s in socks:
+                s.sendall(b"GET /slow?0.6 HTTP/1.1\r\nHost: a\r\n\r\n")
+            time.sleep(0.4)                                # read while still busy
+            assert board.busy(time.monotonic()) >= 0.2, threads
+            for s in socks:
+                assert read_response(s)[0] == 200
+            spent = board.busy(time.monotonic())
+            assert 0.4 <= spent <= time.monotonic() - t0 + 0.05, (threads, spent)
+            time.sleep(0.3)
+            assert board.busy(time.monotonic()) - spent < 0.1, threads   # idle again
+            for s in socks:
+                s.close()
+
+
 def test_sigterm_drains_and_control_eof_exits_supervisor_gone():
     with WorkerHarness("worker_basic:app") as h:
         os.kill(h.pid, signal.SIGTERM)
