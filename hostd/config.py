@@ -913,11 +913,32 @@ def _load_pool(path: Path, main: MainConfig):
     problem = secret_file_problem(path) if raw.get("env") else None
     if problem:
         errors.append(ConfigError(path, "env", problem))
+    errors.extend(ConfigError(path, k, p) for k, p in _memory_conflicts(values))
     if errors:
         return None, errors, claims
     if "isolation" not in raw and "isolation" not in main.defaults:
         values["isolation"] = None   # no table anywhere: not isolated (see Isolation)
     return PoolConfig(name=name, file=path, **values), [], claims
+
+
+def _memory_conflicts(values: dict) -> list[tuple[str, str]]:
+    """Memory settings that could never take effect beside another one, as (key,
+    problem): a throttle or a recycle point at or above the hard limit it sits under is
+    configured but does nothing (the values may come from [defaults])."""
+    lim, rec = values.get("limits"), values.get("recycling")
+    out = []
+    if isinstance(lim, Limits) and lim.memory_max and lim.memory_high >= lim.memory_max:
+        out.append(("limits.memory_high",
+                    f"{lim.memory_high} bytes is not below limits.memory_max "
+                    f"({lim.memory_max} bytes): the pool would reach its hard limit before "
+                    "any throttling; lower memory_high or remove it"))
+    if isinstance(lim, Limits) and isinstance(rec, Recycling) and lim.worker_memory_max \
+            and rec.private_memory >= lim.worker_memory_max:
+        out.append(("recycling.private_memory",
+                    f"{rec.private_memory} bytes is not below limits.worker_memory_max "
+                    f"({lim.worker_memory_max} bytes): a worker would reach its hard limit "
+                    "before this recycle could fire; lower private_memory or remove it"))
+    return out
 
 
 def secret_file_problem(path: Path) -> str | None:

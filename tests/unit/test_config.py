@@ -269,6 +269,9 @@ env = {{ DJANGO_SETTINGS_MODULE = "shop.settings", B = "" }}
     ('[recycling]\nprivate_memory = "lots"', "recycling.private_memory"),
     ('[recycling]\novertime = 1', "recycling.overtime"),
     ('[limits]\nworker_memory_max = "12Q"', "limits.worker_memory_max"),
+    ('[limits]\nmemory_max = "256M"\nmemory_high = "256M"', "limits.memory_high"),
+    ('[limits]\nworker_memory_max = "200M"\n[recycling]\nprivate_memory = "300M"',
+     "recycling.private_memory"),
     ("[health]\ninterval = 1", "health.interval"),
     ('[health]\nping_timeout = "0"', "health.ping_timeout"),
     ('[health]\nunhealthy_action = "restart"', "health.unhealthy_action"),
@@ -525,11 +528,11 @@ def test_health_table_defaults_and_inheritance(site, tmp_path):
 def test_recycling_and_limits_tables(site):
     pool = load_one(site, BASE + '[recycling]\noverlapping = false\ntime = "29h"\nrequests = 300\n'
                     'schedule = ["3:00", "23:59"]\nprivate_memory = "300M"\n'
-                    '[limits]\nworker_memory_max = "256M"\n')
+                    '[limits]\nworker_memory_max = "512M"\n')
     r = pool.recycling
     assert (r.overlapping, r.time, r.requests, r.schedule, r.private_memory, r.virtual_memory) == \
         (False, 29 * 3600.0, 300, ("03:00", "23:59"), 300 << 20, 0)
-    assert pool.limits.worker_memory_max == 256 << 20
+    assert pool.limits.worker_memory_max == 512 << 20
     assert PoolConfig.from_spec(json.loads(json.dumps(pool.to_spec()))) == pool
 
 
