@@ -77,13 +77,14 @@ def show_status(doc: dict) -> str:
     if errors:
         out.append("\nerrors:\n" + "\n".join(errors))
     import time as _t
-    workers = [[p["name"], w["pid"], w["state"], w["requests"], _mib(w["rss"]),
+    workers = [[p["name"], w["pid"], w["state"], w["requests"], w.get("connections", 0),
+                f'{100 * (w.get("busy") or 0):.0f}%', _mib(w["rss"]),
                 _t.strftime("%H:%M:%S", _t.localtime(w.get("started", 0))),
                 w.get("last_recycle_reason") or "-"]
                for p in doc["pools"] for w in p["workers"]]
     if workers:
-        out.append("\n" + table(workers, ["POOL", "PID", "STATE", "REQUESTS", "RSS", "STARTED",
-                                           "LAST RECYCLE"]))
+        out.append("\n" + table(workers, ["POOL", "PID", "STATE", "REQUESTS", "CONNS", "BUSY",
+                                           "RSS", "STARTED", "LAST RECYCLE"]))
     return "\n".join(out)
 
 
