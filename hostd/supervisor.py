@@ -220,6 +220,9 @@ class Supervisor:
         # connections on their way back to the front ends that the shared reroute
         # channel could not take yet (it is never written blocking): (fd, bytes)
         self.reroute_outbox: collections.deque = collections.deque()
+        # v2 memory watches: one inotify instance, watch descriptor -> worker
+        self.memory_inotify: memevents.Inotify | None = None
+        self.memory_wds: dict[int, Worker] = {}
         self.ready_sent = False
 
     # ============================================================ start and run
@@ -889,15 +892,18 @@ class Supervisor:
         return worker
 
     def _send_fence(self, worker: Worker) -> None:
-        """Gives the worker its own copy of the kernel's memory notification (queued on its
-        control channel until it reads it): it stops taking requests the moment it
-        passes the threshold, not a round trip later. Without it, the supervisor's
-        own watch still recycles the worker, a few requests later."""
+        """v1: gives the worker its own copy of the kernel's memory notification (queued
+        on its control channel until it reads it): it stops taking requests the moment
+        it passes the threshold, not a round trip later. Without it, the supervisor's
+        own watch still recycles the worker, a few requests later. (v2 has none to
+        give: memory.high throttles the worker until the supervisor acts.)"""
         try:
             fd = worker.memwatch.fence()
         except OSError as exc:
             log.warning("memory_fence", f"worker {worker.pool.name}#{worker.id}: {exc}",
                         POOL=worker.pool.name)
+            return
+        if fd is None:
             return
         try:
             fdpass.send_with_fds(worker.ctl, protocol.encode({"t": "memory_fence"}), [fd])
@@ -1096,7 +1102,10 @@ class Supervisor:
             self._unwatch(worker.ctl.fileno())
         worker.close()
         if worker.memwatch is not None:
-            self._unwatch(worker.memwatch.fileno())
+            if worker.memwatch.version == 2:
+                self.memory_wds.pop(worker.memwatch.wd, None)
+            else:
+                self._unwatch(worker.memwatch.fileno())
             worker.memwatch.close()
             worker.memwatch = None
         if worker.cgroup is not None:
@@ -1477,8 +1486,26 @@ class Supervisor:
             if limit:
                 cg.write("memory.limit_in_bytes", str(limit))
             directory = cg.dirs["memory"]
-        worker.memwatch = memevents.MemoryWatch(directory, tree.version, high, limit)
-        self._watch(worker.memwatch.fileno(), lambda ev, w=worker: self._memory_event(w))
+        if tree.version == 2:
+            worker.memwatch = memevents.MemoryWatch(directory, 2, high, limit,
+                                                    inotify=self._memory_inotify())
+            self.memory_wds[worker.memwatch.wd] = worker
+        else:
+            worker.memwatch = memevents.MemoryWatch(directory, 1, high, limit)
+            self._watch(worker.memwatch.fileno(), lambda ev, w=worker: self._memory_event(w))
+
+    def _memory_inotify(self) -> memevents.Inotify:
+        """v2: the one inotify instance every worker's memory.events watch shares."""
+        if self.memory_inotify is None:
+            self.memory_inotify = memevents.Inotify()
+            self._watch(self.memory_inotify.fileno(), self._memory_inotify_readable)
+        return self.memory_inotify
+
+    def _memory_inotify_readable(self, _ev) -> None:
+        for wd in self.memory_inotify.read():
+            worker = self.memory_wds.get(wd)
+            if worker is not None:
+                self._memory_event(worker)
 
     # ============================================================ isolation
     def _isolate(self, pool: Pool) -> str | None:
@@ -2191,6 +2218,8 @@ class Supervisor:
         self.reroute_outbox.clear()
         self.reroute_in.close()
         self.reroute_out.close()
+        if self.memory_inotify is not None:
+            self.memory_inotify.close()
         self.ep.close()
         if self.cgroups is not None:
             try:

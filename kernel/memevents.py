@@ -8,10 +8,15 @@ limit", "the OOM killer ran". Memory-triggered recycling is an event, not a poll
   `memory.usage_in_bytes` crosses a threshold (in either direction: the usage is read
   back to tell which); a second eventfd on `memory.oom_control` fires on OOM.
 
-`MemoryWatch.fileno()` goes into the caller's epoll; `read()` returns what happened.
-`MemoryWatch.fence()` makes one more descriptor for the same cgroup, readable at the first
+On v1, `MemoryWatch.fileno()` goes into the caller's epoll; on v2 every watch shares one
+`Inotify` (the caller's): an inotify instance per cgroup would run into
+fs.inotify.max_user_instances (128 by default) with a few dozen workers. `read()` returns
+what happened.
+
+`MemoryWatch.fence()` (v1) makes one more descriptor for the same cgroup, readable at the
 crossing, for the process that is growing: it can stop taking work at once instead of
-after a round trip through whoever watches it.
+after a round trip through whoever watches it. v2 needs none: past memory.high the
+kernel itself throttles the process until the watcher acts.
 """
 from __future__ import annotations
 
@@ -46,6 +51,57 @@ def _read_counters(path: str) -> dict[str, int]:
     return out
 
 
+class Inotify:
+    """One inotify instance for many files' IN_MODIFY. The caller owns it (close())."""
+
+    _EVENT = struct.Struct("iIII")   # wd, mask, cookie, len (then len bytes of name)
+
+    def __init__(self):
+        fd = _inotify().inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def watch(self, path: str) -> int:
+        """Watches path for IN_MODIFY. Returns the watch descriptor.
+        Raises: OSError naming the path."""
+        wd = _inotify().inotify_add_watch(self._fd, path.encode(), _IN_MODIFY)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify on {path}: {os.strerror(err)}")
+        return wd
+
+    def unwatch(self, wd: int) -> None:
+        """Stops watching (no error if the file, e.g. a removed cgroup's, is gone)."""
+        _inotify().inotify_rm_watch(self._fd, wd)
+
+    def read(self) -> set[int]:
+        """Drains pending events. Returns the watch descriptors whose file was modified."""
+        wds: set[int] = set()
+        while True:
+            try:
+                buf = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return wds
+            if not buf:
+                return wds
+            off = 0
+            while off + self._EVENT.size <= len(buf):
+                wd, mask, _cookie, n = self._EVENT.unpack_from(buf, off)
+                if mask & _IN_MODIFY:     # not IN_IGNORED (unwatched, or file gone)
+                    wds.add(wd)
+                off += self._EVENT.size + n
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class MemoryWatch:
     """Watches one cgroup's memory.
 
@@ -56,25 +112,22 @@ class MemoryWatch:
     Raises: OSError (naming the file) when the kernel interface is missing.
     """
 
-    def __init__(self, directory: str, version: int, high: int = 0, limit: int = 0):
+    def __init__(self, directory: str, version: int, high: int = 0, limit: int = 0,
+                 inotify: Inotify | None = None):
         self.directory = directory
         self.version = version
         self.high = high
         self.limit = limit
         self._fds: list[int] = []
+        self._inotify = inotify
+        self.wd = -1
         if version == 2:
+            if inotify is None:
+                raise ValueError("cgroup v2 memory watches share the caller's Inotify")
             self._events_path = os.path.join(directory, "memory.events")
             self._last = _read_counters(self._events_path)
-            libc = _inotify()
-            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-            if fd < 0:
-                raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-            self._fds.append(fd)
-            if libc.inotify_add_watch(fd, self._events_path.encode(), _IN_MODIFY) < 0:
-                err = ctypes.get_errno()
-                self.close()
-                raise OSError(err, f"inotify on {self._events_path}: {os.strerror(err)}")
-            self._fd = fd
+            self.wd = inotify.watch(self._events_path)
+            self._fd = -1
         else:
             self._control = os.path.join(directory, "cgroup.event_control")
             # one eventfd for every notification: thresholds and OOM all wake the same fd
@@ -101,24 +154,17 @@ class MemoryWatch:
             self._oom_kills = self._v1_oom_kills()
 
     def fileno(self) -> int:
+        """v1: the eventfd to poll. v2: -1 (the shared Inotify's fileno() is polled, and
+        `wd` says which watch fired)."""
         return self._fd
 
-    def fence(self) -> int:
-        """A new descriptor (the caller owns it) that becomes readable when the cgroup first
-        passes the lower of the two thresholds (v1: an eventfd on that threshold; v2: an
-        inotify watch on memory.events, which the kernel first modifies at memory.high
-        or memory.max). Meant to be handed to the process in the cgroup.
+    def fence(self) -> int | None:
+        """v1: a new eventfd (the caller owns it) that becomes readable when the cgroup
+        first passes the lower of the two thresholds, meant to be handed to the process
+        in the cgroup. v2: None (memory.high throttles the process itself).
         Raises: OSError (naming the file)."""
         if self.version == 2:
-            libc = _inotify()
-            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-            if fd < 0:
-                raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-            if libc.inotify_add_watch(fd, self._events_path.encode(), _IN_MODIFY) < 0:
-                err = ctypes.get_errno()
-                os.close(fd)
-                raise OSError(err, f"inotify on {self._events_path}: {os.strerror(err)}")
-            return fd
+            return None
         at = min(t for t in (self.high, self._near(self.limit) if self.limit else 0) if t)
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         usage = os.open(os.path.join(self.directory, "memory.usage_in_bytes"), os.O_RDONLY)
@@ -133,12 +179,9 @@ class MemoryWatch:
         return fd
 
     def read(self) -> list[str]:
-        """Drains the notification and returns what is true now: a list of HIGH, MAX,
-        OOM (possibly empty: v1 thresholds also fire on the way down)."""
-        try:
-            os.read(self._fd, 4096)
-        except BlockingIOError:
-            pass
+        """Drains the notification (v1; on v2 the caller drained the shared Inotify) and
+        returns what is true now: a list of HIGH, MAX, OOM (possibly empty: v1
+        thresholds also fire on the way down)."""
         if self.version == 2:
             try:
                 now = _read_counters(self._events_path)
@@ -147,6 +190,10 @@ class MemoryWatch:
             out = [k for k in (OOM, MAX, HIGH) if now.get(k, 0) > self._last.get(k, 0)]
             self._last = now
             return out
+        try:
+            os.read(self._fd, 4096)
+        except BlockingIOError:
+            pass
         out = []
         kills = self._v1_oom_kills()
         if kills > self._oom_kills:
@@ -201,6 +248,9 @@ class MemoryWatch:
             return 0
 
     def close(self) -> None:
+        if self._inotify is not None and self.wd >= 0:
+            self._inotify.unwatch(self.wd)
+            self.wd = -1
         for fd in self._fds:
             try:
                 os.close(fd)
