@@ -1023,15 +1023,18 @@ class Supervisor:
             self._kill(worker)
 
     def _kill(self, worker: Worker) -> None:
-        """Kills the worker and everything it started: its cgroup when it has one, else
-        its process group (every worker is a session leader)."""
+        """Kills the worker and everything it started: its cgroup when it has one, and
+        its process group (every worker is a session leader) or itself by pid. The pid
+        always: a worker joins its cgroup during its boot, so one killed while starting
+        (a replacement when hostd stops) may not be in it yet, and would live on until
+        the shutdown limit. The pid cannot be another process's: it is our child (or
+        its parent's, the zygote's), unreaped."""
         if worker.pid is None:
             return
         cg = worker.cgroup
         if cg is not None:
             try:
                 cg.kill()
-                return
             except OSError as exc:
                 log.error("cgroup_kill_failed", str(exc), POOL=worker.pool.name,
                           WORKER_PID=worker.pid)

@@ -128,14 +128,19 @@ class Hostd:
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:
             return None
+        hung = False
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                hung = True
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        # a stop that hangs is a bug (a worker that escaped its kill once hid here for
+        # 30 s a run): say so instead of killing quietly
+        assert not hung, f"hostd did not exit within {timeout:g}s of SIGTERM; killed"
         return self.proc.returncode
 
     def log(self) -> str:

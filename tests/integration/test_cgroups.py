@@ -503,3 +503,20 @@ def test_detect_v1_root_positive():
     finally:
         for d in dirs:
             _rm_tree(d)
+
+
+def test_supervisor_kill_reaches_a_worker_not_yet_in_its_cgroup(env):
+    """A worker joins its cgroup during its boot. hostd stopping while a replacement was
+    starting used to kill only the (still empty) cgroup: the worker lived on, and the
+    stop waited out its shutdown limit (30 s in the test harness, 1 run in 3 of
+    test_garden_request_recycles_are_spread)."""
+    from types import SimpleNamespace
+
+    from hostd.supervisor import Supervisor
+    env.tree.setup()
+    cg = env.tree.worker("p", 1)
+    p = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    env.procs.append(p)
+    assert cg.pids() == []
+    Supervisor._kill(None, SimpleNamespace(pid=p.pid, cgroup=cg, pool=SimpleNamespace(name="p")))
+    assert p.wait(timeout=5) == -signal.SIGKILL
