@@ -1136,7 +1136,9 @@ class Supervisor:
             # and may be recycled again by the next trigger
             worker.replaces.recycling = ""
             worker.replaces = None
-        if worker.respawn_after and pool.state == P.STARTED and not self.stopping:
+        if worker.respawn_after and pool.state == P.STARTED and not self.stopping \
+                and len(pool.alive()) < pool.cfg.processes:
+            # (a garden that grew meanwhile, on a queue or on saturation, has its worker)
             self._spawn(pool, f"recycle: {worker.recycling}")
         self._update_demand(pool)
         self._maybe_stopped(pool)
@@ -1942,7 +1944,7 @@ class Supervisor:
             w.busy_frac = min(1.0, max(0.0, (busy - before) / (now - then)))
             samples.append(garden.Sample(w, w.busy_frac, w.stats()["connections"]))
         d = garden.decide(samples, pool.cfg.processes, starting)
-        if d.grow:
+        if d.grow and len(pool.alive()) < pool.cfg.processes:
             self._spawn(pool, "saturated")
         if d.shed_from is not None:
             w = d.shed_from
