@@ -614,18 +614,10 @@ class Supervisor:
         """Hands a connection (fd + the bytes already read) to the front ends through
         the shared reroute channel, never blocking the loop: when the channel is full
         it waits in the outbox, flushed on EPOLLOUT. Takes ownership of fd."""
-        if not self.reroute_outbox:
-            try:
-                fdpass.send_with_fds(self.reroute_in, buf, (fd,), socket.MSG_DONTWAIT)
-                os.close(fd)
-                return
-            except BlockingIOError:
-                pass
-            except OSError:
-                os.close(fd)
-                return
-            self._watch(self.reroute_in.fileno(), self._flush_outbox, select.EPOLLOUT)
+        was_empty = not self.reroute_outbox
         self.reroute_outbox.append((fd, buf))
+        if was_empty and not _send_queued(self.reroute_in, self.reroute_outbox):
+            self._watch(self.reroute_in.fileno(), self._flush_outbox, select.EPOLLOUT)
 
     def _flush_outbox(self, _ev=None) -> None:
         if not _send_queued(self.reroute_in, self.reroute_outbox):
@@ -899,19 +891,15 @@ class Supervisor:
         give: memory.high throttles the worker until the supervisor acts.)"""
         try:
             fd = worker.memwatch.fence()
+            if fd is None:
+                return
+            try:
+                fdpass.send_with_fds(worker.ctl, protocol.encode({"t": "memory_fence"}), [fd])
+            finally:
+                os.close(fd)
         except OSError as exc:
             log.warning("memory_fence", f"worker {worker.pool.name}#{worker.id}: {exc}",
                         POOL=worker.pool.name)
-            return
-        if fd is None:
-            return
-        try:
-            fdpass.send_with_fds(worker.ctl, protocol.encode({"t": "memory_fence"}), [fd])
-        except OSError as exc:
-            log.warning("memory_fence", f"worker {worker.pool.name}#{worker.id}: {exc}",
-                        POOL=worker.pool.name)
-        finally:
-            os.close(fd)
 
     def _worker_spawned(self, worker: Worker, pid: int) -> None:
         worker.pid = pid
