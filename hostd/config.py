@@ -842,7 +842,9 @@ class PoolConfig:
     def from_spec(cls, spec: Mapping) -> "PoolConfig":
         """Takes: a dict made by to_spec (trusted: it was checked when loaded).
         Returns: the equal PoolConfig. Raises: KeyError/TypeError/ValueError on a
-        malformed spec."""
+        malformed spec. The proof that to_spec loses nothing (tests/unit/test_config.py);
+        a worker reads the dict itself (protocol.WorkerSpec.pool_value), since a
+        hand-built spec may hold only part of a pool's keys."""
         values = dict(spec)
         values["file"] = Path(values["file"])
         values["directory"] = Path(values["directory"])

@@ -135,15 +135,15 @@ class FrontEnd:
     """The front end's state and its event loop. `run()` returns an exit code."""
 
     def __init__(self, slot: int, listeners: list[socket.socket], ctl: socket.socket,
-                 reroute: socket.socket, settings: dict):
+                 reroute: socket.socket, settings: protocol.FrontEndSettings):
         self.slot = slot
         self.listeners = {s.fileno(): (s, s.getsockname()[1]) for s in listeners}
         self.ctl = ctl
         self.reroute = reroute
-        self.max_header = int(settings.get("max_header_bytes", 16384))
-        self.header_timeout = float(settings.get("header_timeout", 10.0))
-        self.max_body = int(settings.get("max_body_size", 100 << 20))
-        self.csem = int(settings.get("conn_sem", -1))   # global max_connections
+        self.max_header = settings.max_header_bytes
+        self.header_timeout = settings.header_timeout
+        self.max_body = settings.max_body_size
+        self.csem = settings.conn_sem   # global max_connections
         _Pending.max_url = min(limits.MAX_URL_BYTES, self.max_header)
         self.counters = limits.Counters(SLOT=slot)
         self.router = Router([])
@@ -344,7 +344,7 @@ class FrontEnd:
 
     def _park(self, pool: _Pool, conn: _Pending) -> None:
         """The kernel queue is full: the supervisor parks the connection (it keeps its slot)."""
-        msg = b"P" + pool.name.encode() + b"\x00" + conn.buf
+        msg = protocol.encode_park(pool.name, conn.buf)
         try:
             fdpass.send_with_fds(self.ctl, msg, (conn.fd,), _DONTWAIT)
         except BlockingIOError:
@@ -452,8 +452,7 @@ class FrontEnd:
         if self.queue_full:
             # the supervisor keeps the per-pool totals (hostctl counters, /metrics)
             try:
-                self.ctl.send(protocol.encode({"t": "counters", "queue_full": self.queue_full}),
-                              _DONTWAIT)
+                self.ctl.send(protocol.counters(self.queue_full), _DONTWAIT)
                 self.queue_full = {}
             except OSError:
                 pass
@@ -475,7 +474,7 @@ class FrontEnd:
                 return
             msg = protocol.decode(data)
             kind = msg["t"]
-            if kind == "pool_fds":
+            if kind == protocol.POOL_FDS:
                 self._adopt_fds(msg["names"], fds, msg.get("conn_sems") or [])
             elif kind == protocol.POOLS:
                 self._set_pools(msg["pools"], msg["routes"])
@@ -539,8 +538,12 @@ protocol_slot = (1).to_bytes(8, "little")
 
 
 def frontend_main(slot: int, listeners: list[socket.socket], ctl: socket.socket,
-                  reroute: socket.socket, settings: dict) -> int:
-    """Entry point in the forked front-end process. Returns its exit code."""
+                  reroute: socket.socket,
+                  settings: protocol.FrontEndSettings | dict) -> int:
+    """Entry point in the forked front-end process. Returns its exit code.
+    settings: a FrontEndSettings, or its dict (FrontEndSettings.to_spec)."""
+    if not isinstance(settings, protocol.FrontEndSettings):
+        settings = protocol.FrontEndSettings.from_spec(settings)
     from kernel import proc
     log.set_process(f"frontend-{slot}")
     proc.set_title(f"hostd: frontend #{slot}")
@@ -549,13 +552,13 @@ def frontend_main(slot: int, listeners: list[socket.socket], ctl: socket.socket,
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
-    if settings.get("identity"):
-        _drop_root(*settings["identity"])
+    if settings.identity:
+        _drop_root(*settings.identity)
     try:
         proc.set_pdeathsig(signal.SIGKILL)   # after the uid switch, which clears it
     except OSError:
         pass
-    if settings.get("supervisor_pid") and os.getppid() != settings["supervisor_pid"]:
+    if settings.supervisor_pid and os.getppid() != settings.supervisor_pid:
         return protocol.EXIT_SUPERVISOR_GONE
     return FrontEnd(slot, listeners, ctl, reroute, settings).run()
 

@@ -6,12 +6,36 @@ Channels (all AF_UNIX SOCK_SEQPACKET, so a message is never split or merged):
   its `in` end, the pool's workers receive from its `out` end when they have capacity
   (pull model). A message is one client connection: exactly one descriptor (SCM_RIGHTS)
   and, as payload, every byte already read from it (possibly b""). Nothing else.
-* **reroute** — one socketpair for the whole server. Workers send to its `in` end the
-  connections that must be routed again (a kept-alive request for another pool's host,
-  idle keep-alive connections of a draining worker); front ends receive from its `out`
-  end. Same message format as the pool queue.
+* **reroute** — one socketpair for the whole server; front ends receive from its `out`
+  end the connections that must be routed again (a kept-alive request for another
+  pool's host, idle keep-alive connections of a draining or shedding worker). Workers of
+  unisolated pools send to its `in` end; an isolated worker sends to its pool's own
+  reroute socketpair, which the supervisor reads, checks (a TCP connection to one of
+  hostd's ports) and relays to the shared `in` end. Same message format as the pool
+  queue.
 * **control** — one socketpair per front end and per worker. Messages are JSON objects
-  with a "t" (type) key, encoded by `encode`/`decode` below; some carry descriptors.
+  with a "t" key (the kind), encoded by `encode`/`decode` below; some carry descriptors
+  (SCM_RIGHTS). The one exception is the front end's PARK frame, which is not JSON
+  (`encode_park`/`decode_park`).
+* **zygote** — one socketpair between the supervisor and the zygote, JSON messages
+  like the control channel's: SPAWN, answered by SPAWNED or SPAWN_FAILED.
+
+The kinds, by direction (their fields: the comments at the constants below; each kind
+has a constructor here that returns the encoded message, e.g. `drain(reason)`):
+
+  worker -> supervisor      READY, STARTUP_FAILED, PONG, REQUESTS_REPLY, UNHEALTHY,
+                            MEMORY_FENCE
+  supervisor -> worker      DRAIN, ROUTES, SHED, PING, REQUESTS, ORPHAN, ACCESS_LOG,
+                            MEMORY_FENCE
+  supervisor -> front end   POOL_FDS, POOLS, STOP
+  front end -> supervisor   COUNTERS, and the PARK frame (PARK_TAG)
+  supervisor -> zygote      SPAWN
+  zygote -> supervisor      SPAWNED, SPAWN_FAILED
+
+SPAWN's "spec" is a `WorkerSpec` as a dict (`WorkerSpec.to_spec`); the zygote adds keys
+of its own to that dict before the worker reads it ("trace", "host_pid",
+"access_log_fd", "conn_sems"). A front end's `FrontEndSettings` are handed over across
+the fork, never sent. Both take their defaults from hostd.config (the [hostd] keys).
 
 The queue's length is counted by an eventfd in semaphore mode, initialised to the
 pool's queue_length: a front end takes a slot (read) before it enqueues and answers 503
@@ -21,10 +45,13 @@ parked by the supervisor (see hostd.supervisor), still holding its slot.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import os
 import struct
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 #: largest payload of a queue or reroute message (bytes already read from a client)
 MAX_HANDOFF_BYTES = 1 << 18
@@ -46,24 +73,226 @@ def decode(data: bytes) -> dict:
     return msg
 
 
-# --- control message types -------------------------------------------------------
-# worker -> supervisor
-READY = "ready"                    # app imported, taking connections
+# --- control message kinds (every "t" any of hostd's processes sends) ---------------
+# worker -> supervisor (its control channel)
+READY = "ready"                    # {"trace": [[step, monotonic], ...]}: app imported, taking connections
 STARTUP_FAILED = "startup_failed"  # {"error": traceback text}; the worker then exits EXIT_APP_LOAD
-PONG = "pong"                      # {"seq": n, "stuck": bool}
+PONG = "pong"                      # {"seq": n, "stuck": bool, "busy": threads busy}
+REQUESTS_REPLY = "requests_reply"  # {"seq": n, "requests": [{"method", "path", "host", "client", "elapsed"}]}
+UNHEALTHY = "unhealthy"            # {"reason": str, "app": bool}: request_timeout, or the app asked
+MEMORY_FENCE = "memory_fence"      # {}: passed its memory threshold, holds no work, waits for DRAIN
 # supervisor -> worker
-DRAIN = "drain"                    # stop taking work, finish, hand idle connections back, exit 0
+DRAIN = "drain"                    # {"reason": str}: stop taking work, finish, hand idle connections back, exit 0
 ROUTES = "routes"                  # {"routes": table}: the whole binding table (hostd.router)
 SHED = "shed"                      # {"n": k}: hand k idle keep-alive connections back (web garden)
 PING = "ping"                      # {"seq": n}
+REQUESTS = "requests"              # {"seq": n}: which requests run now (answered by REQUESTS_REPLY)
+ORPHAN = "orphan"                  # {}: out of the queue at once, kept alive for debugging
+ACCESS_LOG = "access_log"          # {} + one descriptor: the reopened access log (isolated workers)
+# MEMORY_FENCE, supervisor -> worker: {} + one descriptor, the kernel's memory notification (v1)
 # supervisor -> front end
-POOLS = "pools"                    # {"pools": {name: {"state", "lb", "slot"}}, "routes": table}
-                                   # + descriptors: each pool's queue `in` end and eventfd, in
-                                   #   the order of "fds": [[name, "queue"|"sem"], ...]
+POOL_FDS = "pool_fds"              # {"names": [pool, ...], "conn_sems": [bool, ...]} + descriptors:
+                                   #   per pool its queue `in` end, its queue eventfd and, where
+                                   #   conn_sems says so, its max_connections eventfd
+POOLS = "pools"                    # {"pools": {name: {"state", "lb", "max_body"}}, "routes": table}
 STOP = "stop"                      # stop accepting, finish what was read, exit 0
 # front end -> supervisor
-PARK = "park"                      # {"pool": name} + one descriptor and payload "data" (latin-1):
-                                   #   the pool queue was full (EAGAIN); supervisor parks it
+COUNTERS = "counters"              # {"queue_full": {pool: n}}: rejections since the last report
+# PARK (front end -> supervisor) is not JSON: PARK_TAG + pool name + NUL + the bytes read,
+# with one descriptor (the connection): the pool queue was full (EAGAIN); the
+# supervisor parks it, still holding its queue slot. encode_park / decode_park.
+PARK_TAG = b"P"
+# supervisor <-> zygote (the zygote channel)
+SPAWN = "spawn"                    # {"id": n, "spec": WorkerSpec} + descriptors [control, queue out,
+                                   #   queue eventfd, reroute in, scoreboard memfd, conn eventfds...]
+SPAWNED = "spawned"                # {"id": n, "pid": p}
+SPAWN_FAILED = "spawn_failed"      # {"id": n, "error": str}
+
+
+def encode_park(pool: str, data: bytes) -> bytes:
+    """The PARK frame for a connection of `pool` with `data` already read from it."""
+    return PARK_TAG + pool.encode() + b"\x00" + data
+
+
+def decode_park(frame: bytes) -> tuple[str, bytes] | None:
+    """Returns (pool, data) of a PARK frame, or None when `frame` is not one."""
+    if frame[:1] != PARK_TAG:
+        return None
+    name, sep, data = frame[1:].partition(b"\x00")
+    if not sep:
+        return None
+    return name.decode("utf-8", "replace"), data
+
+
+# --- constructors: one per kind, each returns the encoded message --------------------
+def ready(trace: list) -> bytes:
+    return encode({"t": READY, "trace": trace})
+
+
+def startup_failed(error: str) -> bytes:
+    return encode({"t": STARTUP_FAILED, "error": error})
+
+
+def pong(seq, stuck: bool, busy: int) -> bytes:
+    return encode({"t": PONG, "seq": seq, "stuck": stuck, "busy": busy})
+
+
+def requests_reply(seq, requests: list) -> bytes:
+    return encode({"t": REQUESTS_REPLY, "seq": seq, "requests": requests})
+
+
+def unhealthy(reason: str, app: bool = False) -> bytes:
+    """app: the app asked (workers.report_unhealthy); not sent when False."""
+    msg: dict = {"t": UNHEALTHY, "app": True} if app else {"t": UNHEALTHY}
+    msg["reason"] = reason
+    return encode(msg)
+
+
+def memory_fence() -> bytes:
+    return encode({"t": MEMORY_FENCE})
+
+
+def drain(reason: str) -> bytes:
+    return encode({"t": DRAIN, "reason": reason})
+
+
+def routes(table: list) -> bytes:
+    return encode({"t": ROUTES, "routes": table})
+
+
+def shed(n: int) -> bytes:
+    return encode({"t": SHED, "n": n})
+
+
+def ping(seq: int) -> bytes:
+    return encode({"t": PING, "seq": seq})
+
+
+def requests(seq: int) -> bytes:
+    return encode({"t": REQUESTS, "seq": seq})
+
+
+def orphan() -> bytes:
+    return encode({"t": ORPHAN})
+
+
+def access_log() -> bytes:
+    return encode({"t": ACCESS_LOG})
+
+
+def pool_fds(names: list[str], conn_sems: list[bool]) -> bytes:
+    return encode({"t": POOL_FDS, "names": names, "conn_sems": conn_sems})
+
+
+def pools(table: dict, routes: list) -> bytes:
+    return encode({"t": POOLS, "pools": table, "routes": routes})
+
+
+def stop() -> bytes:
+    return encode({"t": STOP})
+
+
+def counters(queue_full: dict[str, int]) -> bytes:
+    return encode({"t": COUNTERS, "queue_full": queue_full})
+
+
+def spawn(id: int, spec: "WorkerSpec | Mapping") -> bytes:
+    """spec: a WorkerSpec, or its dict (WorkerSpec.to_spec)."""
+    body = spec.to_spec() if isinstance(spec, WorkerSpec) else dict(spec)
+    return encode({"t": SPAWN, "id": id, "spec": body})
+
+
+def spawned(id: int, pid: int) -> bytes:
+    return encode({"t": SPAWNED, "id": id, "pid": pid})
+
+
+def spawn_failed(id: int | None, error: str) -> bytes:
+    return encode({"t": SPAWN_FAILED, "id": id, "error": error})
+
+
+# --- typed settings: the spawn spec and the front end's settings ----------------------
+def _config():
+    from hostd import config   # not at the top: hostd.config imports this module
+    return config
+
+
+def _hostd_default(key: str):
+    """A field whose default is the [hostd] key's default in hostd.config (HOSTD_KEYS:
+    what a loaded MainConfig holds when the key is not written)."""
+    return field(default_factory=lambda: _config().HOSTD_KEYS[key].default)
+
+
+class _Spec:
+    """to_spec/from_spec of a settings dataclass."""
+
+    def to_spec(self) -> dict:
+        """Returns: the fields as a dict (JSON-able for a WorkerSpec)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping):
+        """Takes: a dict made by to_spec, or a partial one (hand-built, in tests); keys
+        that are not fields are ignored (the zygote adds some). Missing fields get
+        their defaults. Raises TypeError without the required ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in spec.items() if k in names})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientLimits(_Spec):
+    """The [hostd] client limits, which the front ends and the workers both get, and
+    the global max_connections semaphore."""
+
+    max_header_bytes: int = _hostd_default("max_header_bytes")
+    conn_sem: int = -1                   # the supervisor's eventfd (-1: none)
+    header_timeout: float = _hostd_default("header_timeout")
+    keepalive_timeout: float = _hostd_default("keepalive_timeout")
+    send_timeout: float = _hostd_default("send_timeout")
+    min_request_bytes_per_second: int = _hostd_default("min_request_bytes_per_second")
+    max_body_size: int = _hostd_default("max_body_size")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec(ClientLimits):
+    """What a worker is started with (the SPAWN message's "spec"). conn_sem is a
+    descriptor number of the supervisor's: a worker uses the semaphores passed to it
+    (the "conn_sems" the zygote adds)."""
+
+    pool: str
+    worker_id: int = 0
+    generation: int = 0
+    #: isolated: no descriptor of the global max_connections semaphore; the released
+    #: slots are counted in the scoreboard and given back by the supervisor
+    global_slots_via_board: bool = False
+    cgroup_procs: list[str] = field(default_factory=list)   # cgroup.procs files to join
+    isolation: dict | None = None        # what the zygote applies (hostd.isolation)
+    access_log: str = _hostd_default("access_log")
+    config: dict = field(default_factory=dict)   # PoolConfig.to_spec()
+    routes: list = field(default_factory=list)   # the whole binding table (hostd.router)
+
+    def pool_value(self, key: str) -> Any:
+        """The pool config's `key`; when a (hand-built) config leaves it out, the
+        default hostd.config gives it (POOL_KEYS). Raises KeyError for a required key."""
+        if key in self.config:
+            return self.config[key]
+        default = _config().POOL_KEYS[key].default
+        if default is _config().REQUIRED:
+            raise KeyError(key)
+        return default
+
+    def health(self):
+        """The pool's [health] table as a hostd.config.Health (its defaults for what
+        the config leaves out)."""
+        return _config().Health(**self.config.get("health", {}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrontEndSettings(ClientLimits):
+    """What a front end is started with (handed over across the fork, not sent)."""
+
+    identity: tuple[int, int] | None = None   # (uid, gid) to drop to; None: stay
+    supervisor_pid: int | None = None    # exit at once when the parent is not it
+
 
 # --- exit codes (gunicorn's arbiter names its exits; so do we) ----------------------
 EXIT_OK = 0

@@ -7,10 +7,13 @@ worker) and the intermediate exits at once, so the worker is re-parented to the
 supervisor, which is a child subreaper: the supervisor reaps its workers and sees their
 exit status, while the zygote stays single-threaded and small.
 
-Request  (supervisor -> zygote): {"t": "spawn", "id": N, "spec": {...}} + descriptors
-         [control, queue out, queue semaphore, reroute in, scoreboard memfd].
-Answer   (zygote -> supervisor): {"t": "spawned", "id": N, "pid": P} or
-         {"t": "spawn_failed", "id": N, "error": "..."}.
+Request  (supervisor -> zygote): protocol.SPAWN, {"id": N, "spec": WorkerSpec as a dict}
+         + descriptors [control, queue out, queue semaphore, reroute in, scoreboard
+         memfd, max_connections semaphores...].
+Answer   (zygote -> supervisor): protocol.SPAWNED {"id": N, "pid": P} or
+         protocol.SPAWN_FAILED {"id": N, "error": "..."}.
+The zygote adds keys to the spec dict the worker gets: "trace", "host_pid",
+"access_log_fd", "conn_sems" (workers.runtime reads them beside the WorkerSpec).
 """
 from __future__ import annotations
 
@@ -25,9 +28,6 @@ from hostd import accesslog, log, protocol
 from kernel import fdpass, fsview, privileges, proc
 from kernel import ns as namespaces
 
-SPAWN = "spawn"
-SPAWNED = "spawned"
-SPAWN_FAILED = "spawn_failed"
 
 def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
     """Entry point in the forked zygote process. Returns its exit code."""
@@ -43,6 +43,9 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
     except OSError:
         pass
     import workers.runtime  # noqa: F401  the preload: what every worker needs, paid once
+    # protocol.WorkerSpec's defaults import hostd.config lazily; an isolated worker
+    # may no longer be able to read it
+    import hostd.config  # noqa: F401
     while True:
         try:
             data, fds = fdpass.recv_with_fds(chan, protocol.MAX_CONTROL_BYTES, 0, maxfds=8)
@@ -52,20 +55,21 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
             return protocol.EXIT_SUPERVISOR_GONE
         if not data:
             return protocol.EXIT_OK
+        msg = None   # an answer to a request that did not decode says id None
         try:
             msg = protocol.decode(data)
-            if msg["t"] != SPAWN or len(fds) < 5:
+            if msg["t"] != protocol.SPAWN or len(fds) < 5:
                 raise ValueError(f"unexpected request {msg.get('t')!r} with {len(fds)} fds")
             msg["spec"]["trace"] = [("zygote", time.monotonic())]
             pid = _spawn(msg["spec"], fds, supervisor_pid, chan.fileno())
-            reply = {"t": SPAWNED, "id": msg["id"], "pid": pid}
+            reply = protocol.spawned(msg["id"], pid)
         except Exception as exc:  # report, never die: the zygote serves every pool
-            reply = {"t": SPAWN_FAILED, "id": msg.get("id") if isinstance(msg, dict) else None,
-                     "error": f"{type(exc).__name__}: {exc}"}
+            reply = protocol.spawn_failed(msg.get("id") if isinstance(msg, dict) else None,
+                                          f"{type(exc).__name__}: {exc}")
         finally:
             for fd in fds:
                 os.close(fd)
-        chan.sendall(protocol.encode(reply))
+        chan.sendall(reply)
 
 
 def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int) -> int:

@@ -39,7 +39,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from hostd import limits, log
 
 _monotonic = time.monotonic
-from hostd.protocol import MAX_HANDOFF_BYTES
+from hostd.protocol import MAX_HANDOFF_BYTES, WorkerSpec
 
 from .wsgi import (EMPTY_INPUT, K_CONNECTION, K_DATE, K_HOP, K_LENGTH, K_SERVER,
                    BadRequestBody, ClientDisconnected, FileWrapper, HeaderError, Input,
@@ -48,8 +48,7 @@ from .wsgi import (EMPTY_INPUT, K_CONNECTION, K_DATE, K_HOP, K_LENGTH, K_SERVER,
 RECV_SIZE = 65536
 #: bytes of a message (and what follows it) kept for rerouting
 RAW_CAP = 256 * 1024
-#: how long a send or a request body read may wait for the client
-SEND_TIMEOUT = 60.0
+#: how long a request body read may wait for the client (a send: [hostd] send_timeout)
 BODY_TIMEOUT = 60.0
 #: unread request body left after the response larger than this: close, don't drain
 DISCARD_LIMIT = 1 << 20
@@ -78,19 +77,17 @@ COUNTERS = limits.Counters()
 _ONE = (1).to_bytes(8, "little")
 
 
-def configure(worker, spec: dict) -> None:
+def configure(worker, spec: WorkerSpec, sems: list[int]) -> None:
     """Sets the client limits a worker's connections read from it (from the spawn spec:
-    the [hostd] values, the pool's overrides, the connection-slot semaphores)."""
-    config = spec.get("config") or {}
-    worker.send_timeout = float(spec.get("send_timeout") or SEND_TIMEOUT)
-    worker.min_body_rate = int(spec.get("min_request_bytes_per_second") or 0)
-    body = config.get("max_body_size")
-    worker.max_body = int(body if body is not None else
-                          spec.get("max_body_size") or 100 << 20)
-    worker.max_bandwidth = int(config.get("max_bandwidth") or 0)
+    the [hostd] values, the pool's overrides; sems: the connection-slot semaphores the
+    worker was given)."""
+    worker.send_timeout = spec.send_timeout
+    worker.min_body_rate = spec.min_request_bytes_per_second
+    body = spec.pool_value("max_body_size")
+    worker.max_body = body if body is not None else spec.max_body_size
+    worker.max_bandwidth = spec.pool_value("max_bandwidth")
     worker.throttles = {}
-    sems = list(spec.get("conn_sems") or [])
-    if spec.get("global_slots_via_board"):
+    if spec.global_slots_via_board:
         # an isolated worker gets no descriptor of the global max_connections semaphore
         # (reading it dry would starve every pool): it counts the global slots it
         # releases in its scoreboard, and the supervisor gives them back
@@ -101,7 +98,7 @@ def configure(worker, spec: dict) -> None:
         worker.released = -1
         worker.csem = sems[0] if len(sems) > 0 else -1
         worker.pool_csem = sems[1] if len(sems) > 1 else -1
-    worker.body_grace = float(spec.get("header_timeout") or 10.0)
+    worker.body_grace = spec.header_timeout
 R503 = _error_response("503 Service Unavailable", "Service Unavailable")
 _BODY500 = b"Internal Server Error\n"
 

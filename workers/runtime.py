@@ -32,18 +32,22 @@ _QUEUE_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
 _ONE = (1).to_bytes(8, "little")
 #: how long a reroute send may wait for the front ends to make room
 REROUTE_TIMEOUT = 5.0
+#: control thread -> loop thread: the control channel closed (internal, never sent)
+CTL_EOF = "eof"
 
 
 class Worker:
     def __init__(self, spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int,
                  reroute: socket.socket, scoreboard: protocol.Scoreboard, app):
-        config = spec.get("config") or {}
-        self.pool = spec["pool"]
-        self.worker_id = spec.get("worker_id", 0)
-        self.max_header_bytes = int(spec.get("max_header_bytes") or 16384)
-        self.keepalive_timeout = float(spec.get("keepalive_timeout") or 75.0)
-        configure_limits(self, spec)   # client limits (workers/http.py)
-        self.threads = max(1, int(config.get("threads") or 1))
+        """spec: the spawn spec (WorkerSpec.to_spec) with the zygote's keys added."""
+        ws = protocol.WorkerSpec.from_spec(spec)
+        self.pool = ws.pool
+        self.worker_id = ws.worker_id
+        self.max_header_bytes = ws.max_header_bytes
+        self.keepalive_timeout = ws.keepalive_timeout
+        # client limits (workers/http.py); the zygote added the semaphores we were given
+        configure_limits(self, ws, spec.get("conn_sems") or [])
+        self.threads = ws.pool_value("threads")
         self.inline = self.threads == 1
         self.app = app
         self.ctl = ctl
@@ -58,10 +62,10 @@ class Worker:
         # pid 1 of its own pid namespace (filesystem = "site"): orphans of the app
         # are re-parented to us, so we must reap them (reap_orphans)
         self.ns_init = os.getpid() == 1
-        self.access = AccessLog(spec["access_log"], self.pool, self.pid,
+        self.access = AccessLog(ws.access_log, self.pool, self.pid,
                                 spec.get("access_log_fd", -1)) \
-            if spec.get("access_log") else None
-        self.router = Router.from_table(spec.get("routes") or [])
+            if ws.access_log else None
+        self.router = Router.from_table(ws.routes)
         self.route_cache: dict = {}
         self.base_env = {
             "wsgi.version": (1, 0),
@@ -75,16 +79,16 @@ class Worker:
             "hostd.pool": self.pool,
             "hostd.worker_pid": self.pid,
         }
-        health = config.get("health") or {}
-        self.ping_timeout = float(health.get("ping_timeout") or 90.0)
-        self.request_timeout = float(health.get("request_timeout") or 0.0)
+        health = ws.health()
+        self.ping_timeout = health.ping_timeout
+        self.request_timeout = health.request_timeout
         #: app thread id -> (start monotonic, environ) of the request it runs now; read
         #: by the control thread for pings (stuck) and request_timeout
         self.busy: dict[int, tuple] = {}
         # traffic counters per binding of the pool (protocol.Scoreboard.write_counts):
         # plain list increments per request, flushed to the scoreboard from the tick
         self.binding_index = {text: i for i, text in
-                              enumerate((config.get("bindings") or [])[:protocol.Scoreboard.MAX_BINDINGS])}
+                              enumerate(ws.pool_value("bindings")[:protocol.Scoreboard.MAX_BINDINGS])}
         self.counts = [0] * (protocol.Scoreboard.COUNT_FIELDS * max(len(self.binding_index), 1))
         self.bytes_in = 0
         self.count_lock = threading.Lock()
@@ -366,21 +370,21 @@ class Worker:
             except (OSError, RuntimeError):
                 data, fds = b"", []
             if fds:
-                # "access_log" carries the reopened access log; "memory_fence" the
+                # ACCESS_LOG carries the reopened access log; MEMORY_FENCE the
                 # kernel's notification that our cgroup passed its memory threshold
                 try:
                     kind = protocol.decode(data).get("t") if data else None
                 except ValueError:
                     kind = None
-                if kind == "access_log" and self.access is not None:
+                if kind == protocol.ACCESS_LOG and self.access is not None:
                     self.access.replace_fd(fds.pop(0))
-                elif kind == "memory_fence" and self.fence_fd < 0:
+                elif kind == protocol.MEMORY_FENCE and self.fence_fd < 0:
                     self._arm_fence(fds.pop(0))
                 for fd in fds:
                     os.close(fd)
                 continue
             if not data:
-                self._to_loop({"t": "eof"})
+                self._to_loop({"t": CTL_EOF})
                 return
             try:
                 msg = protocol.decode(data)
@@ -388,13 +392,12 @@ class Worker:
                 log.warning("bad_control_message", str(exc), POOL=self.pool)
                 continue
             if msg["t"] == protocol.PING:
-                self._ctl_send({"t": protocol.PONG, "seq": msg.get("seq"),
-                                "stuck": self.stuck(time.monotonic()),
-                                "busy": len(self.busy)})
-            elif msg["t"] == "requests":
-                self._ctl_send({"t": "requests_reply", "seq": msg.get("seq"),
-                                "requests": self.live_requests(time.monotonic())})
-            elif msg["t"] == "orphan":
+                self._ctl_send(protocol.pong(msg.get("seq"), self.stuck(time.monotonic()),
+                                             len(self.busy)))
+            elif msg["t"] == protocol.REQUESTS:
+                self._ctl_send(protocol.requests_reply(
+                    msg.get("seq"), self.live_requests(time.monotonic())))
+            elif msg["t"] == protocol.ORPHAN:
                 # out of the queue at once, even if the loop never runs again
                 self.orphaned = True
                 try:
@@ -430,7 +433,7 @@ class Worker:
             return
         self.begin_drain(protocol.EXIT_OK)
         self.fenced = True
-        self._ctl_send({"t": "memory_fence"})
+        self._ctl_send(protocol.memory_fence())
 
     def stuck(self, now: float) -> bool:
         """Every app thread has been busy on the same request for > ping_timeout."""
@@ -443,9 +446,9 @@ class Worker:
         for tid, (start, env) in list(self.busy.items()):
             if now - start > self.request_timeout and (tid, start) not in self.reported_slow:
                 self.reported_slow.add((tid, start))
-                self._ctl_send({"t": "unhealthy", "reason":
-                                f"request_timeout: {env.get('REQUEST_METHOD')} "
-                                f"{env.get('PATH_INFO')} running {now - start:.1f}s"})
+                self._ctl_send(protocol.unhealthy(
+                    f"request_timeout: {env.get('REQUEST_METHOD')} "
+                    f"{env.get('PATH_INFO')} running {now - start:.1f}s"))
 
     def _to_loop(self, msg: dict) -> None:
         self.ctl_events.append(msg)
@@ -459,7 +462,7 @@ class Worker:
         while self.ctl_events:
             msg = self.ctl_events.popleft()
             t = msg["t"]
-            if t == "eof":
+            if t == CTL_EOF:
                 self.ctl_open = False
                 self.begin_drain(protocol.EXIT_SUPERVISOR_GONE)
             elif t == protocol.DRAIN:
@@ -476,11 +479,12 @@ class Worker:
             else:
                 log.warning("unknown_control_message", t, POOL=self.pool)
 
-    def _ctl_send(self, msg: dict) -> None:
+    def _ctl_send(self, msg: bytes) -> None:
+        """Sends an encoded control message (a protocol constructor's) to the supervisor."""
         if not self.ctl_open:
             return
         try:
-            self.ctl.sendall(protocol.encode(msg))
+            self.ctl.sendall(msg)
         except OSError:
             pass
 
@@ -672,7 +676,7 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
         tb = traceback.format_exc()
         log.error(event, tb, POOL=pool)
         try:
-            ctl.send(protocol.encode({"t": protocol.STARTUP_FAILED, "error": tb}))
+            ctl.send(protocol.startup_failed(tb))
         except OSError:
             pass
         return code
@@ -697,12 +701,12 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
     import workers as _api
 
     def _report(reason: str) -> bool:
-        worker._ctl_send({"t": "unhealthy", "app": True, "reason": reason})
+        worker._ctl_send(protocol.unhealthy(reason, app=True))
         return worker.ctl_open
     _api._reporter = _report
     try:
         trace.append(("worker_init", time.monotonic()))
-        ctl.send(protocol.encode({"t": protocol.READY, "trace": trace}))
+        ctl.send(protocol.ready(trace))
     except OSError:
         return protocol.EXIT_SUPERVISOR_GONE
     return worker.run()
