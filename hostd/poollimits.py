@@ -5,13 +5,13 @@ The pool cgroup is the parent of its workers' leaves, so a limit written there h
 all the pool's workers together: an OOM kill at `memory_max` picks a victim inside the
 pool, `pids_max` bounds a fork bomb to the pool, `cpus` and `cpu_max` confine its CPU use.
 
-    key            cgroup v2                 cgroup v1
-    memory_max     memory.max                memory.limit_in_bytes
-    memory_high    memory.high               memory.soft_limit_in_bytes (no throttle in v1)
-    cpus           cpuset.cpus               cpuset.cpus (+ cpuset.mems from the parent)
-    cpu_max        cpu.max                   cpu.cfs_quota_us / cpu.cfs_period_us
-    pids_max       pids.max                  pids.max
-    cpu usage      cpu.stat usage_usec       cpuacct.usage
+    key            the pool cgroup's method (kernel/cgroups.py: its v2 and v1 files)
+    memory_max     set_memory_max
+    memory_high    set_memory_high (v1 has no throttle)
+    cpus           set_cpus ("" = the parent's CPUs)
+    cpu_max        set_cpu_quota (cpu_action "throttle") or cpu_usage_usec (kill, recycle)
+    pids_max       set_pids_max
+    OOM kills      oom_kills (the worker's cgroup), memory_limit_hits (the pool's)
 
 `cpu_max` is a quota only with cpu_action "throttle". With "kill" or "recycle" the pool
 runs unthrottled and `PoolLimits.cpu_over` says when its average use over `cpu_interval`
@@ -23,13 +23,16 @@ cgroup file; the supervisor fails the pool with it (never ignored).
 from __future__ import annotations
 
 import collections
-import os
-import posixpath
 
 from hostd.config import Limits
+from kernel import cgroups
 
-#: the pool-wide keys (worker_memory_max is per worker: Supervisor._memory_limits)
+#: the pool-wide keys (worker_memory_max is per worker: the supervisor sets it on each
+#: worker's cgroup)
 POOL_KEYS = ("memory_max", "memory_high", "cpus", "cpu_max", "pids_max")
+#: the Cgroup method that writes each key but cpu_max (a quota: _write_quota)
+_SETTERS = {"cpus": "set_cpus", "memory_high": "set_memory_high",
+            "memory_max": "set_memory_max", "pids_max": "set_pids_max"}
 CFS_PERIOD_US = 100_000
 _DEFAULT = Limits()
 
@@ -57,6 +60,9 @@ class PoolLimits:
         self.tree = tree
         self.name = name
         self.version = tree.version
+        # the backend's Cgroup class, whose methods get the pool's cgroup: whatever
+        # tree.pool() returns (a test's fake tree hands out an object with read/write)
+        self._cgroup = cgroups.backend(tree.version)
         self.cg = None
         self.applied: Limits | None = None   # what the cgroup holds; None = not known yet
         self.samples: collections.deque = collections.deque()   # (monotonic, usage µs)
@@ -77,12 +83,12 @@ class PoolLimits:
         for key in ("cpus", "memory_high", "memory_max", "pids_max"):
             new = getattr(limits, key)
             if new != getattr(old, key) or new != getattr(_DEFAULT, key):
-                self._write_key(key, new, file, old)
+                self._write_key(key, new, file)
             elif first:
                 # the cgroup may be left from a pool of that name that had it set (a
                 # retired pool): switch it off; a backend without the file has it off
                 try:
-                    self._write_key(key, new, file, old)
+                    self._write_key(key, new, file)
                 except LimitError:
                     pass
         if _quota(limits) != _quota(old) or _quota(limits):
@@ -104,83 +110,28 @@ class PoolLimits:
             self.samples.clear()
         self.applied = limits
 
-    def _write(self, key: str, filename: str, value: str, file) -> None:
+    def _set(self, key: str, shown: str, file, method, *args) -> None:
+        """Calls the backend's Cgroup `method` on the pool's cgroup. Raises LimitError
+        naming `file`, the key, the cgroup file (the OSError's) and the version."""
         try:
-            self.cg.write(filename, value)
+            method(self.cg, *args)
         except OSError as exc:
-            where = exc.filename or filename
+            where = exc.filename or "the pool's cgroup"
             raise LimitError(f"{file}: limits.{key}: cgroup v{self.version} cannot apply "
-                             f"{value!r} to {where}: {exc.strerror}") from None
+                             f"{shown} to {where}: {exc.strerror}") from None
 
-    def _write_key(self, key: str, value, file, old: Limits) -> None:
-        v2 = self.version == 2
-        if key == "memory_max":
-            self._write(key, "memory.max" if v2 else "memory.limit_in_bytes",
-                        str(value) if value else ("max" if v2 else "-1"), file)
-        elif key == "memory_high":
-            self._write(key, "memory.high" if v2 else "memory.soft_limit_in_bytes",
-                        str(value) if value else ("max" if v2 else "-1"), file)
-        elif key == "pids_max":
-            self._write(key, "pids.max", str(value) if value else "max", file)
-        elif key == "cpus":
-            if v2:
-                # "" (written as a newline) = inherit the parent's CPUs again
-                self._write(key, "cpuset.cpus", value or "\n", file)
-            else:
-                self._v1_cpus(value, file)
-
-    def _v1_cpus(self, value: str, file) -> None:
-        """v1: a cpuset must be a subset of its parent's, children included, and starts
-        empty: mems come from the parent, "" means the parent's CPUs. Changing a pool
-        whose worker cgroups exist widens every level to old+new first, then narrows
-        from the leaves up, so no step leaves a child outside its parent."""
-        try:
-            d = self.cg._file("cpuset.cpus")
-            pool_dir = posixpath.dirname(d)
-            parent = posixpath.dirname(pool_dir)
-            with open(posixpath.join(parent, "cpuset.cpus")) as f:
-                parent_cpus = f.read().strip()
-            with open(posixpath.join(parent, "cpuset.mems")) as f:
-                mems = f.read().strip()
-            with open(d) as f:
-                current = f.read().strip()
-        except OSError as exc:
-            raise LimitError(f"{file}: limits.cpus: cannot read {exc.filename}: "
-                             f"{exc.strerror}") from None
-        target = value or parent_cpus
-        if current == target:
-            return
-        dirs = [dp for dp, _, _ in os.walk(pool_dir)]           # top-down
-        union = ",".join(x for x in (current, target) if x)
-        try:
-            for sub in dirs:
-                _write(posixpath.join(sub, "cpuset.mems"), mems)
-                _write(posixpath.join(sub, "cpuset.cpus"), union)
-            for sub in reversed(dirs):                          # leaves first
-                _write(posixpath.join(sub, "cpuset.cpus"), target)
-        except OSError as exc:
-            raise LimitError(f"{file}: limits.cpus: cgroup v1 cannot apply {target!r} to "
-                             f"{exc.filename}: {exc.strerror}") from None
+    def _write_key(self, key: str, value, file) -> None:
+        self._set(key, repr(str(value)), file, getattr(self._cgroup, _SETTERS[key]), value)
 
     def _write_quota(self, quota: int, file) -> None:
-        if self.version == 2:
-            self._write("cpu_max", "cpu.max",
-                        f"{quota if quota else 'max'} {CFS_PERIOD_US}", file)
-        else:
-            self._write("cpu_max", "cpu.cfs_period_us", str(CFS_PERIOD_US), file)
-            self._write("cpu_max", "cpu.cfs_quota_us", str(quota) if quota else "-1", file)
+        self._set("cpu_max", f"a quota of {quota} µs per {CFS_PERIOD_US} µs", file,
+                  self._cgroup.set_cpu_quota, quota, CFS_PERIOD_US)
 
     # ------------------------------------------------------------------ CPU
     def cpu_usage(self) -> int:
         """The pool's CPU time so far in µs (all workers, past and present).
-        Raises OSError naming the file."""
-        if self.version == 2:
-            for line in self.cg.read("cpu.stat").splitlines():
-                k, _, v = line.partition(" ")
-                if k == "usage_usec":
-                    return int(v)
-            raise OSError(2, "no usage_usec in cpu.stat", self.cg._file("cpu.stat"))
-        return int(self.cg.read("cpuacct.usage")) // 1000
+        Raises OSError naming the file (ValueError: not a number)."""
+        return self._cgroup.cpu_usage_usec(self.cg)
 
     def cpu_over(self, limits: Limits, now: float) -> float | None:
         """Takes one sample (call it about once a second). Returns the pool's average CPU
@@ -212,11 +163,8 @@ class PoolLimits:
         if worker_cg is None:
             return None
         try:
-            if self.version == 2:
-                kills = _counters(worker_cg.read("memory.events")).get("oom_kill", 0)
-            else:
-                kills = _counters(worker_cg.read("memory.oom_control")).get("oom_kill", 0)
-        except OSError:
+            kills = self._cgroup.oom_kills(worker_cg)
+        except (OSError, ValueError):
             return None
         if not kills:
             return None
@@ -224,35 +172,14 @@ class PoolLimits:
 
     def _pool_hit(self) -> bool:
         """Whether the pool cgroup itself ran out (not a worker's own limit) since the
-        last call: v2 memory.events.local `oom`, v1 memory.failcnt of the pool."""
+        last call (its memory_limit_hits counter grew)."""
         if self.cg is None or self.applied is None or not self.applied.memory_max:
             return False
         try:
-            if self.version == 2:
-                n = _counters(self.cg.read("memory.events.local")).get("oom", 0)
-            else:
-                n = int(self.cg.read("memory.failcnt"))
+            n = self._cgroup.memory_limit_hits(self.cg)
         except (OSError, ValueError):
             return True                      # cannot tell; the pool has a cap: say so
         hit = n > (self._pool_ooms or 0)
         self._pool_ooms = n
         return hit
 
-
-def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, path) from None
-    finally:
-        os.close(fd)
-
-
-def _counters(text: str) -> dict[str, int]:
-    out = {}
-    for line in text.splitlines():
-        k, _, v = line.partition(" ")
-        if v.strip().lstrip("-").isdigit():
-            out[k] = int(v)
-    return out

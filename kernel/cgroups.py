@@ -21,6 +21,20 @@ removed only below the cgroup this process runs in (per hierarchy) or below an e
 
 No policy: callers decide what a limit is and what to do with an OSError. Every OSError
 names the file (as its `filename`) and what was being done.
+
+Resources: every Cgroup has the same methods and each backend knows its own files, so no
+caller names a cgroup file or tests the version (one line a method: v2 file, v1 file):
+
+    set_memory_max     memory.max                 memory.limit_in_bytes
+    set_memory_high    memory.high                memory.soft_limit_in_bytes (no throttle in v1)
+    set_pids_max       pids.max                   pids.max
+    set_cpu_quota      cpu.max                    cpu.cfs_period_us, then cpu.cfs_quota_us
+    set_cpus           cpuset.cpus                cpuset.cpus (+ cpuset.mems from the parent)
+    cpu_usage_usec     cpu.stat usage_usec        cpuacct.usage (ns)
+    oom_kills          memory.events oom_kill     memory.oom_control oom_kill
+    memory_limit_hits  memory.events.local oom    memory.failcnt
+    memory_watch       memory.high, memory.events memory.usage_in_bytes, memory.oom_control
+                       (shared inotify)           (eventfds via cgroup.event_control)
 """
 from __future__ import annotations
 
@@ -31,6 +45,8 @@ import signal
 import time
 from dataclasses import dataclass
 
+from kernel import memevents
+
 #: v1 hierarchies hostd needs; without all of them there is no v1 backend
 V1_REQUIRED = ("memory", "cpu", "cpuset", "pids", "freezer")
 #: v1 hierarchies used when mounted (cpuacct: per-cgroup CPU usage, which v1 cpu.stat lacks)
@@ -39,6 +55,18 @@ V1_OPTIONAL = ("cpuacct",)
 V2_WANTED = ("memory", "cpu", "cpuset", "pids")
 
 _V2_KEY = "unified"
+
+
+def backend(version: int) -> type["Cgroup"]:
+    """The Cgroup class of cgroup `version` (1 or 2). `backend(tree.version).set_pids_max(
+    cg, 10)` is `cg.set_pids_max(10)` for a Cgroup of that tree, and works as well on an
+    object with just read() and write() (a test's fake): every limit setter and counter
+    but v1 set_cpus and memory_watch reaches its files through those two.
+    Raises: ValueError for another version."""
+    try:
+        return {1: _V1Cgroup, 2: _V2Cgroup}[version]
+    except KeyError:
+        raise ValueError(f"cgroup version must be 1 or 2, not {version!r}") from None
 
 
 class CgroupUnavailable(OSError):
@@ -266,6 +294,24 @@ def _read_file(path: str) -> str:
         raise OSError(e.errno, f"{os.strerror(e.errno)} (reading)", path) from None
 
 
+def _limit_text(n: int, none: str) -> str:
+    """A limit as its file's text: `none` (the backend's "no limit") for 0.
+    Raises ValueError for a negative `n`."""
+    if n < 0:
+        raise ValueError(f"a cgroup limit must be 0 (none) or positive, not {n}")
+    return str(int(n)) if n else none
+
+
+def _counters(text: str) -> dict[str, int]:
+    """The `key value` lines of a flat-keyed file (cpu.stat, memory.events, ...)."""
+    out = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if v.strip().lstrip("-").isdigit():
+            out[k] = int(v)
+    return out
+
+
 def _read_pids(procs_path: str) -> list[int]:
     """Pids in one cgroup.procs; [] if the cgroup is gone (it may be removed meanwhile)."""
     try:
@@ -360,6 +406,75 @@ class Cgroup:
         """Returns the text of the interface file `filename` (not stripped).
         Raises: OSError naming the file (ENOENT when this backend has no such file)."""
         return _read_file(self._file(filename))
+
+    # -- resources: the contract here, one implementation per backend (files: module doc)
+    def set_memory_max(self, n: int) -> None:
+        """Sets the hard memory limit of this cgroup and everything below it (the OOM
+        killer picks a victim inside when it is reached).
+        Takes: bytes; 0 = no limit.
+        Raises: OSError naming the file (v1 EBUSY: below the current usage; ENOENT: no
+        memory controller); ValueError for n < 0."""
+        raise NotImplementedError
+
+    def set_memory_high(self, n: int) -> None:
+        """Sets the soft memory limit (v2: the kernel throttles and reclaims above it;
+        v1: reclaim prefers this cgroup under pressure, no throttle).
+        Takes: bytes; 0 = none.
+        Raises: OSError naming the file; ValueError for n < 0."""
+        raise NotImplementedError
+
+    def set_pids_max(self, n: int) -> None:
+        """Caps the number of processes and threads in this cgroup and below (fork fails
+        with EAGAIN past it).
+        Takes: the cap; 0 = none.
+        Raises: OSError naming pids.max; ValueError for n < 0."""
+        self.write("pids.max", _limit_text(n, "max"))     # the same file on v1 and v2
+
+    def set_cpu_quota(self, quota_us: int, period_us: int) -> None:
+        """Sets the CFS bandwidth: at most `quota_us` of CPU time per `period_us` (summed
+        over CPUs: 2 * period = two CPUs).
+        Takes: µs; quota 0 = none (the period is written anyway), period > 0.
+        Raises: OSError naming the file; ValueError for a negative quota or period <= 0."""
+        raise NotImplementedError
+
+    def set_cpus(self, cpus: str) -> None:
+        """Confines this cgroup (and everything below it) to a CPU list.
+        Takes: a kernel CPU list ("0-3,6"); "" = the parent's CPUs again.
+        Raises: OSError naming the file the kernel refused or that could not be read
+        (EINVAL: not a subset of the parent's CPUs or not online)."""
+        raise NotImplementedError
+
+    def cpu_usage_usec(self) -> int:
+        """Returns: the CPU time used by this cgroup and below so far, in µs (processes
+        that left or exited included).
+        Raises: OSError naming the file (ENOENT: no such counter on this backend);
+        ValueError when the file does not hold a number."""
+        raise NotImplementedError
+
+    def oom_kills(self) -> int:
+        """Returns: how many processes the OOM killer killed in this cgroup (0 when the
+        kernel has no such counter, before 4.13).
+        Raises: OSError naming the file."""
+        raise NotImplementedError
+
+    def memory_limit_hits(self) -> int:
+        """Returns: how often this cgroup itself ran out at its own memory limit (not a
+        limit below it); a counter that only grows.
+        Raises: OSError naming the file; ValueError when it does not hold a number."""
+        raise NotImplementedError
+
+    def memory_watch(self, high: int = 0, limit: int = 0,
+                     inotify=None) -> memevents.MemoryWatch:
+        """Builds the kernel's memory notifications for this cgroup (see
+        kernel.memevents): HIGH past `high`, MAX at `limit`, OOM on an OOM kill.
+        Takes: high and limit in bytes (0 = none; the limit itself is set_memory_max's,
+        this only watches it); inotify: the shared memevents.Inotify, or a callable that
+        returns it (called only by a backend that needs one, so v1 makes none).
+        Returns: a MemoryWatch (the caller closes it); its `shared_inotify` says whether
+        it reports through the Inotify (its `wd`) or through its own fileno().
+        Raises: OSError naming the file; ValueError when a shared Inotify is needed and
+        `inotify` is None."""
+        raise NotImplementedError
 
     # -- lifetime
     def kill(self, timeout: float = 5.0) -> bool:
@@ -457,6 +572,57 @@ class _V2Cgroup(Cgroup):
         if inner:
             _enable_controllers(self.dir)
 
+    # -- resources (the contract: Cgroup)
+    def set_memory_max(self, n: int) -> None:
+        """memory.max: `n` bytes, "max" for 0. Raises OSError naming memory.max."""
+        self.write("memory.max", _limit_text(n, "max"))
+
+    def set_memory_high(self, n: int) -> None:
+        """memory.high: `n` bytes, "max" for 0. Raises OSError naming memory.high."""
+        self.write("memory.high", _limit_text(n, "max"))
+
+    def set_cpu_quota(self, quota_us: int, period_us: int) -> None:
+        """cpu.max: "QUOTA PERIOD", "max PERIOD" for quota 0. Raises OSError naming
+        cpu.max; ValueError for period_us <= 0."""
+        if period_us <= 0:
+            raise ValueError(f"a CFS period must be positive, not {period_us}")
+        self.write("cpu.max", f"{_limit_text(quota_us, 'max')} {int(period_us)}")
+
+    def set_cpus(self, cpus: str) -> None:
+        """cpuset.cpus: the list, or a newline for "" (empty = the parent's CPUs; the
+        kernel keeps children inside their parent itself). Raises OSError naming it."""
+        self.write("cpuset.cpus", cpus or "\n")
+
+    def cpu_usage_usec(self) -> int:
+        """cpu.stat's usage_usec. Raises OSError naming cpu.stat (ENOENT without it)."""
+        counters = _counters(self.read("cpu.stat"))
+        if "usage_usec" not in counters:
+            raise OSError(errno.ENOENT, "no usage_usec in cpu.stat", self._file("cpu.stat"))
+        return counters["usage_usec"]
+
+    def oom_kills(self) -> int:
+        """memory.events' oom_kill (this cgroup and below). Raises OSError naming it."""
+        return _counters(self.read("memory.events")).get("oom_kill", 0)
+
+    def memory_limit_hits(self) -> int:
+        """memory.events.local's oom: OOMs at this cgroup's own memory.max. Raises
+        OSError naming memory.events.local."""
+        return _counters(self.read("memory.events.local")).get("oom", 0)
+
+    def memory_watch(self, high: int = 0, limit: int = 0,
+                     inotify=None) -> memevents.MemoryWatch:
+        """Writes memory.high = `high` (the v2 threshold is the kernel's own; the watch's
+        release_high() lifts it), then watches memory.events through the shared Inotify.
+        Raises: ValueError without `inotify`; OSError naming memory.high or
+        memory.events."""
+        if inotify is None:
+            raise ValueError("cgroup v2 memory watches share the caller's Inotify")
+        if high:
+            self.set_memory_high(high)
+        if callable(inotify):
+            inotify = inotify()
+        return memevents.MemoryWatch(self.dir, 2, high, limit, inotify=inotify)
+
     def _populated(self) -> bool:
         try:
             text = _read_text(posixpath.join(self.dir, "cgroup.events"))
@@ -514,6 +680,73 @@ class _V1Cgroup(Cgroup):
                 return posixpath.join(d, filename)
         raise OSError(errno.ENOENT, f"the v1 backend has no {ctrl!r} hierarchy (it uses "
                       f"{', '.join(self.dirs)})", filename)
+
+    # -- resources (the contract: Cgroup)
+    def set_memory_max(self, n: int) -> None:
+        """memory.limit_in_bytes: `n` bytes, "-1" for 0. Raises OSError naming it (EBUSY:
+        below the current usage)."""
+        self.write("memory.limit_in_bytes", _limit_text(n, "-1"))
+
+    def set_memory_high(self, n: int) -> None:
+        """memory.soft_limit_in_bytes: `n` bytes, "-1" for 0 (reclaim target, no
+        throttle). Raises OSError naming it."""
+        self.write("memory.soft_limit_in_bytes", _limit_text(n, "-1"))
+
+    def set_cpu_quota(self, quota_us: int, period_us: int) -> None:
+        """cpu.cfs_period_us, then cpu.cfs_quota_us ("-1" for quota 0). Raises OSError
+        naming the file refused; ValueError for period_us <= 0."""
+        if period_us <= 0:
+            raise ValueError(f"a CFS period must be positive, not {period_us}")
+        quota = _limit_text(quota_us, "-1")                 # ValueError before any write
+        self.write("cpu.cfs_period_us", str(int(period_us)))
+        self.write("cpu.cfs_quota_us", quota)
+
+    def set_cpus(self, cpus: str) -> None:
+        """cpuset.cpus of this cgroup and every cgroup below it. A v1 cpuset must stay a
+        subset of its parent's, children included, and "" is not "inherit" there: it
+        becomes the parent's list, and cpuset.mems is copied from the parent. Changing
+        a cgroup that has children widens every level to old+new first (top-down),
+        then narrows from the leaves up, so no step leaves a child outside its parent.
+        Raises: OSError naming the cpuset.cpus/cpuset.mems file that could not be read
+        (here or in the parent) or that the kernel refused."""
+        own = self._file("cpuset.cpus")
+        top = posixpath.dirname(own)
+        parent = posixpath.dirname(top)
+        parent_cpus = _read_file(posixpath.join(parent, "cpuset.cpus")).strip()
+        mems = _read_file(posixpath.join(parent, "cpuset.mems")).strip()
+        current = _read_file(own).strip()
+        target = cpus or parent_cpus
+        if current == target:
+            return
+        dirs = [dp for dp, _, _ in os.walk(top)]            # top-down
+        union = ",".join(x for x in (current, target) if x)
+        for sub in dirs:
+            _write_file(posixpath.join(sub, "cpuset.mems"), mems)
+            _write_file(posixpath.join(sub, "cpuset.cpus"), union)
+        for sub in reversed(dirs):                          # leaves first
+            _write_file(posixpath.join(sub, "cpuset.cpus"), target)
+
+    def cpu_usage_usec(self) -> int:
+        """cpuacct.usage (ns) // 1000. Raises OSError naming it (ENOENT: the cpuacct
+        hierarchy is not mounted); ValueError when it holds no number."""
+        return int(self.read("cpuacct.usage")) // 1000
+
+    def oom_kills(self) -> int:
+        """memory.oom_control's oom_kill (4.13+). Raises OSError naming it."""
+        return _counters(self.read("memory.oom_control")).get("oom_kill", 0)
+
+    def memory_limit_hits(self) -> int:
+        """memory.failcnt: how often usage hit memory.limit_in_bytes (reclaim may have
+        saved it; it counts the attempts). Raises OSError naming it; ValueError."""
+        return int(self.read("memory.failcnt"))
+
+    def memory_watch(self, high: int = 0, limit: int = 0,
+                     inotify=None) -> memevents.MemoryWatch:
+        """Eventfd thresholds on memory.usage_in_bytes (high; 15/16 of limit) and an OOM
+        eventfd on memory.oom_control, registered in cgroup.event_control; `inotify` is
+        not used (nor called). Raises: OSError naming the file."""
+        directory = posixpath.dirname(self._file("memory.usage_in_bytes"))
+        return memevents.MemoryWatch(directory, 1, high, limit)
 
     def _create(self, inner: bool) -> None:
         for key, d in self.dirs.items():

@@ -153,6 +153,13 @@ class MemoryWatch:
             self._oom_path = os.path.join(directory, "memory.oom_control")
             self._oom_kills = self._v1_oom_kills()
 
+    @property
+    def shared_inotify(self) -> bool:
+        """True when this watch reports through the caller's shared Inotify (v2: poll
+        the Inotify, whose read() names this watch by `wd`; fileno() is -1); False
+        when fileno() is this watch's own eventfd to poll (v1)."""
+        return self.version == 2
+
     def fileno(self) -> int:
         """v1: the eventfd to poll. v2: -1 (the shared Inotify's fileno() is polled, and
         `wd` says which watch fired)."""

@@ -1,7 +1,9 @@
-"""kernel/cgroups.py path logic on a fake filesystem: parsing, backend choice, directories.
+"""kernel/cgroups.py path logic on a fake filesystem: parsing, backend choice, directories,
+and which files each backend's resource methods write and read.
 
 No root and no real cgroups: detect() takes the texts of /proc/self/cgroup and
-/proc/self/mountinfo, whose mount points here are directories under tmp_path.
+/proc/self/mountinfo, whose mount points here are directories under tmp_path; the
+interface files are plain files the tests create (empty, as a write does not truncate).
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import os
 
 import pytest
 
+from kernel import cgroups
 from kernel.cgroups import CgroupUnavailable, detect, parse_mountinfo, parse_proc_cgroup
+from kernel.memevents import Inotify
 
 HYBRID_CGROUP = """\
 9:name=systemd:/
@@ -231,3 +235,198 @@ def test_nothing_mounted_is_a_clear_error(tmp_path):
         detect(version=3)
     with pytest.raises(ValueError):
         detect(name="a/b")
+
+
+# --------------------------------------------------------------------------- resources
+
+def files(d, *names, **texts):
+    """Creates interface files in d: empty ones, and ones with a text."""
+    mk(d, {**{n: "" for n in names}, **texts})
+
+
+def taken(d, name):
+    """What was written to the file since the last call (then empties it again)."""
+    path = os.path.join(d, name)
+    with open(path) as f:
+        text = f.read()
+    open(path, "w").close()
+    return text
+
+
+def test_backend_is_the_class_of_each_version(hybrid, v2host):
+    assert cgroups.backend(1) is type(detect(proc_cgroup=HYBRID_CGROUP,
+                                             mountinfo=hybrid[1])._base)
+    assert cgroups.backend(2) is type(detect(proc_cgroup=V2_CGROUP, mountinfo=v2host[1])._base)
+    with pytest.raises(ValueError):
+        cgroups.backend(3)
+
+
+def test_v2_limits_are_written_to_their_files_and_0_is_none(v2host):
+    base, mi = v2host
+    pool = detect(proc_cgroup=V2_CGROUP, mountinfo=mi)._base.child("pool-a")
+    d = pool.dir
+    files(d, "memory.max", "memory.high", "pids.max", "cpu.max", "cpuset.cpus")
+    for n, text in ((512 << 20, str(512 << 20)), (0, "max")):
+        pool.set_memory_max(n)
+        pool.set_memory_high(n)
+        assert taken(d, "memory.max") == text and taken(d, "memory.high") == text
+    pool.set_pids_max(64)
+    assert taken(d, "pids.max") == "64"
+    pool.set_pids_max(0)
+    assert taken(d, "pids.max") == "max"
+    pool.set_cpu_quota(50_000, 100_000)
+    assert taken(d, "cpu.max") == "50000 100000"
+    pool.set_cpu_quota(0, 100_000)
+    assert taken(d, "cpu.max") == "max 100000"
+    pool.set_cpus("1-2")
+    assert taken(d, "cpuset.cpus") == "1-2"
+    pool.set_cpus("")                         # a newline: the parent's CPUs again
+    assert taken(d, "cpuset.cpus") == "\n"
+    for bad in (lambda: pool.set_memory_max(-1), lambda: pool.set_pids_max(-5),
+                lambda: pool.set_cpu_quota(-1, 100_000), lambda: pool.set_cpu_quota(1, 0)):
+        with pytest.raises(ValueError):
+            bad()
+    os.unlink(os.path.join(d, "pids.max"))
+    with pytest.raises(FileNotFoundError) as err:
+        pool.set_pids_max(10)
+    assert err.value.filename == os.path.join(d, "pids.max")
+
+
+def test_v2_counters(v2host):
+    base, mi = v2host
+    w = detect(proc_cgroup=V2_CGROUP, mountinfo=mi)._base.child("pool-a").child("worker-1")
+    files(w.dir, **{"cpu.stat": "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 2\n",
+                    "memory.events": "low 0\nhigh 4\nmax 2\noom 1\noom_kill 3\n",
+                    "memory.events.local": "low 0\nhigh 0\nmax 5\noom 2\noom_kill 0\n"})
+    assert w.cpu_usage_usec() == 1234567
+    assert w.oom_kills() == 3 and w.memory_limit_hits() == 2
+    files(w.dir, **{"cpu.stat": "nr_periods 0\n", "memory.events": "low 0\n"})
+    with pytest.raises(OSError) as err:
+        w.cpu_usage_usec()
+    assert err.value.errno == errno.ENOENT
+    assert err.value.filename == os.path.join(w.dir, "cpu.stat")
+    assert w.oom_kills() == 0                 # a kernel without the counter
+    os.unlink(os.path.join(w.dir, "memory.events.local"))
+    with pytest.raises(FileNotFoundError) as err:
+        w.memory_limit_hits()
+    assert err.value.filename == os.path.join(w.dir, "memory.events.local")
+
+
+def test_v2_memory_watch_writes_memory_high_and_shares_the_inotify(v2host):
+    base, mi = v2host
+    w = detect(proc_cgroup=V2_CGROUP, mountinfo=mi)._base.child("pool-a").child("worker-1")
+    files(w.dir, "memory.high", **{"memory.events": "high 0\nmax 0\noom_kill 0\n"})
+    with pytest.raises(ValueError):
+        w.memory_watch(64 << 20, 128 << 20)
+    assert taken(w.dir, "memory.high") == ""  # refused before writing anything
+    ino, made = Inotify(), []
+    try:
+        watch = w.memory_watch(64 << 20, 128 << 20,
+                               inotify=lambda: made.append(1) or ino)   # made on demand
+        assert made == [1] and watch.shared_inotify and watch.fileno() == -1
+        assert watch.directory == w.dir and watch.limit == 128 << 20
+        assert taken(w.dir, "memory.high") == str(64 << 20)
+        watch.close()
+        watch = w.memory_watch(0, 128 << 20, inotify=ino)   # an Inotify itself; no high
+        assert watch.shared_inotify and taken(w.dir, "memory.high") == ""
+        watch.close()
+    finally:
+        ino.close()
+
+
+def test_v1_limits_are_written_to_their_files_and_0_is_none(hybrid):
+    base, mi = hybrid
+    pool = detect(proc_cgroup=HYBRID_CGROUP, mountinfo=mi)._base.child("pool-a")
+    mem, cpu, pids = pool.dirs["memory"], pool.dirs["cpu"], pool.dirs["pids"]
+    files(mem, "memory.limit_in_bytes", "memory.soft_limit_in_bytes")
+    files(cpu, "cpu.cfs_period_us", "cpu.cfs_quota_us")
+    files(pids, "pids.max")
+    for n, text in ((256 << 20, str(256 << 20)), (0, "-1")):
+        pool.set_memory_max(n)
+        pool.set_memory_high(n)
+        assert taken(mem, "memory.limit_in_bytes") == text
+        assert taken(mem, "memory.soft_limit_in_bytes") == text
+    pool.set_pids_max(0)
+    assert taken(pids, "pids.max") == "max"
+    pool.set_cpu_quota(150_000, 100_000)
+    assert taken(cpu, "cpu.cfs_period_us") == "100000"
+    assert taken(cpu, "cpu.cfs_quota_us") == "150000"
+    pool.set_cpu_quota(0, 100_000)
+    assert taken(cpu, "cpu.cfs_period_us") == "100000"
+    assert taken(cpu, "cpu.cfs_quota_us") == "-1"
+    with pytest.raises(ValueError):
+        pool.set_cpu_quota(-2, 100_000)
+    assert taken(cpu, "cpu.cfs_period_us") == ""          # refused before any write
+    os.unlink(os.path.join(cpu, "cpu.cfs_quota_us"))      # the period goes first
+    with pytest.raises(FileNotFoundError) as err:
+        pool.set_cpu_quota(10_000, 100_000)
+    assert err.value.filename == os.path.join(cpu, "cpu.cfs_quota_us")
+    assert taken(cpu, "cpu.cfs_period_us") == "100000"
+
+
+def test_v1_counters(hybrid):
+    base, mi = hybrid
+    w = detect(proc_cgroup=HYBRID_CGROUP, mountinfo=mi)._base.child("pool-a")
+    files(w.dirs["cpuacct"], **{"cpuacct.usage": "2500999000\n"})
+    files(w.dirs["memory"], **{"memory.failcnt": "7\n", "memory.oom_control":
+                               "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"})
+    assert w.cpu_usage_usec() == 2_500_999            # ns -> µs
+    assert w.oom_kills() == 2 and w.memory_limit_hits() == 7
+    files(w.dirs["cpuacct"], **{"cpuacct.usage": "garbage\n"})
+    with pytest.raises(ValueError):
+        w.cpu_usage_usec()
+    os.unlink(os.path.join(w.dirs["memory"], "memory.oom_control"))
+    with pytest.raises(FileNotFoundError) as err:
+        w.oom_kills()
+    assert err.value.filename == os.path.join(w.dirs["memory"], "memory.oom_control")
+
+
+def test_v1_cpus_widen_top_down_then_narrow_from_the_leaves(hybrid, monkeypatch):
+    base, mi = hybrid
+    t = detect(proc_cgroup=HYBRID_CGROUP, mountinfo=mi)
+    pool = t._base.child("pool-a")
+    top, leaf = pool.dirs["cpuset"], pool.child("worker-1").dirs["cpuset"]
+    files(t.dirs["cpuset"], **{"cpuset.cpus": "0-3\n", "cpuset.mems": "0\n"})
+    for d in (top, leaf):
+        files(d, **{"cpuset.cpus": "1\n", "cpuset.mems": "0\n"})
+    writes = []
+    real = cgroups._write_file
+
+    def record(path, value):
+        writes.append((os.path.relpath(path, top), value))
+        open(path, "w").close()               # a real cgroup file replaces its value
+        real(path, value)
+    monkeypatch.setattr(cgroups, "_write_file", record)
+    pool.set_cpus("2")
+    assert writes == [("cpuset.mems", "0"), ("cpuset.cpus", "1,2"),
+                      ("worker-1/cpuset.mems", "0"), ("worker-1/cpuset.cpus", "1,2"),
+                      ("worker-1/cpuset.cpus", "2"), ("cpuset.cpus", "2")]
+    writes.clear()
+    pool.set_cpus("2")                        # already so: nothing written
+    assert writes == []
+    pool.set_cpus("")                         # "" = the parent's list, explicitly in v1
+    assert writes[-1] == ("cpuset.cpus", "0-3")
+    assert taken(leaf, "cpuset.cpus") == "0-3"
+    os.unlink(os.path.join(t.dirs["cpuset"], "cpuset.mems"))
+    with pytest.raises(FileNotFoundError) as err:
+        pool.set_cpus("1")
+    assert err.value.filename == os.path.join(t.dirs["cpuset"], "cpuset.mems")
+
+
+def test_v1_memory_watch_is_on_the_memory_hierarchy_and_makes_no_inotify(hybrid):
+    base, mi = hybrid
+    w = detect(proc_cgroup=HYBRID_CGROUP, mountinfo=mi)._base.child("pool-a").child("w-1")
+    d = w.dirs["memory"]
+    files(d, "cgroup.event_control", **{"memory.usage_in_bytes": "0\n",
+                                        "memory.oom_control": "oom_kill 0\n"})
+
+    def no_inotify():
+        raise AssertionError("v1 needs no inotify")
+    watch = w.memory_watch(64 << 20, 128 << 20, inotify=no_inotify)
+    try:
+        assert not watch.shared_inotify and watch.fileno() >= 0
+        assert watch.directory == d and watch.high == 64 << 20
+        # the last registration (each one is a write of its own): the limit's threshold
+        assert taken(d, "cgroup.event_control").endswith(f" {watch.near_limit()}")
+    finally:
+        watch.close()

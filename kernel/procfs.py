@@ -1,0 +1,37 @@
+"""Readers of /proc/PID: CPU time and memory of a live process (0 when unknown)."""
+from __future__ import annotations
+
+import os
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a live process (0.0 when unknown)."""
+    if not pid:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _statm(pid: int | None, field: int) -> int:
+    """A /proc/PID/statm field in bytes (0: VmSize, 1: resident); 0 when unknown."""
+    if not pid:
+        return 0
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[field]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def vmsize(pid: int | None) -> int:
+    """Virtual memory size of a live process in bytes (0 when unknown)."""
+    return _statm(pid, 0)
+
+
+def rss(pid: int | None) -> int:
+    """Resident set size of a live process in bytes (0 when unknown)."""
+    return _statm(pid, 1)
