@@ -1,0 +1,740 @@
+"""Fakes of the supervisor's OS seams, and a house that wires the real rooms to them.
+
+`FakeProcesses` stands in for hostd.supervisor.processes.Processes: it has the same
+public methods and moves worker lifecycles exactly as Processes does (spawn -> SPAWNING,
+drain, kill, the exit verdict, the release into PoolTotals, the events it posts), but it
+forks nothing and signals nothing. The test plays the process side with `start`,
+`ready`, `message`, `exit` and `spawn_failed`.
+
+`House` builds the real Registry, Reactor, Sizing, Health, Recycling, Pools, Shutdown,
+Views and Commands around the fakes, and a real `Supervisor` made with
+`Supervisor.__new__` (its constructor builds the OS rooms itself), so its real
+`route()`, `on_<event>` handlers, `_tick`, `reload` and `stop` run: the routing is under
+test too. Time is a `Clock` put in place of the `time` module of every supervisor
+module that reads it, so limits, deadlines and ELAPSED_MS are exact.
+
+Nothing here needs root or makes a child process; the records' own socketpairs,
+memfds and eventfds are real (and closed by `House.close`).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import time as _time
+from contextlib import ExitStack
+from pathlib import Path
+from unittest import mock
+
+from hostd import config as hconfig
+from hostd import log, protocol
+from hostd.lifecycle import WorkerState
+from hostd.router import Binding
+from hostd.sdnotify import Notifier
+from hostd.supervisor import health as health_mod
+from hostd.supervisor import loop as loop_mod
+from hostd.supervisor import policy
+from hostd.supervisor import records as records_mod
+from hostd.supervisor import recycling as recycling_mod
+from hostd.supervisor import shutdown as shutdown_mod
+from hostd.supervisor import views as views_mod
+from hostd.supervisor.commands import Commands
+from hostd.supervisor.events import (ChildExited, MemoryFence, Pong, RequestsReply,
+                                     SpawnRefused, WorkerExited, WorkerReady,
+                                     WorkerUnhealthy, ZygoteRestarted)
+from hostd.supervisor.health import Health
+from hostd.supervisor.loop import Supervisor
+from hostd.supervisor.pools import Pools
+from hostd.supervisor.processes import boot_steps
+from hostd.supervisor.reactor import Reactor
+from hostd.supervisor.records import FrontEndProc, Registry, Worker
+from hostd.supervisor.recycling import Recycling
+from hostd.supervisor.shutdown import Shutdown
+from hostd.supervisor.sizing import Sizing
+from hostd.supervisor.views import Views
+
+W = WorkerState
+#: fake pids: above PID_MAX_LIMIT (2**22), so /proc never has them (procfs answers 0)
+PID_BASE = 5_000_000
+#: wall clock of the fake time at monotonic 0
+WALL_BASE = 1_700_000_000.0
+
+
+# ---------------------------------------------------------------------- config records
+def main_config(base: Path = Path("/nonexistent/hostd"), **over) -> hconfig.MainConfig:
+    """A real MainConfig with the defaults of [hostd] (one front end, one listen)."""
+    values = dict(path=base / "hostd.toml", listen=(("127.0.0.1", 8080),), frontends=1,
+                  pools_dir=base / "pools", state_dir=base / "state", run_dir=base / "run",
+                  max_header_bytes=16384, defaults={})
+    values.update(over)
+    return hconfig.MainConfig(**values)
+
+
+def pool_config(name: str = "a", *, bindings=None, health=None, recycling=None,
+                limits=None, **over) -> hconfig.PoolConfig:
+    """A real PoolConfig (as tests/integration/test_recycling.py builds one):
+    always_running, one process, one binding `<name>.test`; keyword arguments override
+    fields, `health=`/`recycling=`/`limits=` take dicts of that table's fields."""
+    values = dict(name=name, file=Path(f"/nonexistent/pools/{name}.toml"), app="app:app",
+                  directory=Path("/nonexistent/site"), virtualenv=None,
+                  bindings=tuple(Binding.parse(b) for b in (bindings or [f"{name}.test"])),
+                  start_mode="always_running", processes=1, threads=4, queue_length=16,
+                  idle_timeout=0.0, load_balancer_capabilities="http_503", env=(),
+                  health=hconfig.Health(**(health or {})),
+                  recycling=hconfig.Recycling(**(recycling or {})),
+                  limits=hconfig.Limits(**(limits or {})))
+    values.update(over)
+    return hconfig.PoolConfig(**values)
+
+
+# ---------------------------------------------------------------------- time
+class Clock:
+    """Stands in for the `time` module of the supervisor's modules: monotonic() is
+    `now`, time() is WALL_BASE + now, strftime formats that wall time."""
+
+    def __init__(self, now: float = 1000.0, wall_base: float = WALL_BASE):
+        self.now = now
+        self.wall_base = wall_base
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.wall_base + self.now
+
+    def strftime(self, fmt: str, t=None) -> str:
+        return _time.strftime(fmt, t if t is not None else _time.localtime(self.time()))
+
+    def __getattr__(self, name):
+        return getattr(_time, name)
+
+
+# ---------------------------------------------------------------------- processes
+class FakeProcesses:
+    """Processes without processes. Records every call the rooms make in `calls`:
+    ("spawn", pool, reason), ("drain", label, reason), ("kill", label, reason),
+    ("kill_all",), ("track", pid, owner), ("reap",), ("close_zygote",),
+    ("wait_children", timeout); messages sent in `sent` as (label, decoded message);
+    SIGKILLs it would have sent (kill_tree) in `sigkills` as labels."""
+
+    def __init__(self, registry, reactor, placement, connections, clock: Clock):
+        self.registry = registry
+        self.reactor = reactor
+        self.placement = placement
+        self.connections = connections
+        self.clock = clock
+        self.zygote_pid: int | None = None
+        self.zygote = None
+        self.worker_ids: dict[str, int] = {}
+        self.workers_by_pid: dict[int, Worker] = {}
+        self.tracked: dict[int, str] = {}
+        self.calls: list[tuple] = []
+        self.sent: list[tuple[str, dict]] = []
+        self.unsent: list[tuple[str, dict]] = []
+        self.sigkills: list[str] = []
+        self.refuse = False               # spawn() returns None (no zygote, unreachable)
+        self.dead_channels: set[int] = set()   # id(worker) whose send() fails
+        self.peers: dict[int, socket.socket] = {}   # id(worker) -> the worker's end
+        self._next_pid = PID_BASE
+
+    # ------------------------------------------------------------ helpers for tests
+    def take(self) -> list[tuple]:
+        """The calls recorded since the last take()."""
+        out, self.calls = self.calls, []
+        return out
+
+    def messages(self, worker=None, kind: str | None = None) -> list[dict]:
+        return [m for label, m in self.sent
+                if (worker is None or label == worker.label) and (kind is None or m["t"] == kind)]
+
+    def new_pid(self) -> int:
+        self._next_pid += 1
+        return self._next_pid
+
+    # ------------------------------------------------------------ the zygote
+    def start_zygote(self) -> None:
+        self.zygote_pid = self.new_pid()
+        self.calls.append(("start_zygote",))
+
+    def zygote_died(self) -> None:
+        """Plays Processes._zygote_exited: every SPAWNING worker is gone (not counted),
+        a new zygote runs, ZygoteRestarted is posted."""
+        for worker in [w for w in self.registry.every_worker() if w.state == W.SPAWNING]:
+            worker.life.on("spawn_failed", "zygote died before spawning")
+            self._gone(worker, "zygote died", False)
+        if self.registry.stopping:
+            return
+        self.start_zygote()
+        self.reactor.post(ZygoteRestarted())
+
+    # ------------------------------------------------------------ spawning
+    def spawn(self, pool, reason: str) -> Worker | None:
+        """Processes.spawn without the zygote: a SPAWNING worker with its recycle plan,
+        cgroup (placement) and a control channel (a real socketpair)."""
+        self.calls.append(("spawn", pool.name, reason))
+        if self.refuse or self.zygote_pid is None or pool.cfg is None:
+            return None
+        wid = self.worker_ids[pool.name] = self.worker_ids.get(pool.name, 0) + 1
+        worker = Worker(pool, wid, pool.generation)
+        worker.slot = len(pool.alive())
+        worker.spawn_reason = reason
+        worker.recycle.at, worker.recycle.request_limit = policy.recycle_plan(
+            pool.cfg.recycling, pool.cfg.processes, worker.slot,
+            not reason.startswith("recycle"), worker.spawned_at)
+        try:
+            self.placement.worker_cgroup(worker)
+        except OSError as exc:
+            worker.close()
+            self.reactor.post(SpawnRefused(worker, f"cgroup: {exc}"))
+            return None
+        worker.isolated = self.placement.worker_isolation(pool) is not None
+        worker.spawn_sent = self.clock.monotonic()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        worker.ctl = mine
+        self.peers[id(worker)] = theirs
+        pool.workers[wid] = worker
+        return worker
+
+    def start(self, worker: Worker, pid: int | None = None) -> int:
+        """The zygote named the worker's pid (Processes._spawned)."""
+        pid = pid if pid is not None else self.new_pid()
+        worker.pid = pid
+        self.workers_by_pid[pid] = worker
+        worker.life.on("spawned", f"pid {pid}")          # SPAWNING -> STARTING
+        if worker.drain_at is not None:
+            self.drain(worker, worker.drain_reason)        # drained while it had no pid
+        elif worker.ready_early:
+            self._ready(worker)
+        return pid
+
+    def spawn_failed(self, worker: Worker, error: str = "fork failed") -> None:
+        """The zygote could not fork it (SPAWNING -> EXITED, a failure)."""
+        reason = f"spawn failed: {error}"
+        worker.life.on("spawn_failed", reason)
+        self._gone(worker, reason, True)
+
+    def ready(self, worker: Worker, trace=()) -> None:
+        """The worker reports READY (its control message, as Processes.read takes it)."""
+        self.message(worker, {"t": protocol.READY, "trace": list(trace)})
+
+    def up(self, worker: Worker, pid: int | None = None) -> Worker:
+        """start + ready."""
+        self.start(worker, pid)
+        self.ready(worker)
+        return worker
+
+    # ------------------------------------------------------------ talking
+    def message(self, worker: Worker, msg: dict) -> None:
+        """The worker writes `msg` on its control channel; read() takes it."""
+        self.peers[id(worker)].send(protocol.encode(msg))
+        self.read(worker)
+
+    def read(self, worker: Worker) -> None:
+        """Processes.read: the worker's messages become events."""
+        while worker.ctl is not None:
+            try:
+                data = worker.ctl.recv(protocol.MAX_CONTROL_BYTES, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            try:
+                msg = protocol.decode(data)
+            except ValueError:
+                continue
+            kind = msg["t"]
+            if kind == protocol.READY:
+                worker.boot = boot_steps(worker, msg.get("trace") or [], self.clock.monotonic())
+                self._ready(worker)
+            elif kind == protocol.STARTUP_FAILED:
+                worker.startup_error = str(msg.get("error", ""))
+            elif kind == protocol.REQUESTS_REPLY:
+                self.reactor.post(RequestsReply(worker, msg.get("seq"),
+                                                msg.get("requests") or []))
+            elif kind == protocol.PONG:
+                self.reactor.post(Pong(worker, msg.get("seq"), bool(msg.get("stuck"))))
+            elif kind == protocol.MEMORY_FENCE:
+                self.reactor.post(MemoryFence(worker))
+            elif kind == protocol.UNHEALTHY:
+                self.reactor.post(WorkerUnhealthy(
+                    worker, str(msg.get("reason", "reported by the worker")),
+                    bool(msg.get("app"))))
+
+    def _ready(self, worker: Worker) -> None:
+        if worker.state == W.SPAWNING:
+            worker.ready_early = True
+            return
+        if worker.state != W.STARTING:
+            return
+        worker.ready_at = self.clock.monotonic()
+        worker.life.on("ready", "app loaded")               # STARTING -> READY
+        self.reactor.post(WorkerReady(worker))
+
+    def send(self, worker: Worker, message: bytes) -> bool:
+        msg = protocol.decode(message)
+        if worker.ctl is None or id(worker) in self.dead_channels:
+            self.unsent.append((worker.label, msg))
+            return False
+        self.sent.append((worker.label, msg))
+        return True
+
+    # ------------------------------------------------------------ ending
+    def _kill_tree(self, worker: Worker) -> None:
+        if worker.pid is not None:
+            self.sigkills.append(worker.label)
+
+    def drain(self, worker: Worker, reason: str) -> None:
+        self.calls.append(("drain", worker.label, reason))
+        state = worker.state
+        if state in (W.DRAINING, W.STOPPING, W.EXITED):
+            return
+        if state == W.SPAWNING:
+            worker.drain_reason = reason
+            worker.drain_at = self.clock.monotonic()
+            return
+        if state in (W.ORPHANED, W.STARTING):
+            self.kill(worker, reason)
+            return
+        worker.life.on("drain", reason)                     # READY -> DRAINING
+        worker.drain_at = self.clock.monotonic()
+        if not self.send(worker, protocol.encode({"t": protocol.DRAIN, "reason": reason})):
+            self._kill_tree(worker)
+
+    def kill(self, worker: Worker, reason: str) -> None:
+        self.calls.append(("kill", worker.label, reason))
+        if worker.life.triggers("kill"):
+            worker.life.on("kill", reason)
+        self._kill_tree(worker)
+
+    def kill_all(self) -> None:
+        self.calls.append(("kill_all",))
+        for worker in self.registry.every_worker():
+            self._kill_tree(worker)
+
+    def track(self, pid: int, owner: str) -> None:
+        self.calls.append(("track", pid, owner))
+        self.tracked[pid] = owner
+
+    def child_exited(self, pid: int, status: int = 0) -> None:
+        """A tracked child was reaped (Processes.reap posts ChildExited)."""
+        self.reactor.post(ChildExited(pid, status, self.tracked.pop(pid)))
+
+    def reap(self) -> None:
+        self.calls.append(("reap",))
+
+    def exit(self, worker: Worker, code: int = 0, *, startup_error: str | None = None,
+             cpu: float = 0.0) -> tuple[str, bool]:
+        """The worker's process exited with `code` (os.waitstatus_to_exitcode: negative
+        = that signal): Processes.reap + _exited + _gone + _release. Returns the verdict."""
+        if startup_error is not None:
+            worker.startup_error = startup_error
+        self.workers_by_pid.pop(worker.pid, None)
+        worker.cpu_at_exit = cpu
+        worker.exit_status = code
+        oom = code == -signal.SIGKILL and self.placement.oom_killed(worker)
+        reason, failed = policy.exit_verdict(worker.state, code, worker.startup_error, oom)
+        worker.life.on("reaped", reason)                    # any -> EXITED
+        if failed:
+            log.error("crash", f"worker {worker.label} pid {worker.pid}: {reason}",
+                      POOL=worker.pool.name, WORKER_PID=worker.pid, REASON=reason)
+        if policy.is_crash(reason):
+            worker.pool.totals.crashes += 1
+        self._gone(worker, reason, failed and not worker.health.failure_counted)
+        return reason, failed
+
+    def _gone(self, worker: Worker, reason: str, failed: bool) -> None:
+        self._release(worker)
+        self.reactor.post(WorkerExited(worker, reason, failed))
+
+    def _release(self, worker: Worker) -> None:
+        pool = worker.pool
+        if worker.board is not None:
+            pool.totals.add_exited(worker, pool.binding_texts or ["-"])
+            self.connections.released_slots(worker)
+            self.connections.give_back(pool, worker.stats()["connections"])
+        elif worker.cpu_at_exit:
+            pool.totals.cpu += worker.cpu_at_exit
+        worker.close()
+        peer = self.peers.pop(id(worker), None)
+        if peer is not None:
+            peer.close()
+        self.placement.release_worker(worker)
+        pool.workers.pop(worker.id, None)
+
+    # ------------------------------------------------------------ stop
+    def children(self) -> set[int]:
+        kids = set(self.workers_by_pid) | set(self.tracked)
+        if self.zygote_pid:
+            kids.add(self.zygote_pid)
+        return kids
+
+    def close_zygote(self) -> None:
+        self.calls.append(("close_zygote",))
+
+    def wait_children(self, timeout: float) -> None:
+        self.calls.append(("wait_children", timeout))
+
+    def close(self) -> None:
+        for peer in self.peers.values():
+            peer.close()
+        self.peers.clear()
+
+
+# ---------------------------------------------------------------------- placement
+class FakeMemoryWatch:
+    """What Placement.worker_cgroup leaves on a worker with a memory limit."""
+    shared_inotify = True
+    wd = -1
+
+    def __init__(self, high: int, limit: int):
+        self.high, self.limit = high, limit
+
+    def close(self) -> None:
+        pass
+
+
+class FakePlacement:
+    """No cgroups, no isolation. Problems can be set per pool name; `near_memory_max`
+    and `oom` are what the kernel would say."""
+
+    def __init__(self):
+        self.cgroups = None
+        self.frontend_ids = None
+        self.unsupported_errors: dict[str, str] = {}
+        self.isolate_errors: dict[str, str] = {}
+        self.limits_errors: dict[str, str] = {}
+        self.cgroup_error: str | None = None
+        self.near_max = False
+        self.oom = False
+        self.calls: list[tuple] = []
+
+    def setup_cgroups(self) -> None:
+        pass
+
+    def unsupported(self, cfg) -> str | None:
+        return self.unsupported_errors.get(cfg.name)
+
+    def isolate(self, pool) -> str | None:
+        return self.isolate_errors.get(pool.name)
+
+    def pool_limits(self, pool) -> str | None:
+        return self.limits_errors.get(pool.name)
+
+    def worker_cgroup(self, worker) -> None:
+        """Like Placement.worker_cgroup: a memory watch when the pool has a memory
+        limit (recycling.private_memory or limits.worker_memory_max)."""
+        if self.cgroup_error is not None:
+            raise OSError(self.cgroup_error)
+        cfg = worker.pool.cfg
+        if cfg.limits.worker_memory_max or cfg.recycling.private_memory:
+            worker.memwatch = FakeMemoryWatch(cfg.recycling.private_memory,
+                                              cfg.limits.worker_memory_max)
+
+    def worker_isolation(self, pool):
+        return None
+
+    def fence_fd(self, worker):
+        return None
+
+    def near_memory_max(self, worker) -> bool:
+        return self.near_max
+
+    def oom_killed(self, worker) -> bool:
+        return self.oom or worker.oom
+
+    def release_worker(self, worker) -> None:
+        self.calls.append(("release_worker", worker.label))
+        if worker.memwatch is not None:
+            worker.memwatch.close()
+            worker.memwatch = None
+
+    def release_pool(self, pool, successor=None) -> None:
+        self.calls.append(("release_pool", pool.name, successor is not None))
+
+    def orphan(self, worker) -> None:
+        self.calls.append(("orphan", worker.label))
+
+    def frontend_identity(self) -> None:
+        pass
+
+    def identity_doc(self, pool):
+        return True, {"ok": True, "pool": pool.name}
+
+    def send_access_log(self, workers) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- front ends
+class FakeFrontEnds:
+    """Counts broadcasts and stops; front ends are added with `add(slot, pid)` and
+    leave through ChildExited (on_exited), as the real ones do."""
+
+    def __init__(self, registry, processes):
+        self.registry = registry
+        self.processes = processes
+        self.slots: list[list] = [[]]
+        self.by_slot: dict[int, FrontEndProc] = {}
+        self.pids: dict[int, int] = {}
+        self.broadcasts = 0
+        self.stops = 0
+        self.channels_closed = 0
+        self.restarts: list[int] = []
+
+    def add(self, slot: int, pid: int) -> FrontEndProc:
+        fe = FrontEndProc(slot, pid, None)
+        self.by_slot[slot] = fe
+        self.pids[pid] = slot
+        self.processes.track(pid, "frontend")
+        return fe
+
+    def bind(self) -> None:
+        pass
+
+    def start_all(self) -> None:
+        pass
+
+    def start(self, slot: int) -> None:
+        self.restarts.append(slot)
+
+    def on_exited(self, pid: int, status: int) -> None:
+        slot = self.pids.pop(pid, None)
+        if slot is None:
+            return
+        self.by_slot.pop(slot, None)
+        if not self.registry.stopping:
+            self.start(slot)
+
+    def send_pools(self, fe) -> None:
+        pass
+
+    def broadcast(self) -> None:
+        self.broadcasts += 1
+
+    def stop_all(self) -> None:
+        self.stops += 1
+
+    def close_channels(self) -> None:
+        self.channels_closed += 1
+
+    def close_sockets(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- connections
+class FakeConnections:
+    """Records what the rooms do with held connections: ("fail_queue", pool),
+    ("reroute_queue", pool), ("close_relay", pool), ("forget_parked", pool),
+    ("give_back", pool, n), ("released_slots", label), ("park", pool, fd).
+    `waiting_pools` are the pools whose queue has a connection waiting."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        self.calls: list[tuple] = []
+        self.waiting_pools: set[str] = set()
+        self.conn_sem = -1
+        self.listen_ports: set[int] = set()
+
+    def limit_settings(self) -> dict:
+        m = self.registry.main
+        return {"conn_sem": self.conn_sem, "header_timeout": m.header_timeout,
+                "keepalive_timeout": m.keepalive_timeout, "send_timeout": m.send_timeout,
+                "min_request_bytes_per_second": m.min_request_bytes_per_second,
+                "max_body_size": m.max_body_size}
+
+    def park(self, name: str, fd: int, buf: bytes) -> None:
+        self.calls.append(("park", name, fd))
+        os.close(fd)
+
+    def waiting(self, pool) -> bool:
+        return bool(pool.parked) or pool.name in self.waiting_pools
+
+    def fail_queue(self, pool) -> None:
+        self.calls.append(("fail_queue", pool.name))
+
+    def reroute_queue(self, pool) -> None:
+        self.calls.append(("reroute_queue", pool.name))
+
+    def forget_parked(self, pool) -> None:
+        self.calls.append(("forget_parked", pool.name))
+
+    def close_relay(self, pool) -> None:
+        self.calls.append(("close_relay", pool.name))
+
+    def give_back(self, pool, n: int) -> None:
+        self.calls.append(("give_back", pool.name, n))
+
+    def released_slots(self, worker) -> None:
+        self.calls.append(("released_slots", worker.label))
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- the house
+class House:
+    """The real rooms around the fakes, and a real Supervisor's routing and tick.
+
+    Takes the pool configs to add at once (their order), a MainConfig, and the clock
+    (a Clock at 1000.0 by default). `sup` is the Supervisor; `route()` and `tick()`
+    are its own. Close with close() (the `house` fixture does)."""
+
+    TIME_MODULES = (records_mod, health_mod, recycling_mod, views_mod, shutdown_mod, loop_mod)
+
+    def __init__(self, *cfgs, main: hconfig.MainConfig | None = None,
+                 clock: Clock | None = None):
+        self.clock = clock or Clock()
+        self._stack = ExitStack()
+        for mod in self.TIME_MODULES:
+            self._stack.enter_context(mock.patch.object(mod, "time", self.clock))
+        self.main = main or main_config()
+        self.config_path = self.main.path
+        self.registry = reg = Registry(self.main, pid=os.getpid())
+        self.reactor = r = Reactor()
+        self.placement = FakePlacement()
+        self.connections = FakeConnections(reg)
+        self.processes = FakeProcesses(reg, r, self.placement, self.connections, self.clock)
+        self.frontends = FakeFrontEnds(reg, self.processes)
+        self.sizing = Sizing(reg, r, self.processes, self.connections)
+        self.health = Health(reg, r, self.processes, self.placement)
+        self.recycling = Recycling(reg, self.processes, self.placement)
+        self.views = Views(reg, processes=self.processes, frontends=self.frontends,
+                           placement=self.placement)
+        self.shutdown = Shutdown(reg, r, frontends=self.frontends, processes=self.processes,
+                                 connections=self.connections, placement=self.placement,
+                                 sizing=self.sizing)
+        self.pools = Pools(reg, placement=self.placement, connections=self.connections,
+                           processes=self.processes, frontends=self.frontends,
+                           sizing=self.sizing, health=self.health, recycling=self.recycling)
+        # Supervisor.__init__ makes the OS rooms itself: give it these instead
+        sup = self.sup = Supervisor.__new__(Supervisor)
+        sup.config_path = self.config_path
+        sup.pid = reg.pid
+        for name in ("registry", "reactor", "placement", "connections", "processes",
+                     "frontends", "sizing", "health", "recycling", "views", "shutdown",
+                     "pools"):
+            setattr(sup, name, getattr(self, name))
+        sup.commands = self.commands = Commands(sup)
+        sup.signals = collections.deque()
+        sup.notify = Notifier("")          # not under systemd: sends nothing
+        sup.control = sup.metrics = None
+        sup.start_mono = self.clock.monotonic()
+        sup.next_second = 0.0
+        sup.next_idle_check = 0.0
+        sup.ready_sent = False
+        self.processes.start_zygote()
+        self.processes.take()
+        for cfg in cfgs:
+            self.add(cfg)
+
+    # ------------------------------------------------------------ driving
+    def add(self, cfg):
+        """pools.add, then the events it caused routed."""
+        pool = self.pools.add(cfg.name, cfg)
+        self.route()
+        return pool
+
+    def pool(self, name: str = "a"):
+        return self.registry.pools[name]
+
+    def workers(self, name: str = "a", state: WorkerState | None = None) -> list[Worker]:
+        return [w for _, w in sorted(self.pool(name).workers.items())
+                if state is None or w.state == state]
+
+    def route(self) -> None:
+        self.sup.route()
+
+    def tick(self, advance: float = 0.0) -> bool:
+        """Advances the clock, then one turn of the real tick (it routes)."""
+        self.clock.advance(advance)
+        return self.sup._tick(self.clock.monotonic())
+
+    def up(self, worker: Worker) -> Worker:
+        """The worker gets its pid and becomes ready; events routed."""
+        self.processes.up(worker)
+        self.route()
+        return worker
+
+    def exit(self, worker: Worker, code: int = 0, **kw) -> tuple[str, bool]:
+        verdict = self.processes.exit(worker, code, **kw)
+        self.route()
+        return verdict
+
+    def post(self, event) -> None:
+        self.reactor.post(event)
+        self.route()
+
+    def reload(self, pools: dict, broken: dict | None = None, main=None) -> None:
+        """SIGHUP with these pools ({name: PoolConfig}) and broken files ({name:
+        [ConfigError]}): the real Supervisor.reload, the loaders replaced."""
+        new_main = main or self.registry.main
+        with mock.patch.object(hconfig, "load_main", lambda path: new_main), \
+                mock.patch.object(hconfig, "load_pools",
+                                  lambda m: (dict(pools), dict(broken or {}))):
+            self.sup.reload()
+
+    def calls(self) -> list[tuple]:
+        return self.processes.take()
+
+    # ------------------------------------------------------------ closing
+    def close(self) -> None:
+        self.processes.close()
+        for pool in self.registry.every_pool():
+            for w in list(pool.workers.values()):
+                w.close()
+            pool.close()
+        self.registry.pools.clear()
+        self.registry.retired.clear()
+        self.reactor.close()
+        self._stack.close()
+
+
+class LogCapture:
+    """Every log record: (priority, event, message, fields). Install with
+    monkeypatch.setattr(hostd.log, "emit", capture) — every log.info/notice/...
+    goes through emit."""
+
+    def __init__(self):
+        self.records: list[tuple[int, str, str, dict]] = []
+
+    def __call__(self, priority, event, message="", **fields):
+        self.records.append((priority, event, message, fields))
+
+    def events(self, name: str) -> list[dict]:
+        return [dict(fields, MESSAGE=msg) for _p, ev, msg, fields in self.records if ev == name]
+
+
+try:
+    import pytest
+except ImportError:   # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+    @pytest.fixture
+    def make_house():
+        """A House builder; every house made is closed after the test."""
+        made: list[House] = []
+
+        def make(*cfgs, **kw) -> House:
+            house = House(*cfgs, **kw)
+            made.append(house)
+            return house
+        yield make
+        for house in made:
+            house.close()
+
+    @pytest.fixture
+    def logs(monkeypatch) -> LogCapture:
+        capture = LogCapture()
+        monkeypatch.setattr(log, "emit", capture)
+        return capture
