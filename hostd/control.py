@@ -22,11 +22,16 @@ import json
 import os
 import socket
 
-from hostd.loophttp import LoopHTTPServer
+from hostd.loophttp import Deferred, LoopHTTPServer
+
+
+def _json(status: int, doc: dict) -> tuple[int, str, bytes]:
+    return status, "application/json", json.dumps(doc, indent=1).encode() + b"\n"
 
 
 class ControlServer(LoopHTTPServer):
-    """Takes the socket path and the supervisor whose methods the endpoints call."""
+    """Takes the socket path and the command handlers whose methods the endpoints call
+    (hostd.supervisor.commands.Commands)."""
 
     def __init__(self, path, supervisor):
         super().__init__()
@@ -46,12 +51,15 @@ class ControlServer(LoopHTTPServer):
         self.sock.listen(64)
         self.sock.setblocking(False)
 
-    def respond(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
-        status, doc = self.dispatch(method, path, body)
-        return status, "application/json", json.dumps(doc, indent=1).encode() + b"\n"
+    def respond(self, method: str, path: str, body: bytes):
+        result = self.dispatch(method, path, body)
+        if isinstance(result, Deferred):
+            return result.map(_json)
+        return _json(*result)
 
-    def dispatch(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
-        """Returns (HTTP status, JSON document) for one request."""
+    def dispatch(self, method: str, path: str, body: bytes):
+        """Returns (HTTP status, JSON document) for one request, or a Deferred resolved
+        with them (GET /requests waits for the workers' replies)."""
         sup = self.supervisor
         parts = [p for p in path.split("?")[0].split("/") if p]
         try:
@@ -63,7 +71,7 @@ class ControlServer(LoopHTTPServer):
             if parts == ["counters"] and method == "GET":
                 return 200, sup.counters(query.get("pool"))
             if parts == ["requests"] and method == "GET":
-                return 200, sup.live_requests(query.get("pool"))
+                return sup.live_requests(query.get("pool"))
             if parts == ["orphans"] and method == "GET":
                 return 200, {"orphans": sup.orphans()}
             pid_actions = {("workers", "kill"): sup.kill_worker,

@@ -3,7 +3,8 @@ metrics endpoint share it. Requests are small and answered at once; each connect
 carries one request and is closed after the answer.
 
 Subclasses set `self.sock` (a listening, non-blocking socket) and implement
-`respond(method, path, body) -> (status, content type, body bytes)`.
+`respond(method, path, body) -> (status, content type, body bytes)`, or return a
+`Deferred` resolved with those three later: the connection waits, the loop does not.
 """
 from __future__ import annotations
 
@@ -38,11 +39,41 @@ def parse_request(buf: bytearray):
     return method, path, bytes(buf[end + 4:end + 4 + length])
 
 
+class Deferred:
+    """An answer that comes later. `resolve(*value)` once; `then(callback)` calls
+    callback(*value) when it is resolved (at once if it already is)."""
+
+    def __init__(self):
+        self._value: tuple | None = None
+        self._callbacks: list = []
+
+    def resolve(self, *value) -> None:
+        if self._value is not None:
+            return
+        self._value = value
+        for cb in self._callbacks:
+            cb(*value)
+        self._callbacks.clear()
+
+    def then(self, callback) -> None:
+        if self._value is not None:
+            callback(*self._value)
+        else:
+            self._callbacks.append(callback)
+
+    def map(self, fn) -> "Deferred":
+        """A Deferred resolved with fn(*value) once this one is."""
+        out = Deferred()
+        self.then(lambda *value: out.resolve(*fn(*value)))
+        return out
+
+
 class LoopHTTPServer:
     sock: socket.socket
 
     def __init__(self):
         self.clients: dict[int, tuple[socket.socket, bytearray]] = {}
+        self.waiting: dict[int, socket.socket] = {}   # fd -> connection with a Deferred answer
 
     def respond(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
         raise NotImplementedError
@@ -76,10 +107,20 @@ class LoopHTTPServer:
         if request is None and not data:
             conn.close()
             return
-        if request is not None:
-            status, ctype, body = self.respond(*request)
+        if request is None:
+            self._answer(conn, 413, "text/plain", b"request too large\n")
+            return
+        result = self.respond(*request)
+        if isinstance(result, Deferred):
+            self.waiting[fd] = conn
+            result.then(lambda status, ctype, body, fd=fd: self._answer(
+                self.waiting.pop(fd, conn), status, ctype, body))
         else:
-            status, ctype, body = 413, "text/plain", b"request too large\n"
+            self._answer(conn, *result)
+
+    def _answer(self, conn: socket.socket, status: int, ctype: str, body: bytes) -> None:
+        if conn.fileno() < 0:
+            return   # closed meanwhile (the server was closed)
         head = (f"HTTP/1.0 {status} {REASONS.get(status, 'Error')}\r\n"
                 f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 f"Connection: close\r\n\r\n").encode()
@@ -94,3 +135,6 @@ class LoopHTTPServer:
         for conn, _ in self.clients.values():
             conn.close()
         self.clients.clear()
+        for conn in self.waiting.values():
+            conn.close()
+        self.waiting.clear()

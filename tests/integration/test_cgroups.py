@@ -512,11 +512,11 @@ def test_supervisor_kill_reaches_a_worker_not_yet_in_its_cgroup(env):
     test_garden_request_recycles_are_spread)."""
     from types import SimpleNamespace
 
-    from hostd.supervisor import Supervisor
+    from hostd.supervisor.processes import kill_tree
     env.tree.setup()
     cg = env.tree.worker("p", 1)
     p = subprocess.Popen(["sleep", "60"], start_new_session=True)
     env.procs.append(p)
     assert cg.pids() == []
-    Supervisor._kill(None, SimpleNamespace(pid=p.pid, cgroup=cg, pool=SimpleNamespace(name="p")))
+    kill_tree(SimpleNamespace(pid=p.pid, cgroup=cg, pool=SimpleNamespace(name="p")))
     assert p.wait(timeout=5) == -signal.SIGKILL

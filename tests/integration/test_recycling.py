@@ -229,15 +229,13 @@ def test_memory_limits_without_cgroups_are_an_error_not_ignored(tmp_path):
     with an error naming file and keys. The suite runs as root with cgroups, so the
     supervisor's check is driven directly with a tree-less supervisor."""
     from hostd.config import Limits, PoolConfig, Recycling
-    from hostd.supervisor import Supervisor
-    sup = Supervisor.__new__(Supervisor)
-    sup.cgroups = None
+    from hostd.supervisor import policy
     cfg = PoolConfig(name="m", file=tmp_path / "m.toml", app="a:b", directory=tmp_path,
                      virtualenv=None, bindings=(), start_mode="on_demand", processes=1,
                      threads=1, queue_length=10, idle_timeout=0.0,
                      load_balancer_capabilities="http_503", env=(),
                      limits=Limits(worker_memory_max=1 << 28),
                      recycling=Recycling(private_memory=1 << 27))
-    problem = sup._unsupported(cfg)
+    problem = policy.unsupported(cfg, has_cgroups=False)
     assert "limits.worker_memory_max" in problem and "recycling.private_memory" in problem
     assert "m.toml" in problem

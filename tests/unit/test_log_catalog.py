@@ -14,7 +14,7 @@ CALL = re.compile(r"\blog\.(?:debug|info|notice|warning|error|critical)\(\s*\"([
 def test_every_logged_event_has_a_catalog_entry():
     used = {}
     for pkg in ("hostd", "workers", "kernel"):
-        for path in sorted((ROOT / pkg).glob("*.py")):
+        for path in sorted((ROOT / pkg).rglob("*.py")):   # hostd/supervisor/ too
             for name in CALL.findall(path.read_text()):
                 used.setdefault(name, path.name)
     assert used, "the pattern found no log calls: it is out of date"

@@ -1,0 +1,276 @@
+"""The supervisor's records: what it knows of each worker, pool and front end.
+
+Records hold state and close their own descriptors; they decide nothing (hostd.lifecycle
+and hostd.supervisor.policy decide) and call nothing above them. The sub-records group
+the fields one room owns: a worker's `HealthState` is health.py's, its `RecyclePlan`
+recycling.py's; a pool's `PoolTotals` keeps what exited workers counted, so every
+`_total` stays monotonic across recycles, crashes and idle exits.
+
+`Registry` is the house's shared table of pools: pools.py adds and removes them, the
+other rooms read it.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from hostd import protocol
+from hostd.lifecycle import (WORKER_ALIVE, PoolState, RapidFail, WorkerState,
+                             pool_lifecycle, worker_lifecycle)
+from hostd.router import Router
+from kernel import sockets
+
+P, W = PoolState, WorkerState
+
+
+@dataclass
+class HealthState:
+    """health.py's part of a worker: pings and whether its failure was counted."""
+    ping_seq: int = 0
+    ping_sent: float | None = None       # outstanding ping (monotonic)
+    last_ping: float | None = None
+    failure_counted: bool = False        # counted once for rapid-fail
+
+
+@dataclass
+class RecyclePlan:
+    """recycling.py's part of a worker: its triggers and a recycle under way."""
+    at: float | None = None              # [recycling] time deadline (monotonic)
+    request_limit: int = 0               # [recycling] requests limit
+    reason: str = ""                     # set once a recycle of it has begun
+    started: float = 0.0                 # when that recycle began (monotonic)
+    respawn_after: bool = False          # non-overlapping recycle: spawn on exit
+    replaces: "Worker | None" = None     # the unhealthy/recycled worker it replaces
+
+
+class Worker:
+    """The supervisor's record of one worker process (the process itself is
+    workers/runtime.py). Owns its control channel and scoreboard (closed by close())."""
+
+    def __init__(self, pool: "Pool", wid: int, generation: int, now: float | None = None):
+        self.pool = pool
+        self.id = wid
+        self.generation = generation
+        self.life = worker_lifecycle(pool.name, wid)
+        self.pid: int | None = None
+        self.ctl: socket.socket | None = None
+        self.board: protocol.Scoreboard | None = protocol.Scoreboard.create()
+        self.spawned_at = time.monotonic() if now is None else now
+        self.started_wall = time.time()
+        self.spawn_sent: float | None = None
+        self.ready_at: float | None = None
+        self.ready_early = False            # READY can overtake the zygote's "spawned" reply
+        self.drain_at: float | None = None
+        self.drain_reason = ""
+        self.exit_status: int | None = None
+        self.startup_error: str | None = None
+        self.isolated = False               # spawned with [isolation] (its own uid and view)
+        self.released_seen = 0              # global connection slots given back for it
+        self.boot: dict[str, float] = {}    # step -> ms, from spawn request to READY
+        self.orphaned_at: float | None = None
+        self.reason = ""                    # why it was drained/killed/orphaned
+        self.cgroup = None                  # kernel.cgroups.Cgroup, when available
+        self.memwatch = None                # kernel.memevents.MemoryWatch
+        self.oom = False
+        self.slot = 0                       # its place in the web garden at spawn
+        self.spawn_reason = ""              # why it started (a recycle's reason)
+        self.cpu_at_exit = 0.0
+        self.busy_sample: tuple[float, float] | None = None   # (when, Scoreboard.busy)
+        self.busy_frac = 0.0                # at full capacity, share of the last second
+        self.health = HealthState()
+        self.recycle = RecyclePlan()
+
+    @property
+    def state(self) -> WorkerState:
+        return self.life.state
+
+    @property
+    def label(self) -> str:
+        return f"{self.pool.name}#{self.id}"
+
+    def stats(self) -> dict:
+        """The scoreboard's {"requests", "active", "connections", ...}; zeros once closed."""
+        if self.board is None:
+            return {"requests": 0, "active": 0, "connections": 0, "last_activity": 0.0,
+                    "pid": 0}
+        return self.board.read()
+
+    def close(self) -> None:
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+
+
+@dataclass
+class PoolTotals:
+    """What the pool's exited workers counted: added once per worker, at its exit."""
+    requests: int = 0
+    bytes_in: int = 0
+    cpu: float = 0.0
+    counts: dict = field(default_factory=dict)   # binding text -> COUNT_FIELDS values
+    crashes: int = 0
+    rapid_fail_stops: int = 0
+    queue_full: int = 0
+
+    def add_exited(self, worker: Worker, texts: list[str]) -> None:
+        """Adds an exiting worker's scoreboard (requests, bytes, per-binding counters)
+        and CPU time; call before its board is closed."""
+        self.cpu += worker.cpu_at_exit
+        if worker.board is None:
+            return
+        self.requests += worker.board.read()["requests"]
+        bytes_in, per = worker.board.read_counts(len(texts) or 1)
+        self.bytes_in += bytes_in
+        for text, values in zip(texts, per):
+            acc = self.counts.setdefault(text, [0] * protocol.Scoreboard.COUNT_FIELDS)
+            for i, v in enumerate(values):
+                acc[i] += v
+
+
+class Pool:
+    """The supervisor's record of one application pool. Owns its queue socketpair,
+    its eventfd semaphores and its own reroute channel (closed by close())."""
+
+    def __init__(self, name: str, cfg, error: str | None = None, bindings: tuple = ()):
+        self.name = name
+        self.cfg = cfg
+        #: its bindings; a pool whose file is broken keeps the valid ones, answered 503
+        self.bindings = tuple(cfg.bindings) if cfg is not None else tuple(bindings)
+        self.life = pool_lifecycle(name)
+        self.generation = 1
+        self.error = error
+        self.workers: dict[int, Worker] = {}
+        self.queue_in, self.queue_out = sockets.seqpacket_pair()
+        sockets.enlarge_buffers(self.queue_in)
+        self.queue_len = cfg.queue_length if cfg else 1
+        self.sem = sockets.semaphore(self.queue_len)
+        # max_connections of the pool (slots travel with connections: hostd/frontend.py)
+        self.csem = sockets.semaphore(cfg.max_connections) if cfg and cfg.max_connections else -1
+        self.sem_debt = 0
+        self.parked: collections.deque = collections.deque()
+        h = cfg.health if cfg is not None else None
+        self.rapid = RapidFail(h.rapid_fail_max_crashes, h.rapid_fail_interval) if h else RapidFail()
+        self.watch_demand = False
+        self.watch_parked = False
+        self.recycles: collections.Counter = collections.Counter()   # reason -> count
+        self.pending_recycles: collections.deque = collections.deque()
+        self.schedule_fired: set[str] = set()   # "YYYY-MM-DD HH:MM" already done
+        self.limits = None                      # hostd.poollimits.PoolLimits of its cgroup
+        # [isolation] as resolved at pool start (hostd/isolation.py)
+        self.identity = None
+        self.netns: str | None = None           # its pinned network namespace
+        self.tmp: dict[str, str] | None = None  # its /tmp, /dev/shm, /var/tmp on the host
+        self.link: str | None = None            # host side of its veth (network = "private")
+        # isolated workers hand connections back through a channel of their pool's,
+        # relayed by the supervisor (connections.py): made at the first such worker
+        self.reroute_in: socket.socket | None = None
+        self.reroute_out: socket.socket | None = None
+        self.relay_paused = False
+        self.totals = PoolTotals()
+        self.rate_samples: collections.deque = collections.deque(maxlen=11)
+
+    @property
+    def state(self) -> PoolState:
+        return self.life.state
+
+    @property
+    def binding_texts(self) -> list[str]:
+        return [b.text for b in self.bindings]
+
+    def alive(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.state in WORKER_ALIVE]
+
+    def requests(self) -> int:
+        """Requests served so far, by every worker it ever had (monotonic)."""
+        return self.totals.requests + sum(w.stats()["requests"] for w in self.workers.values())
+
+    def sem_value(self) -> int:
+        """Free queue slots (its queue_length when the eventfd cannot be read)."""
+        try:
+            return sockets.semaphore_value(self.sem)
+        except OSError:
+            return self.queue_len
+
+    def queued(self) -> int:
+        return max(self.queue_len - self.sem_value(), 0)
+
+    def close(self) -> None:
+        self.queue_in.close()
+        self.queue_out.close()
+        for s in (self.reroute_in, self.reroute_out):
+            if s is not None:
+                s.close()
+        self.reroute_in = self.reroute_out = None
+        os.close(self.sem)
+        if self.csem >= 0:
+            os.close(self.csem)
+
+
+class FrontEndProc:
+    """A front end process: its slot, pid and control channel (closed when reaped)."""
+
+    def __init__(self, slot: int, pid: int, ctl: socket.socket):
+        self.slot, self.pid, self.ctl = slot, pid, ctl
+        self.known_fds: set[tuple[str, int]] = set()   # (pool, id(queue)) already sent
+
+
+class Registry:
+    """The pools of the house, and the flags every room reads. pools.py adds and
+    removes pools; shutdown.py sets `stopping`."""
+
+    def __init__(self, main, pid: int):
+        self.main = main
+        self.pid = pid
+        self.pools: dict[str, Pool] = {}
+        self.retired: list[Pool] = []        # removed pools still draining
+        self.stopping = False
+
+    def every_pool(self) -> list[Pool]:
+        """Running and retired pools (retired ones may still have workers)."""
+        return list(self.pools.values()) + self.retired
+
+    def serving(self):
+        """The started pools with a config, while hostd is not stopping: those whose
+        gardens grow and whose workers recycle."""
+        if self.stopping:
+            return
+        for pool in self.pools.values():
+            if pool.state == P.STARTED and pool.cfg is not None:
+                yield pool
+
+    def every_worker(self):
+        for pool in self.every_pool():
+            yield from pool.workers.values()
+
+    def find_worker(self, pid: int, pools=None) -> Worker | None:
+        for pool in pools if pools is not None else self.every_pool():
+            for w in pool.workers.values():
+                if w.pid == pid:
+                    return w
+        return None
+
+    def router_table(self) -> list:
+        """The whole binding table. Failed and stopped pools keep their bindings (a
+        broken pool file its valid ones), so their hosts are answered 503, not 404."""
+        return Router([(p.name, b) for p in self.pools.values() for b in p.bindings]).to_table()
+
+
+def show_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def exit_text(code: int) -> str:
+    """"exit N" or "signal NAME" for a waitstatus_to_exitcode() value."""
+    import signal
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"

@@ -1,0 +1,122 @@
+"""How many workers a pool runs: demand start, web garden growth and balance, idle
+shrink (IIS: on-demand start, web gardens, idle time-out).
+
+Demand: while a pool has no live worker its queue is watched, and the first waiting
+connection starts one. With workers, growth is checked on the tick, so the supervisor is
+never woken per request. The decisions are hostd.garden's and policy's; this room
+samples and acts through processes.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hostd import garden, log, protocol
+from hostd.lifecycle import PoolState, WorkerState
+from hostd.supervisor import policy
+
+if TYPE_CHECKING:
+    from hostd.supervisor.connections import Connections
+    from hostd.supervisor.processes import Processes
+    from hostd.supervisor.reactor import Reactor
+    from hostd.supervisor.records import Registry
+
+P, W = PoolState, WorkerState
+
+
+@dataclass(eq=False)
+class Sizing:
+    registry: Registry
+    reactor: Reactor
+    processes: Processes
+    connections: Connections
+
+    # ------------------------------------------------------------------ demand
+    def update_demand(self, pool) -> None:
+        """Watches the pool's queue while it has no live worker (demand start)."""
+        want = (pool.state in (P.STARTED, P.STARTING) and not self.registry.stopping
+                and not pool.alive() and pool.cfg is not None)
+        if want == pool.watch_demand:
+            return
+        pool.watch_demand = want
+        fd = pool.queue_out.fileno()
+        if want:
+            self.reactor.watch(fd, lambda ev, p=pool: self._demand(p))
+        else:
+            self.reactor.unwatch(fd)
+
+    def forget_demand(self, pool) -> None:
+        """Stops watching a pool that stops or retires."""
+        if pool.watch_demand:
+            self.reactor.unwatch(pool.queue_out.fileno())
+        pool.watch_demand = False
+
+    def _demand(self, pool) -> None:
+        self.processes.spawn(pool, "demand")
+        self.update_demand(pool)
+
+    # ------------------------------------------------------------------ the tick
+    def tick(self, now: float, second: bool) -> None:
+        """Duty: every started pool grows on its queue; once a second, on saturation."""
+        for pool in self.registry.serving():
+            self.grow(pool)
+            if second:
+                self.balance(pool, now)
+
+    def grow(self, pool) -> None:
+        """Web garden growth: a connection waiting while every worker is busy adds a
+        worker, one at a time."""
+        alive = pool.alive()
+        starting = sum(1 for w in alive if w.state in (W.SPAWNING, W.STARTING))
+        if policy.may_grow(len(alive), pool.cfg.processes, starting) and \
+                self.connections.waiting(pool):
+            self.processes.spawn(pool, "queue waiting")
+
+    def balance(self, pool, now: float) -> None:
+        """Once a second: samples how saturated each ready worker was, then lets
+        hostd.garden decide whether the garden grows and which worker gives idle
+        keep-alive connections back to the front ends."""
+        samples, starting = [], 0
+        for w in pool.workers.values():
+            if w.state in (W.SPAWNING, W.STARTING):
+                starting += 1
+                continue
+            if w.state != W.READY or w.recycle.reason or w.board is None:
+                continue
+            busy = w.board.busy(now)
+            then, before = w.busy_sample or (w.ready_at or now, 0.0)
+            w.busy_sample = (now, busy)
+            if now - then < 0.5:
+                continue    # just ready: no interval to judge yet
+            w.busy_frac = min(1.0, max(0.0, (busy - before) / (now - then)))
+            samples.append(garden.Sample(w, w.busy_frac, w.stats()["connections"]))
+        d = garden.decide(samples, pool.cfg.processes, starting)
+        if d.grow and len(pool.alive()) < pool.cfg.processes:
+            self.processes.spawn(pool, "saturated")
+        if d.shed_from is not None:
+            w = d.shed_from
+            log.info("rebalance", f"worker {w.label} is saturated: it gives {d.shed} "
+                     "idle keep-alive connection(s) back for a worker with room",
+                     POOL=pool.name, WORKER_PID=w.pid, COUNT=d.shed)
+            self.processes.send(w, protocol.shed(d.shed))
+
+    def shrink(self, now: float) -> None:
+        """Duty (every 0.5 s): idle timeout, one worker at a time per pool."""
+        for pool in self.registry.pools.values():
+            cfg = pool.cfg
+            if cfg is None or pool.state != P.STARTED:
+                continue
+            candidates = []
+            for w in pool.workers.values():
+                if w.state == W.READY:
+                    s = w.stats()
+                    candidates.append(policy.IdleCandidate(
+                        w, max(s["last_activity"], w.ready_at or 0.0), s["active"]))
+            victim = policy.idle_victim(
+                candidates, len(pool.alive()), cfg.start_mode == "always_running",
+                cfg.idle_timeout, now,
+                any(w.state == W.DRAINING for w in pool.workers.values()))
+            if victim is not None:
+                log.info("idle", f"worker {victim.label} idle for {cfg.idle_timeout:g}s",
+                         POOL=pool.name, WORKER_PID=victim.pid, REASON="idle_timeout")
+                self.processes.drain(victim, "idle_timeout")

@@ -1,0 +1,214 @@
+"""The documents hostctl, the control socket and /metrics read: status, counters,
+live requests, orphans. The JSON shapes are contracts (extend, never change);
+tests/unit/test_supervisor_views.py pins their key sets.
+
+Counters are monotonic: every `_total` adds the pool's exited workers (PoolTotals,
+filled at each exit by processes.py) to its live ones. Live requests are asked of every
+worker's control thread and answered when the replies are in or the deadline passes,
+without ever blocking the loop (a pending query per `seq`).
+"""
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass
+from typing import TYPE_CHECKING
+
+import dataclasses
+import os
+import time
+
+from hostd import protocol
+from hostd.lifecycle import WorkerState
+from hostd.loophttp import Deferred
+from hostd.supervisor.records import show_addr
+from kernel import procfs
+
+if TYPE_CHECKING:
+    from hostd.supervisor.frontends import FrontEnds
+    from hostd.supervisor.placement import Placement
+    from hostd.supervisor.processes import Processes
+    from hostd.supervisor.records import Registry
+
+W = WorkerState
+#: how long `hostctl requests` waits for the workers' replies
+REQUESTS_TIMEOUT = 1.0
+
+
+class _Query:
+    def __init__(self, asked: list, deadline: float, answer: Deferred):
+        self.asked, self.deadline, self.answer = asked, deadline, answer
+        self.replies: dict[int, list] = {}    # id(worker) -> its requests
+
+
+@dataclass(eq=False)
+class Views:
+    registry: Registry
+    _: KW_ONLY
+    processes: Processes
+    frontends: FrontEnds
+    placement: Placement
+
+    def __post_init__(self):
+        self.started_at = time.time()
+        self.query_seq = 0
+        self.queries: dict[int, _Query] = {}
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """The `hostctl status` document."""
+        pools = []
+        for pool in sorted(self.registry.pools.values(), key=lambda p: p.name):
+            workers = []
+            for w in sorted(pool.workers.values(), key=lambda w: w.id):
+                if w.state == W.EXITED:
+                    continue
+                s = w.stats()
+                workers.append({"pid": w.pid, "id": w.id, "state": w.state.value,
+                                "requests": s["requests"], "active": s["active"],
+                                "connections": s["connections"],
+                                "busy": round(w.busy_frac, 3), "rss": procfs.rss(w.pid),
+                                "cpu_seconds": round(procfs.cpu_seconds(w.pid), 3),
+                                "generation": w.generation,
+                                "started": round(w.started_wall, 3),
+                                "start_reason": w.spawn_reason,
+                                "last_recycle_reason": w.spawn_reason[len("recycle: "):]
+                                if w.spawn_reason.startswith("recycle: ") else None,
+                                "recycling": w.recycle.reason or None,
+                                "boot_ms": w.boot or None})
+            cfg = pool.cfg
+            pools.append({"name": pool.name, "state": pool.state.value,
+                          "bindings": pool.binding_texts,
+                          "workers": workers, "queued": pool.queued(),
+                          "processes": cfg.processes if cfg else 0,
+                          "start_mode": cfg.start_mode if cfg else None,
+                          "error": pool.error,
+                          "recycles": dict(pool.recycles),
+                          "limits": dataclasses.asdict(cfg.limits) if cfg else None,
+                          "isolation": dataclasses.asdict(cfg.isolation)
+                          if cfg and cfg.isolation else None,
+                          "identity": pool.identity.to_dict() if pool.identity else None,
+                          "file": str(cfg.file) if cfg else None})
+        ids = self.placement.frontend_ids
+        return {"pid": self.registry.pid, "started": round(self.started_at, 3),
+                "listen": [show_addr(h, p) for h, p in self.registry.main.listen],
+                "frontends": [{"slot": fe.slot, "pid": fe.pid} for fe in
+                              sorted(self.frontends.by_slot.values(), key=lambda f: f.slot)],
+                "zygote": self.processes.zygote_pid, "pools": pools,
+                "frontend_uid": ids[0] if ids else os.geteuid()}
+
+    # ------------------------------------------------------------------ counters
+    def tick_second(self, now: float) -> None:
+        """Duty, once a second: a requests sample per pool (requests_per_second)."""
+        for pool in self.registry.pools.values():
+            pool.rate_samples.append((now, pool.requests()))
+
+    def counters(self, name: str | None = None) -> dict:
+        """The counters document (`hostctl counters`, /metrics). Per pool: requests
+        total, requests/s over the last 10 s, active, queued, responses by class, bytes
+        in/out, workers, memory, CPU seconds, recycles by reason, crashes, rapid-fail
+        stops, queue-full rejections; per binding: requests, responses by class, bytes
+        out. Every total counts the pool's exited workers too."""
+        out = []
+        for pool in sorted(self.registry.pools.values(), key=lambda p: p.name):
+            if name is not None and pool.name != name:
+                continue
+            totals = pool.totals
+            texts = pool.binding_texts
+            per = {t: list(totals.counts.get(t, [0] * protocol.Scoreboard.COUNT_FIELDS))
+                   for t in texts}
+            bytes_in, cpu = totals.bytes_in, totals.cpu
+            active = memory = 0
+            for w in pool.workers.values():
+                if w.board is None:
+                    continue
+                b_in, counts = w.board.read_counts(len(texts) or 1)
+                bytes_in += b_in
+                for t, values in zip(texts, counts):
+                    acc = per[t]
+                    for i, v in enumerate(values):
+                        acc[i] += v
+                active += w.stats()["active"]
+                memory += procfs.rss(w.pid)
+                cpu += procfs.cpu_seconds(w.pid)
+            out.append({
+                "name": pool.name, "state": pool.state.value,
+                "requests": pool.requests(), "requests_per_second": round(_rate(pool), 2),
+                "active": active, "queued": pool.queued(),
+                "responses": {f"{c}xx": sum(v[c] for v in per.values()) for c in range(1, 6)},
+                "bytes_in": bytes_in,
+                "bytes_out": sum(v[6] for v in per.values()),
+                "workers": len(pool.alive()), "memory": memory, "cpu_seconds": round(cpu, 3),
+                "recycles": dict(pool.recycles), "crashes": totals.crashes,
+                "rapid_fail_stops": totals.rapid_fail_stops, "queue_full": totals.queue_full,
+                "bindings": [{"binding": t, "requests": v[0],
+                              "responses": {f"{c}xx": v[c] for c in range(1, 6)},
+                              "bytes_out": v[6]} for t, v in per.items()],
+            })
+        return {"pools": out}
+
+    # ------------------------------------------------------------------ live requests
+    def live_requests(self, name: str | None = None,
+                      timeout: float = REQUESTS_TIMEOUT) -> Deferred:
+        """`hostctl requests`: asks every worker's control thread (it answers even when
+        the app hangs) for the requests it runs now. Returns a Deferred resolved with
+        (200, {"requests": [...]}, longest first) once every worker answered or
+        `timeout` passed; the loop goes on meanwhile."""
+        self.query_seq += 1
+        seq = self.query_seq
+        ask = protocol.requests(seq)
+        asked = [w for pool in self.registry.pools.values()
+                 if name is None or pool.name == name
+                 for w in pool.workers.values()
+                 if w.state in (W.READY, W.DRAINING, W.ORPHANED) and self.processes.send(w, ask)]
+        query = _Query(asked, time.monotonic() + timeout, Deferred())
+        self.queries[seq] = query
+        self._maybe_answer(seq, time.monotonic())
+        return query.answer
+
+    def on_requests_reply(self, worker, seq, requests: list) -> None:
+        query = self.queries.get(seq)
+        if query is None or worker not in query.asked:
+            return
+        query.replies[id(worker)] = [dict(r, pool=worker.pool.name, worker_pid=worker.pid)
+                                     for r in requests if isinstance(r, dict)]
+        self._maybe_answer(seq, time.monotonic())
+
+    def tick(self, now: float) -> None:
+        """Duty: answers the queries whose deadline passed."""
+        for seq in list(self.queries):
+            self._maybe_answer(seq, now)
+
+    def _maybe_answer(self, seq: int, now: float) -> None:
+        query = self.queries[seq]
+        waiting = [w for w in query.asked if id(w) not in query.replies and w.ctl is not None]
+        if waiting and now < query.deadline:
+            return
+        del self.queries[seq]
+        out = [r for w in query.asked for r in query.replies.get(id(w), [])]
+        out.sort(key=lambda r: -r.get("elapsed", 0))
+        query.answer.resolve(200, {"requests": out})
+
+    # ------------------------------------------------------------------ orphans
+    def orphans(self) -> list[dict]:
+        """`hostctl orphans`."""
+        now = time.monotonic()
+        return [{"pool": w.pool.name, "pid": w.pid, "id": w.id, "reason": w.reason,
+                 "orphaned_for": round(now - w.orphaned_at, 1), "rss": procfs.rss(w.pid)}
+                for w in self.registry.every_worker() if w.state == W.ORPHANED]
+
+    def pool_identity(self, name: str) -> tuple[bool, dict]:
+        """`hostctl pool identity NAME`: the uid/gid the pool's workers run as."""
+        pool = self.registry.pools.get(name)
+        if pool is None:
+            return False, {"ok": False, "message": f"no pool named {name}"}
+        if pool.cfg is None:
+            return False, {"ok": False,
+                           "message": f"pool {name} has a broken configuration: {pool.error}"}
+        return self.placement.identity_doc(pool)
+
+
+def _rate(pool) -> float:
+    samples = pool.rate_samples
+    if len(samples) < 2:
+        return 0.0
+    (t0, n0), (t1, n1) = samples[0], samples[-1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
