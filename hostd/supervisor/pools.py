@@ -51,11 +51,11 @@ class Pools:
     # ------------------------------------------------------------------ adding
     def load(self) -> None:
         """At start: every pool file of pools_dir."""
-        pools, broken = hconfig.load_pools(self.registry.main)
+        pools, broken = hconfig.load_pool_files(self.registry.main)
         for name, cfg in sorted(pools.items()):
             self.add(name, cfg)
-        for name, errors in sorted(broken.items()):
-            self.add_broken(name, errors)
+        for name, bad in sorted(broken.items()):
+            self.add_broken(bad)
 
     def add(self, name: str, cfg) -> Pool:
         """A new pool record for `cfg`, started (or FAILED with the reason)."""
@@ -83,14 +83,14 @@ class Pools:
             pool.life.on("on_demand", "on_demand: a worker starts with the first request")
         self.sizing.update_demand(pool)
 
-    def add_broken(self, name: str, errors: list) -> Pool:
+    def add_broken(self, bad: "hconfig.BrokenPool") -> Pool:
         """A pool whose file failed validation: FAILED, with its errors, keeping the
         bindings that are valid themselves (so its hosts get 503, not another site)."""
-        text = "; ".join(str(e) for e in errors)
-        for e in errors:
+        name = bad.name
+        text = "; ".join(str(e) for e in bad.errors)
+        for e in bad.errors:
             log.error("config_error", str(e), POOL=name)
-        bindings = getattr(hconfig, "broken_bindings", lambda e: ())(errors)  # TODO(helper-3 API)
-        pool = Pool(name, None, error=text, bindings=bindings)
+        pool = Pool(name, None, error=text, bindings=bad.bindings)
         pool.life.on("fail", "config_error")
         self.registry.pools[name] = pool
         return pool
@@ -214,7 +214,7 @@ class Pools:
         sockets stay open throughout; a broken main file changes nothing."""
         try:
             main = hconfig.load_main(config_path)
-            pools, broken = hconfig.load_pools(main)
+            pools, broken = hconfig.load_pool_files(main)
         except hconfig.ConfigErrors as exc:
             for e in exc.errors:
                 log.error("config_error", str(e))
@@ -238,7 +238,7 @@ class Pools:
                 if old is not None:
                     self.retire(old, reason)
             if step == ReloadStep.BROKEN:
-                self.add_broken(name, broken[name])
+                self.add_broken(broken[name])
             elif step in (ReloadStep.ADD, ReloadStep.REPLACE):
                 self.add(name, pools[name])
         routes = protocol.routes(self.registry.router_table())

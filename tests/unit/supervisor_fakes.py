@@ -678,9 +678,9 @@ class House:
         """SIGHUP with these pools ({name: PoolConfig}) and broken files ({name:
         [ConfigError]}): the real Supervisor.reload, the loaders replaced."""
         new_main = main or self.registry.main
+        bad = {name: as_broken(name, errors) for name, errors in (broken or {}).items()}
         with mock.patch.object(hconfig, "load_main", lambda path: new_main), \
-                mock.patch.object(hconfig, "load_pools",
-                                  lambda m: (dict(pools), dict(broken or {}))):
+                mock.patch.object(hconfig, "load_pool_files", lambda m: (dict(pools), bad)):
             self.sup.reload()
 
     def calls(self) -> list[tuple]:
@@ -738,3 +738,9 @@ if pytest is not None:
         capture = LogCapture()
         monkeypatch.setattr(log, "emit", capture)
         return capture
+
+
+def as_broken(name: str, errors, bindings=()) -> "hconfig.BrokenPool":
+    """A broken pool file as hconfig.load_pool_files returns it."""
+    from pathlib import Path
+    return hconfig.BrokenPool(name, Path(f"/x/{name}.toml"), tuple(errors), tuple(bindings))

@@ -17,7 +17,7 @@ from hostd.supervisor import recycling as recycling_mod
 from hostd.supervisor.events import ChildExited, MemoryEvent, QueueFull, RequestsReply
 from hostd.supervisor.policy import StopPhase
 from kernel import memevents, sockets
-from supervisor_fakes import FakeMemoryWatch, logs, make_house, pool_config  # noqa: F401
+from supervisor_fakes import FakeMemoryWatch, as_broken, logs, make_house, pool_config  # noqa: F401
 
 P, W = PoolState, WorkerState
 SIGKILL = -signal.SIGKILL
@@ -1213,9 +1213,9 @@ def test_reload_says_what_needs_a_restart(make_house, logs):
 def test_load_adds_good_and_broken_pools(make_house):
     h = make_house()
     err = hconfig.ConfigError("/x/c.toml", None, "TOML syntax error")
-    with mock.patch.object(hconfig, "load_pools",
+    with mock.patch.object(hconfig, "load_pool_files",
                            lambda main: ({"b": pool_config("b"), "a": pool_config("a")},
-                                         {"c": [err]})):
+                                         {"c": as_broken("c", [err])})):
         h.pools.load()
     h.route()
     assert h.calls() == [("spawn", "a", "always_running"), ("spawn", "b", "always_running")]
@@ -1228,7 +1228,7 @@ def test_signals_are_dispatched_to_their_handlers(make_house):
     h.sup._dispatch_signal(signal.SIGCHLD)
     assert h.calls() == [("reap",)]
     with mock.patch.object(hconfig, "load_main", lambda path: h.registry.main), \
-            mock.patch.object(hconfig, "load_pools", lambda m: ({}, {})):
+            mock.patch.object(hconfig, "load_pool_files", lambda m: ({}, {})):
         h.sup._dispatch_signal(signal.SIGHUP)
     assert h.calls() == [("drain", "a#1", "removed from configuration")]
     h.sup._dispatch_signal(signal.SIGTERM)

@@ -4,7 +4,7 @@ tests/unit/supervisor_fakes.py."""
 import dataclasses
 
 from hostd import config as hconfig
-from supervisor_fakes import make_house, pool_config  # noqa: F401
+from supervisor_fakes import as_broken, make_house, pool_config  # noqa: F401
 
 STATUS_KEYS = {"pid", "started", "listen", "frontends", "zygote", "pools", "frontend_uid"}
 STATUS_POOL_KEYS = {"name", "state", "bindings", "workers", "queued", "processes",
@@ -26,7 +26,7 @@ def house(make_house):
     pool c: its file is broken. One front end."""
     h = make_house(pool_config("a", bindings=["a.test", "a.test/api"]),
                    pool_config("b", start_mode="on_demand", isolation=hconfig.Isolation()))
-    h.pools.add_broken("c", [hconfig.ConfigError("/x/c.toml", "app", "missing")])
+    h.pools.add_broken(as_broken("c", [hconfig.ConfigError("/x/c.toml", "app", "missing")]))
     (w1,) = h.workers("a")
     h.up(w1)
     h.processes.spawn(h.pool("a"), "queue waiting")
