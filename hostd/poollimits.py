@@ -5,7 +5,7 @@ The pool cgroup is the parent of its workers' leaves, so a limit written there h
 all the pool's workers together: an OOM kill at `memory_max` picks a victim inside the
 pool, `pids_max` bounds a fork bomb to the pool, `cpus` and `cpu_max` confine its CPU use.
 
-    key            the pool cgroup's method (kernel/cgroups.py: its v2 and v1 files)
+    key            the pool cgroup's method (kernel/cgroupfs.py: its v2 and v1 files)
     memory_max     set_memory_max
     memory_high    set_memory_high (v1 has no throttle)
     cpus           set_cpus ("" = the parent's CPUs)
@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 
 from hostd.config import Limits
-from kernel import cgroups
 
 #: the pool-wide keys (worker_memory_max is per worker: the supervisor sets it on each
 #: worker's cgroup)
@@ -60,10 +59,7 @@ class PoolLimits:
         self.tree = tree
         self.name = name
         self.version = tree.version
-        # the backend's Cgroup class, whose methods get the pool's cgroup: whatever
-        # tree.pool() returns (a test's fake tree hands out an object with read/write)
-        self._cgroup = cgroups.backend(tree.version)
-        self.cg = None
+        self.cg = None                       # the pool's kernel.cgroups.Cgroup, once applied
         self.applied: Limits | None = None   # what the cgroup holds; None = not known yet
         self.samples: collections.deque = collections.deque()   # (monotonic, usage µs)
         self._pool_ooms = None
@@ -111,27 +107,27 @@ class PoolLimits:
         self.applied = limits
 
     def _set(self, key: str, shown: str, file, method, *args) -> None:
-        """Calls the backend's Cgroup `method` on the pool's cgroup. Raises LimitError
+        """Calls `method` (one of the pool's Cgroup's) with `args`. Raises LimitError
         naming `file`, the key, the cgroup file (the OSError's) and the version."""
         try:
-            method(self.cg, *args)
+            method(*args)
         except OSError as exc:
             where = exc.filename or "the pool's cgroup"
             raise LimitError(f"{file}: limits.{key}: cgroup v{self.version} cannot apply "
                              f"{shown} to {where}: {exc.strerror}") from None
 
     def _write_key(self, key: str, value, file) -> None:
-        self._set(key, repr(str(value)), file, getattr(self._cgroup, _SETTERS[key]), value)
+        self._set(key, repr(str(value)), file, getattr(self.cg, _SETTERS[key]), value)
 
     def _write_quota(self, quota: int, file) -> None:
         self._set("cpu_max", f"a quota of {quota} µs per {CFS_PERIOD_US} µs", file,
-                  self._cgroup.set_cpu_quota, quota, CFS_PERIOD_US)
+                  self.cg.set_cpu_quota, quota, CFS_PERIOD_US)
 
     # ------------------------------------------------------------------ CPU
     def cpu_usage(self) -> int:
         """The pool's CPU time so far in µs (all workers, past and present).
         Raises OSError naming the file (ValueError: not a number)."""
-        return self._cgroup.cpu_usage_usec(self.cg)
+        return self.cg.cpu_usage_usec()
 
     def cpu_over(self, limits: Limits, now: float) -> float | None:
         """Takes one sample (call it about once a second). Returns the pool's average CPU
@@ -163,7 +159,7 @@ class PoolLimits:
         if worker_cg is None:
             return None
         try:
-            kills = self._cgroup.oom_kills(worker_cg)
+            kills = worker_cg.oom_kills()
         except (OSError, ValueError):
             return None
         if not kills:
@@ -176,7 +172,7 @@ class PoolLimits:
         if self.cg is None or self.applied is None or not self.applied.memory_max:
             return False
         try:
-            n = self._cgroup.memory_limit_hits(self.cg)
+            n = self.cg.memory_limit_hits()
         except (OSError, ValueError):
             return True                      # cannot tell; the pool has a cap: say so
         hit = n > (self._pool_ooms or 0)

@@ -246,8 +246,14 @@ def test_reload_changes_limits_and_a_refused_limit_fails_the_pool(tmp_path):
 
 
 # --- the logic, against a fake cgroup (both backends' file names) ----------------------
-class _FakeCg:
+from kernel.cgroups import _V2Cgroup  # noqa: E402
+
+
+class _FakeCg(_V2Cgroup):
+    """The real v2 backend's methods over a dict of its interface files."""
+
     def __init__(self, files=None, refuse=()):
+        super().__init__("/hostd/pool-a", {"unified": "/fake/pool-a"})
         self.files, self.refuse = dict(files or {}), set(refuse)
 
     def write(self, name, value):

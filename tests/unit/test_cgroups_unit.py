@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from kernel import cgroups
+from kernel import cgroupfs as cgroups  # the backends: backend(), the _write_file they use
 from kernel.cgroups import CgroupUnavailable, detect, parse_mountinfo, parse_proc_cgroup
 from kernel.memevents import Inotify
 
