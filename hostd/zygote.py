@@ -42,6 +42,8 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
         proc.set_pdeathsig(signal.SIGKILL)
     except OSError:
         pass
+    if os.getppid() != supervisor_pid:
+        return protocol.EXIT_SUPERVISOR_GONE   # it died before PDEATHSIG was armed
     import workers.runtime  # noqa: F401  the preload: what every worker needs, paid once
     # protocol.WorkerSpec's defaults import hostd.config lazily; an isolated worker
     # may no longer be able to read it
@@ -177,10 +179,17 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, sync: tuple)
         spec["host_pid"] = int(go)
         trace.append(("reparent", time.monotonic()))
         try:
-            proc.set_pdeathsig(signal.SIGTERM)   # after the uid switch: that clears it
+            # SIGKILL while booting: nothing to drain yet, and the app's import may hang
+            # forever (a pid namespace's init would even ignore a default SIGTERM).
+            # workers.runtime makes it SIGTERM (a drain) once its control thread runs,
+            # which bounds that drain (Worker._supervisor_gone).
+            proc.set_pdeathsig(signal.SIGKILL)   # after the uid switch: that clears it
         except OSError:
             pass
-        if not (iso and iso.get("pidns")) and os.getppid() != supervisor_pid:
+        # the supervisor may have died before that: getppid() says so (not in a pid
+        # namespace, where it is 0), the control channel's hang-up everywhere
+        if not (iso and iso.get("pidns")) and os.getppid() != supervisor_pid \
+                or proc.hung_up(fds[0]):
             os._exit(protocol.EXIT_SUPERVISOR_GONE)
         # its own session and process group: killing the group takes whatever the
         # app started with it (the cgroup does that fully where hostd has cgroups)

@@ -19,6 +19,7 @@ from collections import deque
 from hostd import log, protocol
 from hostd.accesslog import AccessLog
 from hostd.router import Router, decode_path, normalise_host, split_target
+from kernel import proc
 from kernel.fdpass import recv_into_with_fds, recv_with_fds, send_with_fds
 
 from .app import load_app
@@ -32,6 +33,9 @@ _QUEUE_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
 _ONE = (1).to_bytes(8, "little")
 #: how long a reroute send may wait for the front ends to make room
 REROUTE_TIMEOUT = 5.0
+#: the supervisor is gone (control channel EOF): requests in flight get this long to
+#: finish, then the worker exits whatever its app does (Worker._supervisor_gone)
+SUPERVISOR_GONE_GRACE = 2.0
 #: control thread -> loop thread: the control channel closed (internal, never sent)
 CTL_EOF = "eof"
 
@@ -385,7 +389,7 @@ class Worker:
                 continue
             if not data:
                 self._to_loop({"t": CTL_EOF})
-                return
+                self._supervisor_gone()   # never returns
             try:
                 msg = protocol.decode(data)
             except ValueError as exc:
@@ -407,6 +411,25 @@ class Worker:
                 self.queue_registered = False
             else:
                 self._to_loop(msg)
+
+    def _supervisor_gone(self) -> None:
+        """Control thread, at the control channel's EOF: the supervisor is gone (its end
+        closes only when it exits), and nobody is left to kill us at a shutdown_limit.
+        The loop was told to drain (EXIT_SUPERVISOR_GONE); requests in flight get
+        SUPERVISOR_GONE_GRACE to finish. A drain that ends in time exits the process
+        from the main thread, and this thread with it; one that does not (a hung app
+        never finishes a drain) ends here: what the app started in our process group
+        is killed, and we exit. Never returns."""
+        time.sleep(SUPERVISOR_GONE_GRACE)
+        try:
+            if self.access is not None:
+                self.access.flush()
+            self.base_env["wsgi.errors"].flush()
+        except Exception:
+            pass
+        if not self.ns_init:   # a pid namespace's init takes its namespace along
+            proc.kill_own_group()
+        os._exit(protocol.EXIT_SUPERVISOR_GONE)
 
     def _arm_fence(self, fd: int) -> None:
         """Control thread: watch the memory fence in the loop's epoll."""
@@ -541,6 +564,12 @@ class Worker:
         ep.register(self.wake_fd, _IN)
         threading.Thread(target=self._control_thread, daemon=True,
                          name=f"{self.pool}#{self.worker_id}-control").start()
+        # the supervisor's death was SIGKILL while we booted (hostd/zygote.py); now a
+        # drain (SIGTERM), bounded by the control thread's SUPERVISOR_GONE_GRACE
+        try:
+            proc.set_pdeathsig(signal.SIGTERM)
+        except OSError:
+            pass
         if not self.inline:
             self.jobs = _queue.SimpleQueue()
             for i in range(self.threads):
