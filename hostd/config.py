@@ -965,8 +965,67 @@ def secret_file_problem(path: Path) -> str | None:
     return None
 
 
-def load_pools(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, list[ConfigError]]]:
+@dataclass(frozen=True)
+class BrokenPool:
+    """A pool file that failed validation, as `load_pool_files` returns it.
+
+    name: the file's name without .toml (as a PoolConfig's; it may be the invalid name
+    that broke it). file: its path. errors: every error of the file, as `load_pools`
+    returns them. bindings: the bindings the file claims that parse and that it owns
+    (no pool sorting before it claims them), in file order, even when other keys or
+    other entries of its `bindings` are wrong. The supervisor routes them to the
+    failed pool, so its hosts are answered 503 rather than 404 or by a catch-all pool.
+    () when the file cannot be read or parsed, has no `bindings` array, or owns none
+    of what it claims."""
+
+    name: str
+    file: Path
+    errors: tuple[ConfigError, ...]
+    bindings: tuple[Binding, ...] = ()
+
+
+def load_pool_files(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, BrokenPool]]:
     """Load every pool file of main.pools_dir.
+
+    Takes: the MainConfig (its [defaults] fill in what pool files leave out).
+    Returns: (good pools by name, broken pools by name -> BrokenPool: its errors and the
+    bindings it keeps). A broken file never keeps the others from loading. When two
+    pools claim the same binding (same host, port and prefix), the pool whose name
+    sorts first owns it and the other is broken, with an error naming both files and
+    the binding; a pool's claims count even when it is broken for another reason. So
+    every binding is owned by one pool at most, good or broken: the good pools'
+    bindings and the broken pools' `bindings` together always make a valid Router.
+    Raises: ConfigErrors (an error of the main file) when pools_dir is missing or is
+    not a readable directory.
+    """
+    good: dict[str, PoolConfig] = {}
+    broken: dict[str, BrokenPool] = {}
+    owners: dict[tuple, tuple[str, Path, Binding]] = {}
+    for path in _pool_files(main):  # sorted by name, so the first claimant owns
+        name = path.name[:-len(".toml")]
+        pool, errors, claims = _load_pool(path, main)
+        own: list[Binding] = []
+        for i, binding in claims:
+            key = (binding.host, binding.port, binding.prefix)
+            owner = owners.get(key)
+            if owner is None:
+                owners[key] = (name, path, binding)
+                own.append(binding)
+            elif owner[0] != name:  # the same pool twice is _bindings' business
+                errors.append(ConfigError(
+                    path, f"bindings[{i}]",
+                    f"binding {binding.text!r} is already claimed by pool {owner[0]!r} "
+                    f"({owner[1]}, as {owner[2].text!r})"))
+        if errors:
+            broken[name] = BrokenPool(name, path, tuple(errors), tuple(own))
+        else:
+            good[name] = pool
+    return good, broken
+
+
+def load_pools(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, list[ConfigError]]]:
+    """Load every pool file of main.pools_dir (`load_pool_files`, which also says which
+    bindings each broken pool keeps).
 
     Takes: the MainConfig (its [defaults] fill in what pool files leave out).
     Returns: (good pools by name, broken pools by name -> their errors). A broken file
@@ -977,27 +1036,8 @@ def load_pools(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, list[
     Raises: ConfigErrors (an error of the main file) when pools_dir is missing or is
     not a readable directory.
     """
-    good: dict[str, PoolConfig] = {}
-    broken: dict[str, list[ConfigError]] = {}
-    owners: dict[tuple, tuple[str, Path, Binding]] = {}
-    for path in _pool_files(main):  # sorted by name, so the first claimant owns
-        name = path.name[:-len(".toml")]
-        pool, errors, claims = _load_pool(path, main)
-        for i, binding in claims:
-            key = (binding.host, binding.port, binding.prefix)
-            owner = owners.get(key)
-            if owner is None:
-                owners[key] = (name, path, binding)
-            elif owner[0] != name:  # the same pool twice is _bindings' business
-                errors.append(ConfigError(
-                    path, f"bindings[{i}]",
-                    f"binding {binding.text!r} is already claimed by pool {owner[0]!r} "
-                    f"({owner[1]}, as {owner[2].text!r})"))
-        if errors:
-            broken[name] = errors
-        else:
-            good[name] = pool
-    return good, broken
+    good, broken = load_pool_files(main)
+    return good, {name: list(b.errors) for name, b in broken.items()}
 
 
 # --- hostd --check-config ------------------------------------------------------------

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from hostd.config import (ConfigError, ConfigErrors, MainConfig, PoolConfig, check_config,
-                          load_main, load_pools)
+from hostd.config import (BrokenPool, ConfigError, ConfigErrors, MainConfig, PoolConfig,
+                          check_config, load_main, load_pool_files, load_pools)
 from hostd.router import Binding, Router
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -404,6 +404,81 @@ def test_duplicate_claims_count_even_for_a_broken_pool(site):
     write_pool(site, "b", bindings=["x.localhost"])
     good, broken = load_pools(load_main(site / "hostd.toml"))
     assert good == {} and sorted(broken) == ["a", "b"]
+
+
+# --- the bindings a broken pool keeps (its hosts get 503, not 404 or another site) ----
+def texts(broken_pool: BrokenPool) -> list[str]:
+    return [b.text for b in broken_pool.bindings]
+
+
+def test_broken_pool_keeps_its_valid_bindings(site):
+    path = write_pool(site, "p", BASE.replace('["p.localhost"]', '["p.localhost", "Example.com/p/"]')
+                      + "no_such_key = 1\nthreads = true\n")
+    good, broken = load_pool_files(load_main(site / "hostd.toml"))
+    assert good == {} and list(broken) == ["p"]
+    bp = broken["p"]
+    assert (bp.name, bp.file) == ("p", path)
+    assert texts(bp) == ["p.localhost", "Example.com/p/"]
+    b = bp.bindings[1]
+    assert (b.host, b.port, b.prefix) == ("example.com", None, "/p")
+    assert sorted(e.key for e in bp.errors) == ["no_such_key", "threads"]
+    # load_pools keeps its contract: name -> the list of errors
+    _good, errors = load_pools(load_main(site / "hostd.toml"))
+    assert isinstance(errors["p"], list)
+    assert [str(e) for e in errors["p"]] == [str(e) for e in bp.errors]
+
+
+def test_broken_pool_keeps_only_the_bindings_it_owns(site):
+    write_pool(site, "a", bindings=["x.localhost"])
+    write_pool(site, "b", BASE.replace('["p.localhost"]', '["x.localhost", "y.localhost"]')
+               + "no_such_key = 1\n")
+    # broken only because another pool owns one of its bindings: keeps the rest
+    write_pool(site, "c", bindings=["c.localhost", "X.localhost"])
+    good, broken = load_pool_files(load_main(site / "hostd.toml"))
+    assert list(good) == ["a"] and sorted(broken) == ["b", "c"]
+    assert texts(broken["b"]) == ["y.localhost"]
+    assert texts(broken["c"]) == ["c.localhost"]
+    # good and broken bindings together never conflict: one valid route table
+    router = Router([(n, b) for n, p in good.items() for b in p.bindings]
+                    + [(n, b) for n, bp in broken.items() for b in bp.bindings])
+    assert router.route("y.localhost", 80, "/").pool == "b"
+    assert router.route("x.localhost", 80, "/").pool == "a"
+
+
+def test_a_broken_pool_owns_its_claims_before_a_later_good_one(site):
+    write_pool(site, "a", 'app = "bad"\ndirectory = "../srv"\nbindings = ["x.localhost"]\n')
+    write_pool(site, "b", bindings=["x.localhost", "b.localhost"])
+    good, broken = load_pool_files(load_main(site / "hostd.toml"))
+    assert good == {}
+    assert texts(broken["a"]) == ["x.localhost"] and texts(broken["b"]) == ["b.localhost"]
+
+
+def test_broken_pool_keeps_the_entries_of_bindings_that_parse(site):
+    write_pool(site, "p", BASE.replace(
+        '["p.localhost"]', '["p.localhost", "a*.b", "p.localhost", 7, "q.localhost/x"]'))
+    (bp,) = load_pool_files(load_main(site / "hostd.toml"))[1].values()
+    assert {e.key for e in bp.errors} == {"bindings[1]", "bindings[2]", "bindings[3]"}
+    assert texts(bp) == ["p.localhost", "q.localhost/x"]   # the duplicate once
+
+
+@pytest.mark.parametrize("text", [
+    BASE + "threads = = 2\n",                                    # TOML syntax error
+    'app = "app.wsgi:application"\ndirectory = "../srv"\n',      # no bindings
+    BASE.replace('["p.localhost"]', '"p.localhost"'),             # not an array
+    BASE.replace('["p.localhost"]', '[]'),
+])
+def test_broken_pool_without_usable_bindings_keeps_none(site, text):
+    write_pool(site, "p", text)
+    (bp,) = load_pool_files(load_main(site / "hostd.toml"))[1].values()
+    assert bp.errors and bp.bindings == ()
+
+
+def test_good_pools_are_the_same_from_both_loaders(site):
+    write_pool(site, "a")
+    write_pool(site, "b", "app = 1\n")
+    main = load_main(site / "hostd.toml")
+    assert load_pool_files(main)[0] == load_pools(main)[0]
+    assert list(load_pool_files(main)[1]) == list(load_pools(main)[1]) == ["b"]
 
 
 # --- defaults merging ---------------------------------------------------------------
