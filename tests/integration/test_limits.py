@@ -85,15 +85,13 @@ def test_limits_keys_parse_and_check(tmp_path):
 
 def test_pool_limits_without_cgroups_are_an_error_not_ignored(tmp_path):
     from hostd.config import Limits, PoolConfig
-    from hostd.supervisor import Supervisor
-    sup = Supervisor.__new__(Supervisor)
-    sup.cgroups = None
+    from hostd.supervisor import policy
     cfg = PoolConfig(name="m", file=tmp_path / "m.toml", app="a:b", directory=tmp_path,
                      virtualenv=None, bindings=(), start_mode="on_demand", processes=1,
                      threads=1, queue_length=10, idle_timeout=0.0,
                      load_balancer_capabilities="http_503", env=(),
                      limits=Limits(memory_max=1 << 28, cpus="0", pids_max=10))
-    problem = sup._unsupported(cfg)
+    problem = policy.unsupported(cfg, has_cgroups=False)
     assert "m.toml" in problem
     for key in ("limits.memory_max", "limits.cpus", "limits.pids_max"):
         assert key in problem, problem
