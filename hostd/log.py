@@ -87,6 +87,7 @@ EVENTS: dict[str, str] = {
     "cgroup_kill_failed": "cgroup.kill (or the v1 fallback) could not kill a worker's cgroup.",
     "cgroup_leftovers": "A worker exited and left processes in its cgroup; they are killed.",
     "cgroup_remove": "A worker's cgroup could not be removed after its exit.",
+    "cgroup_stale": "At start, hostd removed the cgroups an earlier hostd left when it was killed (v1).",
     "cgroup_teardown": "hostd's cgroup subtree could not be removed at exit.",
     "orphan_cgroup": "An orphaned worker could not be moved to its pool's orphans cgroup.",
     "cpu_limit": "A pool's CPU use over cpu_interval passed cpu_max; ACTION= is its cpu_action (recycle or kill).",

@@ -296,6 +296,11 @@ class CgroupTree:
             return []
         return [self._base.child(n) for n in names]
 
+    def stale_bases(self, prefix: str) -> list[Cgroup]:
+        """Bases left by earlier supervisors that were killed (v1: see _V1Tree). v2 has
+        one base, the supervisor's own cgroup, which systemd or a restart reuses: []."""
+        return []
+
     def teardown(self, timeout: float = 5.0) -> None:
         """Kills every process in every pool and removes the pools (with their workers and
         orphans); v1 also removes the base it created. Raises OSError naming what could
@@ -393,6 +398,30 @@ class _V1Tree(CgroupTree):
         super().teardown(timeout)
         if self._owns_base:
             self._base.remove()
+
+    def stale_bases(self, prefix: str) -> list[Cgroup]:
+        """The bases other supervisors made beside ours (`<prefix><pid>`, as detect's
+        `name` gives them) whose supervisor no longer runs: what a SIGKILLed hostd left.
+        Its processes died with it (PDEATHSIG); kill() and remove() of each clear it.
+        Only siblings of our own base, inside our own cgroup, are looked at."""
+        if not self._owns_base:
+            return []
+        own = posixpath.basename(next(iter(self.dirs.values())))
+        found: dict[str, dict[str, str]] = {}
+        for key, d in self.dirs.items():
+            parent = posixpath.dirname(d)
+            try:
+                names = os.listdir(parent)
+            except OSError:
+                continue
+            for n in names:
+                pid = n[len(prefix):]
+                if n == own or not n.startswith(prefix) or not pid.isdigit() \
+                        or os.path.exists(f"/proc/{pid}"):
+                    continue
+                if os.path.isdir(posixpath.join(parent, n)):
+                    found.setdefault(n, {})[key] = posixpath.join(parent, n)
+        return [self._cgroup_cls("/" + n, dirs) for n, dirs in sorted(found.items())]
 
 
 def _check_root(h: Hierarchy, root: str) -> None:

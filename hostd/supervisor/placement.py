@@ -21,6 +21,9 @@ from hostd.supervisor.events import MemoryEvent
 from kernel import cgroups as kcgroups
 from kernel import fdpass, memevents
 
+#: v1: each supervisor's base cgroup is BASE_PREFIX + its pid, beside its own cgroup
+BASE_PREFIX = "hostd."
+
 if TYPE_CHECKING:
     from hostd.supervisor.reactor import Reactor
     from hostd.supervisor.records import Registry
@@ -52,14 +55,27 @@ class Placement:
             return
         try:
             # v1 (hybrid hosts): one base per supervisor, so two hostds never share one
-            tree = kcgroups.detect(name=f"hostd.{self.registry.pid}")
+            tree = kcgroups.detect(name=f"{BASE_PREFIX}{self.registry.pid}")
             tree.setup()
         except (kcgroups.CgroupUnavailable, OSError) as exc:
             log.warning("no_cgroups", f"cgroups unavailable, workers are not contained: {exc}")
             return
         self.cgroups = tree
+        self._sweep_stale(tree)
         log.info("cgroups", f"cgroup v{tree.version} subtree at {tree.path}",
                  CGROUP=tree.path, VERSION=tree.version)
+
+    def _sweep_stale(self, tree) -> None:
+        """Removes the v1 bases of earlier hostds that were killed (SIGKILL leaves them:
+        a stop tears its own down). Only bases beside ours whose supervisor is gone."""
+        for cg in tree.stale_bases(BASE_PREFIX):
+            try:
+                cg.kill()
+                cg.remove()
+                log.info("cgroup_stale", f"removed {cg.path}, left by a hostd that was "
+                         "killed", CGROUP=cg.path)
+            except OSError as exc:
+                log.warning("cgroup_remove", f"{cg.path}: {exc}")
 
     def unsupported(self, cfg) -> str | None:
         """What this host cannot apply of a pool's config, or None (policy.unsupported)."""

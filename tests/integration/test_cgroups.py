@@ -520,3 +520,40 @@ def test_supervisor_kill_reaches_a_worker_not_yet_in_its_cgroup(env):
     assert cg.pids() == []
     kill_tree(SimpleNamespace(pid=p.pid, cgroup=cg, pool=SimpleNamespace(name="p")))
     assert p.wait(timeout=5) == -signal.SIGKILL
+
+
+def test_stale_bases_are_the_dead_supervisors_siblings_only():
+    """A SIGKILLed hostd leaves its v1 base `hostd.<pid>` beside ours (its workers die
+    with it; a stop would have torn the base down). stale_bases lists the bases of
+    supervisors that no longer run, never our own or a live one's, and they can be
+    removed; Placement does that at start."""
+    prefix = PREFIX + uuid.uuid4().hex[:6] + "."
+    try:
+        mine = detect(name=prefix + str(os.getpid()))
+    except CgroupUnavailable as e:
+        pytest.skip(f"no usable cgroups here: {e}")
+    if mine.version != 1:
+        pytest.skip("v2 has one base, the supervisor's own cgroup: nothing to sweep")
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                   # a pid that no longer runs
+    live = detect(name=prefix + "1")              # pid 1 always runs
+    gone = detect(name=prefix + str(dead.pid))
+    made = []
+    try:
+        for t in (mine, live, gone):
+            t.setup()
+            made += list(t.dirs.values())
+        gone.worker("p", 1)                        # what the dead one left: pool, worker
+        stale = mine.stale_bases(prefix)
+        assert [cg.path for cg in stale] == [gone.path]
+        assert set(stale[0].dirs.values()) == set(gone.dirs.values())
+        assert live.stale_bases(prefix) == [] or \
+            [cg.path for cg in live.stale_bases(prefix)] == [gone.path]
+        stale[0].kill()
+        stale[0].remove()
+        assert not any(os.path.exists(d) for d in gone.dirs.values())
+        assert all(os.path.isdir(d) for d in mine.dirs.values())
+        assert mine.stale_bases(prefix) == []
+    finally:
+        for top in made:
+            _rm_tree(top)
