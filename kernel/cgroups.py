@@ -402,7 +402,9 @@ class _V1Tree(CgroupTree):
     def stale_bases(self, prefix: str) -> list[Cgroup]:
         """The bases other supervisors made beside ours (`<prefix><pid>`, as detect's
         `name` gives them) whose supervisor no longer runs: what a SIGKILLed hostd left.
-        Its processes died with it (PDEATHSIG); kill() and remove() of each clear it.
+        Its processes died with it (PDEATHSIG), so remove() clears each one. A base may
+        exist in only some hierarchies (the returned Cgroup's dirs has just those): use
+        remove(), which needs none in particular, not kill() (v1 kill needs the freezer).
         Only siblings of our own base, inside our own cgroup, are looked at."""
         if not self._owns_base:
             return []

@@ -67,15 +67,18 @@ class Placement:
 
     def _sweep_stale(self, tree) -> None:
         """Removes the v1 bases of earlier hostds that were killed (SIGKILL leaves them:
-        a stop tears its own down). Only bases beside ours whose supervisor is gone."""
+        a stop tears its own down). Only bases beside ours whose supervisor is gone, and
+        only empty ones: their processes died with their supervisor (PDEATHSIG); one
+        that still holds a process is left alone and said so. Never fails the start."""
         for cg in tree.stale_bases(BASE_PREFIX):
             try:
-                cg.kill()
                 cg.remove()
-                log.info("cgroup_stale", f"removed {cg.path}, left by a hostd that was "
-                         "killed", CGROUP=cg.path)
             except OSError as exc:
-                log.warning("cgroup_remove", f"{cg.path}: {exc}")
+                log.warning("cgroup_remove", f"{cg.path}, left by a hostd that was killed: "
+                            f"{exc}", CGROUP=cg.path)
+                continue
+            log.info("cgroup_stale", f"removed {cg.path}, left by a hostd that was killed",
+                     CGROUP=cg.path)
 
     def unsupported(self, cfg) -> str | None:
         """What this host cannot apply of a pool's config, or None (policy.unsupported)."""

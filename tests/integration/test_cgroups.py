@@ -544,12 +544,23 @@ def test_stale_bases_are_the_dead_supervisors_siblings_only():
             t.setup()
             made += list(t.dirs.values())
         gone.worker("p", 1)                        # what the dead one left: pool, worker
-        stale = mine.stale_bases(prefix)
+        partial = detect(name=prefix + str(dead.pid + 1 if not os.path.exists(
+            f"/proc/{dead.pid + 1}") else 999_999_999))
+        partial.setup()
+        made += list(partial.dirs.values())
+        some = sorted(partial.dirs)[0]             # left in one hierarchy only
+        for key, d in partial.dirs.items():
+            if key != some:
+                os.rmdir(d)
+        stale = [cg for cg in mine.stale_bases(prefix) if cg.path != partial.path]
+        (half,) = [cg for cg in mine.stale_bases(prefix) if cg.path == partial.path]
+        assert list(half.dirs) == [some]
+        half.remove()                              # needs no freezer (v1 kill would)
+        assert not os.path.exists(partial.dirs[some])
         assert [cg.path for cg in stale] == [gone.path]
         assert set(stale[0].dirs.values()) == set(gone.dirs.values())
         assert live.stale_bases(prefix) == [] or \
             [cg.path for cg in live.stale_bases(prefix)] == [gone.path]
-        stale[0].kill()
         stale[0].remove()
         assert not any(os.path.exists(d) for d in gone.dirs.values())
         assert all(os.path.isdir(d) for d in mine.dirs.values())

@@ -419,3 +419,35 @@ def test_recycle_ready_of_an_unhealthy_worker_logs_its_reason_and_time(tmp_path)
         assert h.wait_for(lambda: ready_pids(h, "a") - {old}, what="replacement serves")
     finally:
         h.stop()
+
+
+def test_hostd_starts_beside_a_partial_base_a_killed_hostd_left(tmp_path):
+    """A SIGKILLed hostd can leave its v1 base `hostd.<pid>` in only some hierarchies
+    (seen: cpu, cpuacct and memory, not freezer or pids). The start-up sweep of such
+    leftovers crashed hostd (a v1 kill needs the freezer): it must start, serve, and
+    remove the empty leftover."""
+    from kernel import cgroups
+    try:
+        own = cgroups.detect(name="hostd.probe")
+    except cgroups.CgroupUnavailable as e:
+        pytest.skip(f"no usable cgroups here: {e}")
+    if own.version != 1:
+        pytest.skip("v2: one base, the supervisor's own cgroup; nothing is left beside it")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    key = sorted(own.dirs)[0]
+    left = os.path.join(os.path.dirname(own.dirs[key]), f"hostd.{dead.pid}")
+    os.makedirs(os.path.join(left, "pool-x", "worker-1"))
+    h = Hostd(tmp_path, {"ok": pool(["ok.test"], start_mode="always_running")})
+    try:
+        h.start()
+        status, _, body = h.get("ok.test", "/ok")
+        assert status == 200, (status, body)
+        assert not os.path.exists(left), "the empty leftover base was not removed"
+        assert events(h, "cgroup_stale")
+    finally:
+        if h.proc is not None and h.proc.poll() is None:
+            h.stop()
+        for d in (os.path.join(left, "pool-x", "worker-1"), os.path.join(left, "pool-x"), left):
+            if os.path.isdir(d):
+                os.rmdir(d)
