@@ -13,6 +13,10 @@ _FD_SIZE = array.array("i").itemsize
 
 #: ancillary buffer size for up to 8 descriptors in one message
 _ANC_8 = socket.CMSG_SPACE(8 * _FD_SIZE)
+#: plain ints: socket.MSG_* are enum.IntFlag members, and one `&` of those costs ~1 µs
+#: (enum machinery), on the path of every connection a worker dequeues
+_TRUNCATED = int(socket.MSG_CTRUNC | socket.MSG_TRUNC)
+_SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 
 
 def send_with_fds(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, ...],
@@ -27,7 +31,7 @@ def send_with_fds(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, 
     """
     if not fds:
         return sock.sendmsg([data], [], flags)
-    return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+    return sock.sendmsg([data], [(_SOL_SOCKET, _SCM_RIGHTS,
                                   array.array("i", fds).tobytes())], flags)
 
 
@@ -70,10 +74,10 @@ def _take_fds(ancdata, msg_flags: int) -> list[int]:
     """The descriptors of one message; all closed and RuntimeError when it was truncated."""
     fds: list[int] = []
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             usable = len(payload) - len(payload) % _FD_SIZE
             fds.extend(array.array("i", payload[:usable]))
-    if msg_flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+    if msg_flags & _TRUNCATED:
         for fd in fds:
             _close_quietly(fd)
         raise RuntimeError(f"message truncated (flags={msg_flags:#x}); descriptors dropped")
