@@ -8,12 +8,13 @@ it handed off, so it holds only heads still being read: a front end that dies lo
 those and nothing else, and its replacement accepts from the same backlog.
 
 Answers of its own (short text body, Connection: close): 400 malformed head (see
-hostd/limits.py: the rules the workers apply too) or HTTP/1.1 without Host, 404 no
-binding, 408 head not complete within header_timeout, 413 Content-Length over the
-pool's max_body_size, 414 request target too long, 431 head too large, 503 pool
-stopped/failed (Retry-After), queue full or max_connections reached; a pool with
-load_balancer_capabilities = "tcp_reset" gets an RST instead of its 503s. An HTTP/2
-prior-knowledge preface is closed at once.
+hostd/limits.py: the rules the workers apply too, HTTP/1.1 without Host among them),
+404 no binding, 408 head not complete within header_timeout, 413 Content-Length over
+the pool's max_body_size, 414 request target too long, 431 head too large, 501 a method
+llhttp does not know, CONNECT or a transfer-coding other than chunked, 505 an HTTP
+version other than 1.0 and 1.1, 503 pool stopped/failed (Retry-After), queue full or
+max_connections reached; a pool with load_balancer_capabilities = "tcp_reset" gets an
+RST instead of its 503s. An HTTP/2 prior-knowledge preface is closed at once.
 
 Connection slots: every connection this process holds has taken one slot of the global
 max_connections semaphore (an eventfd shared with the workers), and one of its pool's
@@ -59,10 +60,16 @@ NO_HOST = _answer("400 Bad Request", "Bad request: HTTP/1.1 request without Host
 TOO_LARGE = _answer("431 Request Header Fields Too Large", "Request header fields too large")
 URI_TOO_LONG = _answer("414 URI Too Long", "Request target too long")
 BODY_TOO_LARGE = _answer("413 Content Too Large", "Request body too large")
+NOT_IMPLEMENTED = _answer("501 Not Implemented",
+                          "Not implemented: an unknown method, CONNECT or a transfer-coding "
+                          "other than chunked")
+VERSION_NOT_SUPPORTED = _answer("505 HTTP Version Not Supported",
+                                "HTTP version not supported: hostd speaks HTTP/1.0 and HTTP/1.1")
 TIMEOUT = _answer("408 Request Timeout", "Request timeout")
 TOO_MANY = _answer("503 Service Unavailable", "Service unavailable: too many connections",
                    "Retry-After: 1\r\n")
-_REJECT_ANSWERS = {414: URI_TOO_LONG, 431: TOO_LARGE, 413: BODY_TOO_LARGE}
+_REJECT_ANSWERS = {414: URI_TOO_LONG, 431: TOO_LARGE, 413: BODY_TOO_LARGE,
+                   501: NOT_IMPLEMENTED, 505: VERSION_NOT_SUPPORTED}
 _H2_PREFACE = b"PRI * HTTP/2.0"
 QUEUE_FULL = _answer("503 Service Unavailable", "Service unavailable: the site's queue is full",
                      "Retry-After: 1\r\n")
@@ -84,6 +91,7 @@ class _Pending(limits.HeadState):
     __slots__ = ("sock", "fd", "port", "buf", "parser", "url", "host", "done", "since",
                  "registered", "clen", "te")
     max_url = limits.MAX_URL_BYTES   # set by the FrontEnd
+    max_head = 16384                  # set by the FrontEnd (max_header_bytes)
 
     def __init__(self, sock: socket.socket, port: int, now: float):
         self.sock = sock
@@ -97,9 +105,9 @@ class _Pending(limits.HeadState):
         self.since = now
         self.registered = False
         self.clen = -1
-        self.te = False
+        self.te = None
 
-    # httptools callbacks
+    # httptools callbacks (hostd/limits.py's rules; the worker's are workers/h1read.py)
     # only the first request's head is the front end's business; callbacks for
     # pipelined requests behind it (same feed) are ignored - the worker parses them
     def on_url(self, url: bytes) -> None:
@@ -110,11 +118,15 @@ class _Pending(limits.HeadState):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.done and len(name) in limits.SPECIAL_LENGTHS:
-            self.rule_header(name, value)
+            self.rule_header(name, value.rstrip(b" \t"))    # limits.OWS
 
     def on_headers_complete(self) -> None:
         if not self.done:
-            self.rule_complete(self.parser.get_http_version())
+            p = self.parser
+            m = p.get_method()
+            self.rule_complete(p.get_http_version(), m, self.url)
+            if self.buf:   # empty only when a test feeds the parser directly
+                limits.check_line(self.buf, 0, len(m), len(self.url), self.max_head)
             self.done = True
 
 
@@ -145,6 +157,7 @@ class FrontEnd:
         self.max_body = settings.max_body_size
         self.csem = settings.conn_sem   # global max_connections
         _Pending.max_url = min(limits.MAX_URL_BYTES, self.max_header)
+        _Pending.max_head = self.max_header
         self.counters = limits.Counters(SLOT=slot)
         self.router = Router([])
         self.pools: dict[str, _Pool] = {}
@@ -249,10 +262,7 @@ class FrontEnd:
             else:
                 self._wait(conn)
             return
-        if len(conn.buf) > self.max_header and conn.buf.find(b"\r\n\r\n", 0, self.max_header) < 0:
-            self.counters.hit("head_too_large")
-            self._reply(conn, TOO_LARGE)
-            return
+        # a complete head was held to max_header_bytes by limits.check_line
         self._dispatch(conn)
 
     def _reject(self, conn: _Pending, exc: Exception) -> None:
@@ -260,14 +270,16 @@ class FrontEnd:
         rule = limits.rejected(exc)
         if rule is not None:
             self.counters.hit(f"reject_{rule.status}", rule.reason)
-            self._reply(conn, _REJECT_ANSWERS.get(rule.status) or BAD_REQUEST)
+            self._reply(conn, NO_HOST if rule.reason == limits.NO_HOST else
+                        _REJECT_ANSWERS.get(rule.status) or BAD_REQUEST)
         elif conn.buf.startswith(_H2_PREFACE):
             # HTTP/2 prior knowledge: a 1.1 answer means nothing to it; close cleanly
             self.counters.hit("http2_preface")
             self._reply(conn, b"")
         else:
-            self.counters.hit("reject_400", str(exc))
-            self._reply(conn, BAD_REQUEST)
+            status = limits.error_status(exc, lambda: conn.buf)
+            self.counters.hit(f"reject_{status}", str(exc))
+            self._reply(conn, _REJECT_ANSWERS.get(status) or BAD_REQUEST)
 
     def _wait(self, conn: _Pending) -> None:
         if not conn.registered:
@@ -295,10 +307,9 @@ class FrontEnd:
 
     # --- routing and handing off -------------------------------------------------
     def _dispatch(self, conn: _Pending) -> None:
+        # the head rules held (limits.HeadState.rule_complete): Host is valid bytes or
+        # None (HTTP/1.0), an absolute-form target's authority wins over it
         host = conn.host
-        if host is None and conn.parser.get_http_version() == "1.1":
-            self._reply(conn, NO_HOST)
-            return
         authority, raw_path, _query = split_target(conn.url)
         host_s = authority if authority is not None else (host.decode("latin-1") if host else None)
         route = self.router.route(host_s, conn.port, decode_path(raw_path))

@@ -53,7 +53,10 @@ R431 = _error_response("431 Request Header Fields Too Large",
                        "Request Header Fields Too Large")
 R413 = _error_response("413 Content Too Large", "Content Too Large")
 R414 = _error_response("414 URI Too Long", "URI Too Long")
-_REJECTS = {400: R400, 413: R413, 414: R414, 431: R431}
+R501 = _error_response("501 Not Implemented", "Not Implemented")
+R505 = _error_response("505 HTTP Version Not Supported",
+                       "HTTP Version Not Supported: hostd speaks HTTP/1.0 and HTTP/1.1")
+_REJECTS = {400: R400, 413: R413, 414: R414, 431: R431, 501: R501, 505: R505}
 #: limit hits of this worker process (logged at a bounded rate)
 COUNTERS = limits.Counters()
 _ONE = (1).to_bytes(8, "little")
@@ -129,7 +132,7 @@ class Request(limits.HeadState):
         self.head_size = 0
         self.host = None         # the shared head rules' state (hostd/limits.py)
         self.clen = -1
-        self.te = False
+        self.te = None           # Transfer-Encoding value (chunked once the head passed)
         self.got = 0             # body bytes received
         self.t0 = 0.0            # when the app first waited for body bytes
 

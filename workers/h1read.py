@@ -1,6 +1,10 @@
 """Reading requests on a worker's connection: the httptools parser callbacks, feeding
 the parser, and reading request bodies (for the app, or to discard what it left).
 Mixed into workers.http.Connection; the parser state and requests are the connection's.
+
+Every head is judged by hostd/limits.py's rules, the ones the front end applies to a
+connection's first head (HeadState, check_line, error_status): one rule set, so a
+kept-alive or pipelined request is held to exactly what a first request is.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from hostd import limits
 
 from .h1 import (BODY_TIMEOUT, CONTINUE, COUNTERS, DISCARD_LIMIT, R400, R431, RAW_CAP,
                  RECV_SIZE, Request, _HeadTooLarge, _POLLIN, _REJECTS, _hkey, _hkeys, _methods,
-                 _monotonic, _protocols, _wait)
+                 _monotonic, _protocols, _wait, message_offset)
 from .wsgi import BadRequestBody, ClientDisconnected
 
 
@@ -32,6 +36,7 @@ class RequestReader:
         r = self.cur
         if r.headers_done:
             return  # trailer fields of a chunked body: not part of the environ
+        value = value.rstrip(b" \t")  # limits.OWS: RFC 9110 §5.5 (llhttp drops leading OWS)
         if len(name) in limits.SPECIAL_LENGTHS:
             r.rule_header(name, value)
         key = _hkeys.get(name)
@@ -44,7 +49,9 @@ class RequestReader:
                 env[key] += "," + v
             else:
                 env[key] = v
-        r.head_size += len(name) + len(value) + 4
+        # at most what the head holds ("N:V" CRLF is len + 3): a bound while the head
+        # streams in; its exact size is checked once it is complete (limits.check_line)
+        r.head_size += len(name) + len(value) + 3
         if r.head_size > self.max_head:
             raise _HeadTooLarge
 
@@ -54,25 +61,32 @@ class RequestReader:
         r.headers_done = True
         env = r.env
         m = p.get_method()
+        ver = p.get_http_version()
+        url = r.url
+        authority = r.rule_complete(ver, m, url)
+        self._check_line(r, len(m), len(url))
+        if r.clen > self.worker.max_body:
+            raise limits.Reject(413, f"Content-Length {r.clen}")
         method = _methods.get(m)
         if method is None:
             method = _methods[m] = m.decode("latin-1")
         env["REQUEST_METHOD"] = method
-        ver = p.get_http_version()
-        if ver != "1.1":
-            r.rule_complete(ver)
-        if r.clen > self.worker.max_body:
-            raise limits.Reject(413, f"Content-Length {r.clen}")
-        env["SERVER_PROTOCOL"] = _protocols.get(ver) or "HTTP/" + ver
-        r.http11 = ver == "1.1"
+        if authority is not None:
+            # absolute-form: the target's authority is the request's host (RFC 9112
+            # §3.2.2), for routing and for the app alike
+            env["HTTP_HOST"] = authority.decode("latin-1")
+        env["SERVER_PROTOCOL"] = _protocols[ver]     # 1.0 or 1.1: rule_complete
+        r.http11 = http11 = ver == "1.1"
         r.keep_alive = p.should_keep_alive()
-        r.expect = "HTTP_EXPECT" in env and env["HTTP_EXPECT"].lower() == "100-continue"
+        # an HTTP/1.0 client never waits for 100 Continue: RFC 9110 §10.1.1 says ignore it
+        r.expect = http11 and "HTTP_EXPECT" in env and \
+            env["HTTP_EXPECT"].lower() == "100-continue"
         self.pending.append(r)
 
     def on_body(self, body):
         r = self.cur
         r.got += len(body)
-        if r.te and r.got > self.worker.max_body:
+        if r.te is not None and r.got > self.worker.max_body:
             raise limits.Reject(413, "chunked body too large")
         if r.discard:
             return
@@ -85,16 +99,69 @@ class RequestReader:
         self.cur.complete = True
         self.cur = None
 
+    # --- where a message starts (the request-line rule needs its bytes) ----------------
+    def _check_line(self, r, mlen: int, ulen: int) -> None:
+        """limits.check_line on request r, whose head just completed. Skipped only when
+        its bytes are unknown (behind more than RAW_CAP bytes read in one go; the head's
+        size is then bounded by head_size alone)."""
+        raw = self.raw
+        if raw is not None and r.index == self.raw_first and len(raw) == 1:
+            line = limits.check_line(raw[0], 0, mlen, ulen, self.max_head)  # the usual case
+        else:
+            start = self._message_start(r)
+            line = -1 if start < 0 else \
+                limits.check_line(self.raw[0], start, mlen, ulen, self.max_head)
+        self.lindex = r.index
+        self.lline = line
+        self.lbody = r.clen if r.clen >= 0 else 0 if r.te is None else -1
+
+    def _message_start(self, r) -> int:
+        """Offset of message r's first byte in self.raw[0] (raw made one chunk), or -1.
+        The common cases cost no search: r starts `raw` (each kept-alive request read on
+        its own), or follows the previous message, whose head ends at the first CRLFCRLF
+        after its request line and whose body is its Content-Length. Behind a chunked
+        body the start is bisected for (message_offset, see workers/h1.py)."""
+        raw = self.raw
+        if raw is None:
+            return -1
+        if len(raw) > 1:
+            raw[:] = [b"".join(raw)]
+        if r.index == self.raw_first:
+            return 0
+        if r.index == self.lindex + 1 and self.lline >= 0 and self.lbody >= 0:
+            return limits.head_end(raw[0], self.lline) + self.lbody
+        return message_offset(raw[0], r.index - self.raw_first)
+
+    def _failed_message(self):
+        """The bytes of the message llhttp failed on, from its first byte, or None."""
+        r = self.cur
+        if r is None:
+            return None
+        start = self._message_start(r)
+        return None if start < 0 else self.raw[0][start:]
+
     def feed(self, data: bytes) -> None:
         """Feeds bytes read from the socket to the parser; parse errors set `broken`."""
         self.worker.bytes_in += len(data)
-        if self.cur is None and not self.pending:
+        if self.cur is None and not self.pending and not self.junk:
             self.raw = [data]
             self.raw_len = len(data)
             self.raw_first = self.nbegun + 1
+            c = data[0]
+            if c == 13 or c == 10:
+                # empty lines before a request line count toward its head (as in the
+                # front end): while nothing but them came, the next read is appended
+                self.junk = not data.lstrip(b"\r\n")
         elif self.raw is not None:
             self.raw.append(data)
             self.raw_len += len(data)
+            if self.junk:
+                self.junk = junk = not data.lstrip(b"\r\n")
+                if junk and self.raw_len > self.max_head:   # the front end's 431 too
+                    self.broken = R431
+                    self.stopped = True
+                    COUNTERS.hit("head_too_large")
+                    return
             if self.raw_len > RAW_CAP:
                 self.raw = None
         try:
@@ -110,8 +177,9 @@ class RequestReader:
                 self.broken = _REJECTS.get(ctx.status, R400)
                 COUNTERS.hit(f"reject_{ctx.status}", ctx.reason)
             else:
-                self.broken = R400
-                COUNTERS.hit("reject_400", str(exc))
+                status = limits.error_status(exc, self._failed_message)
+                self.broken = _REJECTS.get(status, R400)
+                COUNTERS.hit(f"reject_{status}", str(exc))
             self.stopped = True
         else:
             r = self.cur

@@ -71,6 +71,10 @@ class Connection(RequestReader, ResponseWriter):
         self.raw = None
         self.raw_len = 0
         self.raw_first = 1
+        self.junk = False           # raw holds only CR/LF before the next request line
+        self.lindex = 0             # the last head checked: its index, its request line's
+        self.lline = -1             # offset in raw[0] (-1: unknown), its body's length
+        self.lbody = -1             # (-1: chunked)
         self.broken = None          # error response to send after pending requests
         self.stopped = False        # parser stopped (upgrade); close after pending
         self.closed = False

@@ -180,6 +180,9 @@ def known_difference(data: bytes, ours: bool) -> str | None:
                     "§9.1: methods are case-sensitive; `get` is not GET)")
         if (target == b"*") != (method == b"OPTIONS") and target == b"*":
             return "asterisk-form is for OPTIONS only (RFC 9112 §3.2.4)"
+        if method == b"CONNECT":
+            return ("CONNECT: hostd is an origin server and tunnels nothing (501; 400 when "
+                    "the target is not authority-form, RFC 9112 §3.2.3); h11 passes it on")
         if not target.startswith((b"/", b"http://", b"https://", b"*")):
             return "authority-form is for CONNECT only (RFC 9112 §3.2.3)"
     if b"\n " in head or b"\n\t" in head:
@@ -189,6 +192,11 @@ def known_difference(data: bytes, ours: bool) -> str | None:
                 "HTTP/1.0); h11 accepts some (e.g. in HTTP/1.0) that hostd will not guess at")
     if low.count(b"\nhost:") + low.count(b"\nhost :") > 1 or low.count(b"host:") > 1:
         return "two Host headers: RFC 9112 §3.2 says 400; h11 keeps both"
+    hosts = [line.split(b":", 1)[1].strip(b" \t") for line in head.split(b"\r\n")[1:]
+             if line.lower().startswith(b"host:")]
+    if hosts and not limits.host_ok(hosts[0]):
+        return ("a Host value that is not uri-host [\":\" port]: RFC 9112 §3.2 says 400; "
+                "h11 does not check its syntax")
     if b"content-length" in low:
         return ("Content-Length forms h11 tolerates (equal duplicates, lists) that hostd "
                 "refuses: RFC 9112 §6.3 lets a server refuse them, and refusing is the safe side")

@@ -84,10 +84,15 @@ SMUGGLING = {
 }
 
 
+#: variants answered with another refusal than 400: `gzip, chunked` is framed (chunked is
+#: last) but uses a coding hostd does not implement, 501 (RFC 9112 §6.1; issue 13)
+NOT_400 = {"te_gzip_chunked": 501}
+
+
 @pytest.mark.parametrize("name", sorted(SMUGGLING))
 def test_smuggling_variant_gets_400_and_nothing_else(hostd, name):
     out = _exchange(hostd, SMUGGLING[name])
-    assert _statuses(out) == [400], (name, out[:300])
+    assert _statuses(out) == [NOT_400.get(name, 400)], (name, out[:300])
 
 
 @pytest.mark.parametrize("name", ["cl_te", "te_cl", "te_te_dup", "cl_cl_differ", "bare_lf_header",
@@ -96,7 +101,7 @@ def test_smuggling_behind_a_kept_alive_request_gets_400_from_the_worker(hostd, n
     """The same rules hold in the worker: the first request is fine, the second is not."""
     first = b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n"
     out = _exchange(hostd, first + SMUGGLING[name])
-    assert _statuses(out) == [200, 400], (name, out[-300:])
+    assert _statuses(out) == [200, NOT_400.get(name, 400)], (name, out[-300:])
 
 
 def test_bad_chunk_in_a_body_gets_400(hostd):
