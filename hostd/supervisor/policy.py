@@ -206,6 +206,24 @@ def idle_victim(candidates: list[IdleCandidate], alive: int, always_running: boo
     return min(idle, key=lambda c: c.last).key if idle else None
 
 
+#: a web garden grows on its queue when two looks, within this many seconds, each found
+#: a connection waiting while every worker was busy: one look can fall in the instant
+#: between a front end's enqueue and a worker's pull (seen: a garden grew while its only
+#: worker took 8 connections in turn), a queue under load is found waiting again and again
+GROW_WINDOW = 0.5
+
+
+def grow_due(waiting: bool, last_seen: float | None, now: float) -> tuple[bool, float | None]:
+    """Whether the garden grows on its queue now. Takes whether a connection waits now,
+    when one was last seen waiting (None: not lately) and now. Returns (grow, the new
+    last_seen)."""
+    if not waiting:
+        return False, last_seen
+    if last_seen is not None and now - last_seen <= GROW_WINDOW:
+        return True, None
+    return False, now
+
+
 def may_grow(alive: int, processes: int, starting: int) -> bool:
     """Whether a web garden may grow on its queue now: it has workers, fewer than
     `processes`, and none starting (one new worker at a time). It grows when a

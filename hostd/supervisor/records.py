@@ -158,6 +158,7 @@ class Pool:
         self.rapid = RapidFail(h.rapid_fail_max_crashes, h.rapid_fail_interval) if h else RapidFail()
         self.watch_demand = False
         self.watch_parked = False
+        self.waiting_since: float | None = None  # a connection was last seen waiting
         self.recycles: collections.Counter = collections.Counter()   # reason -> count
         self.pending_recycles: collections.deque = collections.deque()
         self.schedule_fired: set[str] = set()   # "YYYY-MM-DD HH:MM" already done

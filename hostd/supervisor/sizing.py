@@ -59,17 +59,21 @@ class Sizing:
     def tick(self, now: float, second: bool) -> None:
         """Duty: every started pool grows on its queue; once a second, on saturation."""
         for pool in self.registry.serving():
-            self.grow(pool)
+            self.grow(pool, now)
             if second:
                 self.balance(pool, now)
 
-    def grow(self, pool) -> None:
-        """Web garden growth: a connection waiting while every worker is busy adds a
-        worker, one at a time."""
+    def grow(self, pool, now: float) -> None:
+        """Web garden growth: connections found waiting twice (policy.GROW_WINDOW) while
+        every worker is busy add a worker, one at a time."""
         alive = pool.alive()
         starting = sum(1 for w in alive if w.state in (W.SPAWNING, W.STARTING))
-        if policy.may_grow(len(alive), pool.cfg.processes, starting) and \
-                self.connections.waiting(pool):
+        if not policy.may_grow(len(alive), pool.cfg.processes, starting):
+            pool.waiting_since = None
+            return
+        grow, pool.waiting_since = policy.grow_due(self.connections.waiting(pool),
+                                                   pool.waiting_since, now)
+        if grow:
             self.processes.spawn(pool, "queue waiting")
 
     def balance(self, pool, now: float) -> None:

@@ -341,3 +341,12 @@ def test_lifecycle_on_unknown_event_raises():
     life = worker_lifecycle("a", 1)
     with pytest.raises(IllegalTransition, match="'explode' in spawning"):
         life.on("explode", "why")
+
+
+def test_grow_due_on_a_second_look_that_finds_the_queue_waiting():
+    assert policy.grow_due(False, None, 10.0) == (False, None)
+    assert policy.grow_due(True, None, 10.0) == (False, 10.0), "one look is not enough"
+    assert policy.grow_due(False, 10.0, 10.1) == (False, 10.0), "an empty look forgets nothing"
+    assert policy.grow_due(True, 10.0, 10.0 + policy.GROW_WINDOW) == (True, None)
+    assert policy.grow_due(True, 10.0, 10.0 + 2 * policy.GROW_WINDOW) == \
+        (False, 10.0 + 2 * policy.GROW_WINDOW), "too long ago: this look counts as the first"

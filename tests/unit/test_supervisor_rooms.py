@@ -14,6 +14,7 @@ from hostd import protocol
 from hostd.lifecycle import PoolState, WorkerState
 from hostd.supervisor import events as events_mod
 from hostd.supervisor import recycling as recycling_mod
+from hostd.supervisor import policy
 from hostd.supervisor.events import ChildExited, MemoryEvent, QueueFull, RequestsReply
 from hostd.supervisor.policy import StopPhase
 from kernel import memevents, sockets
@@ -503,8 +504,10 @@ def test_garden_grows_one_worker_at_a_time_and_recycles_staggered(make_house):
     h = started(make_house, pool_config("a", processes=2, recycling={"time": 100.0}))
     h.connections.waiting_pools.add("a")
     h.tick()
+    assert h.calls() == [], "one look at a waiting queue is not enough"
+    h.tick(policy.GROW_WINDOW / 2)
     assert h.calls() == [("spawn", "a", "queue waiting")]
-    h.tick()
+    h.tick(policy.GROW_WINDOW / 2)
     assert h.calls() == [], "one new worker at a time"
     w1, w2 = h.workers()
     h.up(w2)
