@@ -42,8 +42,8 @@ Verdicts:
   REFUSED_ON_PURPOSE or SAME_UNDER_HOSTD (test_every_case_with_gunicorn_settings_is_
   treated_explicitly checks it).
 
-XFAIL lists the failures of the exactness rules issue 13 names (being fixed in parallel):
-non-strict, so they pass when fixed.
+XFAIL would list failures this suite knows of and expects fixed: it is empty now (the
+issue 13 exactness rules it listed landed in 034575d).
 """
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ REFUSED_ON_PURPOSE = {
     "valid/009": "a fragment in the target, and Transfer-Encoding: identity with "
                  "Content-Length: hostd decodes no coding but chunked (RFC 9112 §6.1) and "
                  "refuses TE + CL together (RFC 9112 §6.3 lets a server reject it)",
+    "valid/013": "whitespace around `;` in chunk extensions (`5; some; parameters=stuff`): "
+                 "RFC 9112 §7.1.1 allows BWS there, but llhttp in strict mode refuses it and "
+                 "both of hostd's parsers use it: 400, the safe side (chunk extensions are "
+                 "where parsers that smuggle disagree)",
     "valid/024": "a 16,395-byte head (gunicorn cfg limit_request_line=0 and "
                  "limit_request_field_size=0: unlimited): over hostd's max_header_bytes "
                  "(16 KiB) -> 431 (RFC 6585 §5)",
@@ -123,7 +127,7 @@ REFUSED_ON_PURPOSE = {
 #: Host rule's 400 is as right). A refusal by the Host rule alone must be a 400; other
 #: refusals may be any 4xx/5xx answer or a close.
 REFUSAL_STATUS = {
-    "valid/024": {431},
+    "valid/024": {431}, "valid/013": {400},
     "valid/025": {501}, "valid/025_line": {501}, "valid/029": {501}, "valid/030": {501},
     "valid/028": {400}, "valid/027": {400}, "valid/005": {400},
     "valid/031": {501}, "valid/031compat": {501}, "valid/031compat2": {501},
@@ -188,37 +192,7 @@ SAME_UNDER_HOSTD = {
 
 #: failures of the exactness rules issue 13 lists, fixed in parallel: "case" (all its
 #: variants) or "case variant" -> reason
-_HOST_KA = ("issue 13 exactness: Host - a kept-alive HTTP/1.1 request without Host reaches "
-            "the app (the worker does not apply the front end's rule)")
-_HOST_LAST = ("issue 13 exactness: Host - the front end judges Host by the version of the "
-              "last request in the buffer (HTTP/1.0 keep-alive + HTTP/1.1 behind it: 400)")
-_TARGET = ("issue 13 exactness: target form - a target that is not origin-form (a fragment) "
-           "or neither origin- nor absolute-form (`s://]ufd/:`) reaches the app")
-_501 = ("issue 13 exactness: 501 codes - an unknown method or a transfer coding other than "
-        "chunked gets 400")
-_WS = ("issue 13 exactness: whitespace - trailing SP/HTAB stay in field values (RFC 9110 "
-       "§5.5: they MUST be excluded)")
-_VERSION = "issue 13 exactness: version - HTTP/2.0 reaches the app (505 expected)"
-XFAIL: dict[str, str] = {
-    **{f"{c} kept-alive": _HOST_KA for c in [
-        "valid/004", "valid/005", "valid/006", "valid/007", "valid/010", "valid/011",
-        "valid/012", "valid/014", "valid/018", "valid/021", "valid/022", "valid/023",
-        "valid/100", "invalid/010", "invalid/017", "invalid/chunked_07"]},
-    "valid/022 first-request": _HOST_LAST,
-    "valid/022 first-request+Host": _HOST_LAST,
-    "valid/005 first-request+Host": _TARGET,
-    "valid/005 kept-alive+Host": _TARGET,
-    "invalid/016 kept-alive": _TARGET,
-    "invalid/016 first-request+Host": _TARGET,
-    "invalid/016 kept-alive+Host": _TARGET,
-    **{f"{c} {v}": _501 for c in ["valid/025", "valid/025_line", "valid/029", "valid/030",
-                                  "valid/031", "valid/031compat", "valid/031compat2"]
-       for v in ["first-request+Host", "kept-alive+Host"]},
-    "valid/padding_01 first-request": _WS,
-    "valid/padding_01 kept-alive": _WS,
-    **{f"invalid/version_02 {v}": _VERSION for v in ["first-request", "kept-alive",
-                                                     "first-request+Host", "kept-alive+Host"]},
-}
+XFAIL: dict[str, str] = {}
 
 
 # --- the corpus, as test plans ------------------------------------------------------------
