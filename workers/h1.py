@@ -48,6 +48,7 @@ def _error_response(status: str, text: str) -> bytes:
 
 
 R400 = _error_response("400 Bad Request", "Bad Request")
+R408 = _error_response("408 Request Timeout", "Request Timeout")
 R421 = _error_response("421 Misdirected Request", "Misdirected Request")
 R431 = _error_response("431 Request Header Fields Too Large",
                        "Request Header Fields Too Large")

@@ -203,9 +203,12 @@ class RequestReader:
             return
         if self.stopped:
             return
-        self.last = self.worker.now
+        now = self.last = self.worker.now
+        if self.head_since is None:
+            self.head_since = now      # a kept-alive head begins: header_timeout runs
         self.feed(data)
         if self.pending or self.broken:
+            self.head_since = None
             self.worker.dispatch(self)
 
     def fill_body(self, req) -> None:

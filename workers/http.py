@@ -55,6 +55,7 @@ def configure(worker, spec: WorkerSpec, sems: list[int]) -> None:
         worker.csem = sems[0] if len(sems) > 0 else -1
         worker.pool_csem = sems[1] if len(sems) > 1 else -1
     worker.body_grace = spec.header_timeout
+    worker.header_timeout = spec.header_timeout
 
 
 class Connection(RequestReader, ResponseWriter):
@@ -81,6 +82,10 @@ class Connection(RequestReader, ResponseWriter):
         self.registered = False
         self.owned = False          # a pool thread is running its requests
         self.last = 0.0
+        #: when the head now being read on this kept-alive connection began (None: no
+        #: head under way): a head must be whole within header_timeout, as at the front
+        #: end, however slowly its bytes trickle in (Worker._sweep)
+        self.head_since = None
         self.nserved = 0
         self.max_head = worker.max_header_bytes
         self.max_url = min(limits.MAX_URL_BYTES, self.max_head)

@@ -24,6 +24,7 @@ from kernel.fdpass import recv_into_with_fds, send_with_fds
 
 from .app import load_app
 from .control import ControlChannel
+from .h1 import R408
 from .http import Connection, configure as configure_limits
 from .wsgi import ErrorStream, FileWrapper
 
@@ -377,10 +378,18 @@ class Worker(ControlChannel):
 
     # --- the loop -----------------------------------------------------------------------
     def _sweep(self) -> None:
-        """Closes idle keep-alive connections past keepalive_timeout."""
-        limit = self.now - self.keepalive_timeout
-        for conn in [c for c in self.conns.values() if c.registered and c.last < limit]:
-            conn.close()
+        """Closes idle keep-alive connections past keepalive_timeout, and answers 408 to
+        those whose next head was not whole within header_timeout (a slowloris on a
+        kept-alive connection: every byte would reset the idle clock)."""
+        now = self.now
+        limit = now - self.keepalive_timeout
+        head_limit = now - self.header_timeout
+        for conn in [c for c in self.conns.values() if c.registered]:
+            if conn.head_since is not None and conn.head_since < head_limit:
+                conn._send_quietly(R408)
+                conn.close()
+            elif conn.last < limit:
+                conn.close()
 
     def run(self) -> int:
         ep = self.ep
@@ -407,7 +416,7 @@ class Worker(ControlChannel):
         conns = self.conns
         wake_fd = self.wake_fd
         queue_fd = self.queue.fileno()
-        interval = max(0.05, min(1.0, self.keepalive_timeout / 4))
+        interval = max(0.05, min(1.0, self.keepalive_timeout / 4, self.header_timeout / 4))
         next_sweep = time.monotonic() + interval
         poll = ep.poll
         monotonic = time.monotonic

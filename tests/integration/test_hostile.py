@@ -362,3 +362,43 @@ def test_max_connections_and_bandwidth(tmp_path):
         assert abs(rate - (4 << 20)) <= 0.1 * (4 << 20), rate
     finally:
         h.stop()
+
+
+def test_kept_alive_head_trickled_in_gets_408_at_header_timeout(hostd):
+    """After a first request, the next head sent one byte at a time: every byte used to
+    reset the worker's idle clock, so the connection was held as long as the client
+    kept trickling (no header_timeout on kept-alive heads). It gets 408 within
+    header_timeout (2 s here) of its first byte, as a first head does at the front end."""
+    with socket.create_connection(("127.0.0.1", hostd.port), timeout=8) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: h.test\r\n\r\n")
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first[:60]
+        t0 = time.monotonic()
+        s.setblocking(False)
+        got = b""
+        for byte in b"GET / HTTP/1.1\r\nHost: h.test\r\nX-Slow: " + b"a" * 40:
+            try:
+                s.send(bytes([byte]))
+            except OSError:
+                break
+            try:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            except BlockingIOError:
+                pass
+            if got or time.monotonic() - t0 > 6:
+                break
+            time.sleep(0.1)
+        s.settimeout(3)
+        try:
+            while b"\r\n\r\n" not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except OSError:
+            pass
+        took = time.monotonic() - t0
+    assert got.startswith(b"HTTP/1.1 408") and 1.0 <= took <= 3.5, (got[:40], took)
