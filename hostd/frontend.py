@@ -549,12 +549,8 @@ protocol_slot = (1).to_bytes(8, "little")
 
 
 def frontend_main(slot: int, listeners: list[socket.socket], ctl: socket.socket,
-                  reroute: socket.socket,
-                  settings: protocol.FrontEndSettings | dict) -> int:
-    """Entry point in the forked front-end process. Returns its exit code.
-    settings: a FrontEndSettings, or its dict (FrontEndSettings.to_spec)."""
-    if not isinstance(settings, protocol.FrontEndSettings):
-        settings = protocol.FrontEndSettings.from_spec(settings)
+                  reroute: socket.socket, settings: protocol.FrontEndSettings) -> int:
+    """Entry point in the forked front-end process. Returns its exit code."""
     from kernel import proc
     log.set_process(f"frontend-{slot}")
     proc.set_title(f"hostd: frontend #{slot}")

@@ -50,9 +50,8 @@ class Commands:
     def kill_worker(self, pid: int) -> tuple[bool, str]:
         """`hostctl worker kill PID`: kills it (and its cgroup) now; counted as a kill."""
         reg = self.sup.registry
-        for pool in reg.pools.values():
-            for w in pool.workers.values():
-                if w.pid == pid and w.state not in (W.EXITED, W.STOPPING):
-                    self.sup.processes.kill(w, "hostctl worker kill")
-                    return True, f"worker {pid} of pool {pool.name} killed"
-        return False, f"no running worker with pid {pid}"
+        w = reg.find_worker(pid, reg.pools.values())
+        if w is None or w.state in (W.EXITED, W.STOPPING):
+            return False, f"no running worker with pid {pid}"
+        self.sup.processes.kill(w, "hostctl worker kill")
+        return True, f"worker {pid} of pool {w.pool.name} killed"

@@ -119,9 +119,7 @@ class Connections:
         for _data, fd in _drain_queue(pool):
             self.answer(fd, pool)
             sockets.give_slot(pool.sem)
-        if pool.watch_parked:
-            pool.watch_parked = False
-            self.reactor.unwatch(pool.queue_in.fileno())
+        self.forget_parked(pool)
 
     def reroute_queue(self, pool) -> None:
         """Gives every connection waiting for a removed pool back to the front ends,

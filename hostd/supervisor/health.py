@@ -157,12 +157,11 @@ class Health:
 
     def kill_orphan(self, pid: int) -> tuple[bool, str]:
         """`hostctl orphan kill PID`."""
-        for p in self.registry.every_pool():
-            for w in p.workers.values():
-                if w.pid == pid and w.state == W.ORPHANED:
-                    self.processes.kill(w, "hostctl orphan kill")   # ORPHANED -> STOPPING
-                    return True, f"orphan {pid} of pool {p.name} killed"
-        return False, f"no orphaned worker with pid {pid}"
+        w = self.registry.find_worker(pid)
+        if w is None or w.state != W.ORPHANED:
+            return False, f"no orphaned worker with pid {pid}"
+        self.processes.kill(w, "hostctl orphan kill")          # ORPHANED -> STOPPING
+        return True, f"orphan {pid} of pool {w.pool.name} killed"
 
     def _run_action(self, worker, command: str) -> None:
         """Runs the admin's command with /bin/sh; its output is logged when it ends."""

@@ -55,16 +55,24 @@ TICK = 0.05
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 
 
+def os_seams(registry: Registry, reactor: Reactor) -> tuple:
+    """The rooms that touch the OS: (placement, connections, processes, frontends)."""
+    placement = Placement(registry, reactor)
+    connections = Connections(registry, reactor)
+    processes = Processes(registry, reactor, placement, connections)
+    frontends = FrontEnds(registry, reactor, processes, connections, placement)
+    return placement, connections, processes, frontends
+
+
 class Supervisor:
-    def __init__(self, config_path: Path, main: "hconfig.MainConfig"):
+    def __init__(self, config_path: Path, main: "hconfig.MainConfig", seams=os_seams):
+        """seams(registry, reactor) -> (placement, connections, processes, frontends):
+        the OS rooms (os_seams); the unit tests pass fakes of them."""
         self.config_path = config_path
         self.pid = os.getpid()
         self.registry = reg = Registry(main, self.pid)
         self.reactor = r = Reactor()
-        self.placement = Placement(reg, r)
-        self.connections = Connections(reg, r)
-        self.processes = Processes(reg, r, self.placement, self.connections)
-        self.frontends = FrontEnds(reg, r, self.processes, self.connections, self.placement)
+        self.placement, self.connections, self.processes, self.frontends = seams(reg, r)
         self.sizing = Sizing(reg, r, self.processes, self.connections)
         self.health = Health(reg, r, self.processes, self.placement)
         self.recycling = Recycling(reg, self.processes, self.placement)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from hostd import poollimits, protocol
 from hostd.lifecycle import PoolState, WorkerState
+from hostd.supervisor.records import exit_text
 
 P, W = PoolState, WorkerState
 
@@ -45,7 +46,6 @@ def exit_verdict(state: WorkerState, code: int, startup_error: str | None,
         return "startup failed: " + last, True
     if code == -signal.SIGKILL and oom_killed:
         return "killed by the OOM killer (oom_kill)", True
-    from hostd.supervisor.records import exit_text
     if expected:
         return f"exited ({exit_text(code)})", False
     return f"crashed ({exit_text(code)})", True

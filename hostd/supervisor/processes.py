@@ -120,16 +120,16 @@ class Processes:
             if msg["t"] == protocol.SPAWNED:
                 self._spawned(worker, msg["pid"])
             else:
-                # SPAWNING -> EXITED: the zygote could not fork it
-                reason = f"spawn failed: {msg.get('error')}"
-                worker.life.on("spawn_failed", reason)
-                self._gone(worker, reason, True)
+                self._spawn_failed(worker, str(msg.get("error")))
+
+    def _spawn_failed(self, worker: Worker, error: str) -> None:
+        """The zygote could not fork the worker: SPAWNING -> EXITED, a failure."""
+        reason = f"spawn failed: {error}"
+        worker.life.on("spawn_failed", reason)
+        self._gone(worker, reason, True)
 
     def _zygote_exited(self, status: int) -> None:
-        if self.zygote is not None:
-            self.reactor.unwatch(self.zygote.fileno())
-            self.zygote.close()
-            self.zygote = None
+        self._drop_zygote_channel()
         self.zygote_pid = None
         for sid, worker in list(self.spawning.items()):
             del self.spawning[sid]
@@ -166,14 +166,33 @@ class Processes:
             return None
         worker_iso = self.placement.worker_isolation(pool)
         worker.isolated = worker_iso is not None
-        limits = self.connections.limit_settings()
+        worker.spawn_sent = time.monotonic()
+        sid = next(self.spawn_ids)
+        ctl = self._ask_zygote(sid, worker, worker_iso)
+        if ctl is None:
+            self.placement.release_worker(worker)
+            worker.close()
+            return None
+        worker.ctl = ctl
+        pool.workers[wid] = worker
+        self.spawning[sid] = worker
+        self.reactor.watch(ctl.fileno(), lambda ev, w=worker: self.read(w))
+        log.info("spawn", f"starting worker {pool.name}#{wid} ({reason})",
+                 POOL=pool.name, WORKER_ID=wid, REASON=reason)
+        return worker
+
+    def _ask_zygote(self, sid: int, worker: Worker, isolation: dict | None):
+        """The OS half of spawn: the SPAWN request (spec and descriptors) down the zygote
+        channel. Returns the supervisor's end of the worker's control channel, or None
+        when the zygote cannot be reached (logged)."""
+        pool = worker.pool
         spec = protocol.WorkerSpec(
-            pool=pool.name, worker_id=wid, generation=pool.generation,
+            pool=pool.name, worker_id=worker.id, generation=pool.generation,
             global_slots_via_board=worker.isolated,
             cgroup_procs=worker.cgroup.procs_files() if worker.cgroup else [],
-            isolation=worker_iso, **limits, access_log=self.registry.main.access_log,
+            isolation=isolation, **self.connections.limit_settings(),
+            access_log=self.registry.main.access_log,
             config=pool.cfg.to_spec(), routes=self.registry.router_table())
-        sid = next(self.spawn_ids)
         reroute = self.connections.pool_reroute(pool) if worker.isolated \
             else self.connections.reroute_in
         ctl_mine, ctl_theirs = sockets.seqpacket_pair()
@@ -183,25 +202,17 @@ class Processes:
             fds.append(spec.conn_sem)
         if pool.csem >= 0:
             fds.append(pool.csem)
-        worker.spawn_sent = time.monotonic()
         try:
             fdpass.send_with_fds(self.zygote, protocol.spawn(sid, spec), fds)
         except OSError as exc:
             ctl_mine.close()
-            ctl_theirs.close()
-            self.placement.release_worker(worker)
-            worker.close()
             log.error("spawn_failed", f"cannot reach the zygote: {exc}", POOL=pool.name)
             return None
-        ctl_theirs.close()
+        finally:
+            ctl_theirs.close()
         worker.ctl = ctl_mine
         self._send_fence(worker)
-        pool.workers[wid] = worker
-        self.spawning[sid] = worker
-        self.reactor.watch(ctl_mine.fileno(), lambda ev, w=worker: self.read(w))
-        log.info("spawn", f"starting worker {pool.name}#{wid} ({reason})",
-                 POOL=pool.name, WORKER_ID=wid, REASON=reason)
-        return worker
+        return ctl_mine
 
     def _send_fence(self, worker: Worker) -> None:
         """v1: gives the worker its own copy of the kernel's memory notification (queued
@@ -302,17 +313,20 @@ class Processes:
         worker.life.on("drain", reason)                     # READY -> DRAINING
         worker.drain_at = time.monotonic()
         if not self.send(worker, protocol.drain(reason)):
-            kill_tree(worker)
+            self._kill_tree(worker)
 
     def kill(self, worker: Worker, reason: str) -> None:
         """Moves the worker to STOPPING (when it is not there yet) and kills it."""
         if worker.life.triggers("kill"):
             worker.life.on("kill", reason)
-        kill_tree(worker)
+        self._kill_tree(worker)
 
     def kill_all(self) -> None:
         for worker in self.registry.every_worker():
-            kill_tree(worker)
+            self._kill_tree(worker)
+
+    def _kill_tree(self, worker: Worker) -> None:
+        kill_tree(worker)
 
     def track(self, pid: int, owner: str) -> None:
         """Reaps `pid` for another room: its exit is reported as ChildExited(owner)."""
@@ -364,13 +378,11 @@ class Processes:
         no total goes backwards), its connection slots back, its channel, scoreboard,
         memory watch and cgroup closed."""
         pool = worker.pool
+        pool.totals.add_exited(worker, pool.binding_texts)
         if worker.board is not None:
-            pool.totals.add_exited(worker, pool.binding_texts or ["-"])
             self.connections.released_slots(worker)
             # it died holding connections: their slots
             self.connections.give_back(pool, worker.stats()["connections"])
-        elif worker.cpu_at_exit:
-            pool.totals.cpu += worker.cpu_at_exit
         if worker.ctl is not None:
             self.reactor.unwatch(worker.ctl.fileno())
         worker.close()
@@ -386,7 +398,11 @@ class Processes:
         return kids
 
     def close_zygote(self) -> None:
-        """The zygote's channel closes: it exits (reaped by wait_children)."""
+        """At the stop: the zygote's channel closes, so it exits (reaped by
+        wait_children)."""
+        self._drop_zygote_channel()
+
+    def _drop_zygote_channel(self) -> None:
         if self.zygote is not None:
             self.reactor.unwatch(self.zygote.fileno())
             self.zygote.close()

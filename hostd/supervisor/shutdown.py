@@ -70,7 +70,7 @@ class Shutdown:
         elif phase == StopPhase.QUEUES:
             self.deadline = now + 5.0
         elif phase == StopPhase.WORKERS:
-            self.deadline = time.monotonic() + self._grace()
+            self.deadline = now + self._grace()
             self._stop_workers()
         elif phase == StopPhase.DONE:
             self._finish()

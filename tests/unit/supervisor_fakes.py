@@ -1,16 +1,15 @@
 """Fakes of the supervisor's OS seams, and a house that wires the real rooms to them.
 
-`FakeProcesses` stands in for hostd.supervisor.processes.Processes: it has the same
-public methods and moves worker lifecycles exactly as Processes does (spawn -> SPAWNING,
-drain, kill, the exit verdict, the release into PoolTotals, the events it posts), but it
-forks nothing and signals nothing. The test plays the process side with `start`,
-`ready`, `message`, `exit` and `spawn_failed`.
+`FakeProcesses` is the real hostd.supervisor.processes.Processes with its OS calls
+replaced (no fork, no SPAWN request, no signal, no wait4): every worker lifecycle move,
+exit verdict, release into PoolTotals and posted event is the real code's. The test
+plays the process side with `start`, `ready`, `message`, `exit`, `spawn_failed` and
+`zygote_died`.
 
-`House` builds the real Registry, Reactor, Sizing, Health, Recycling, Pools, Shutdown,
-Views and Commands around the fakes, and a real `Supervisor` made with
-`Supervisor.__new__` (its constructor builds the OS rooms itself), so its real
-`route()`, `on_<event>` handlers, `_tick`, `reload` and `stop` run: the routing is under
-test too. Time is a `Clock` put in place of the `time` module of every supervisor
+`House` builds a real `Supervisor` with fakes for its OS rooms (`seams`): the real
+Registry, Reactor, Sizing, Health, Recycling, Pools, Shutdown, Views and Commands, and
+its real `route()`, `on_<event>` handlers, `_tick`, `reload` and `stop` run: the routing
+is under test too. Time is a `Clock` put in place of the `time` module of every supervisor
 module that reads it, so limits, deadlines and ELAPSED_MS are exact.
 
 Nothing here needs root or makes a child process; the records' own socketpairs,
@@ -18,7 +17,6 @@ memfds and eventfds are real (and closed by `House.close`).
 """
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import socket
@@ -34,25 +32,15 @@ from hostd.router import Binding
 from hostd.sdnotify import Notifier
 from hostd.supervisor import health as health_mod
 from hostd.supervisor import loop as loop_mod
-from hostd.supervisor import policy
 from hostd.supervisor import records as records_mod
 from hostd.supervisor import recycling as recycling_mod
 from hostd.supervisor import shutdown as shutdown_mod
 from hostd.supervisor import views as views_mod
-from hostd.supervisor.commands import Commands
-from hostd.supervisor.events import (ChildExited, MemoryFence, Pong, RequestsReply,
-                                     SpawnRefused, WorkerExited, WorkerReady,
-                                     WorkerUnhealthy, ZygoteRestarted)
-from hostd.supervisor.health import Health
+from hostd.supervisor.events import ChildExited
 from hostd.supervisor.loop import Supervisor
-from hostd.supervisor.pools import Pools
-from hostd.supervisor.processes import boot_steps
-from hostd.supervisor.reactor import Reactor
-from hostd.supervisor.records import FrontEndProc, Registry, Worker
-from hostd.supervisor.recycling import Recycling
-from hostd.supervisor.shutdown import Shutdown
-from hostd.supervisor.sizing import Sizing
-from hostd.supervisor.views import Views
+from hostd.supervisor import processes as processes_mod
+from hostd.supervisor.processes import Processes
+from hostd.supervisor.records import FrontEndProc, Worker
 
 W = WorkerState
 #: fake pids: above PID_MAX_LIMIT (2**22), so /proc never has them (procfs answers 0)
@@ -115,24 +103,25 @@ class Clock:
 
 
 # ---------------------------------------------------------------------- processes
-class FakeProcesses:
-    """Processes without processes. Records every call the rooms make in `calls`:
+def _wait_status(code: int) -> int:
+    """The wait status whose os.waitstatus_to_exitcode is `code` (negative: a signal)."""
+    return -code if code < 0 else code << 8
+
+
+class FakeProcesses(Processes):
+    """The real Processes with its OS calls replaced: no fork (start_zygote), no SPAWN
+    request (_ask_zygote: the control channel is a socketpair whose other end the test
+    writes to), no SIGKILL (_kill_tree), no wait4 (reap), no waiting at the stop. Every
+    decision is the real one. Records every call the rooms make in `calls`:
     ("spawn", pool, reason), ("drain", label, reason), ("kill", label, reason),
     ("kill_all",), ("track", pid, owner), ("reap",), ("close_zygote",),
     ("wait_children", timeout); messages sent in `sent` as (label, decoded message);
-    SIGKILLs it would have sent (kill_tree) in `sigkills` as labels."""
+    SIGKILLs it would have sent in `sigkills` as labels. The test plays the process
+    side with `start`, `ready`, `message`, `exit`, `spawn_failed` and `zygote_died`."""
 
     def __init__(self, registry, reactor, placement, connections, clock: Clock):
-        self.registry = registry
-        self.reactor = reactor
-        self.placement = placement
-        self.connections = connections
+        super().__init__(registry, reactor, placement, connections)
         self.clock = clock
-        self.zygote_pid: int | None = None
-        self.zygote = None
-        self.worker_ids: dict[str, int] = {}
-        self.workers_by_pid: dict[int, Worker] = {}
-        self.tracked: dict[int, str] = {}
         self.calls: list[tuple] = []
         self.sent: list[tuple[str, dict]] = []
         self.unsent: list[tuple[str, dict]] = []
@@ -140,6 +129,7 @@ class FakeProcesses:
         self.refuse = False               # spawn() returns None (no zygote, unreachable)
         self.dead_channels: set[int] = set()   # id(worker) whose send() fails
         self.peers: dict[int, socket.socket] = {}   # id(worker) -> the worker's end
+        self._zygote_peer: socket.socket | None = None
         self._next_pid = PID_BASE
 
     # ------------------------------------------------------------ helpers for tests
@@ -156,124 +146,23 @@ class FakeProcesses:
         self._next_pid += 1
         return self._next_pid
 
-    # ------------------------------------------------------------ the zygote
+    # ------------------------------------------------------------ the OS calls, replaced
     def start_zygote(self) -> None:
-        self.zygote_pid = self.new_pid()
         self.calls.append(("start_zygote",))
+        if self._zygote_peer is not None:
+            self._zygote_peer.close()
+        self.zygote, self._zygote_peer = socket.socketpair(socket.AF_UNIX,
+                                                           socket.SOCK_SEQPACKET)
+        self.zygote_pid = self.new_pid()
 
-    def zygote_died(self) -> None:
-        """Plays Processes._zygote_exited: every SPAWNING worker is gone (not counted),
-        a new zygote runs, ZygoteRestarted is posted."""
-        for worker in [w for w in self.registry.every_worker() if w.state == W.SPAWNING]:
-            worker.life.on("spawn_failed", "zygote died before spawning")
-            self._gone(worker, "zygote died", False)
-        if self.registry.stopping:
-            return
-        self.start_zygote()
-        self.reactor.post(ZygoteRestarted())
-
-    # ------------------------------------------------------------ spawning
-    def spawn(self, pool, reason: str) -> Worker | None:
-        """Processes.spawn without the zygote: a SPAWNING worker with its recycle plan,
-        cgroup (placement) and a control channel (a real socketpair)."""
-        self.calls.append(("spawn", pool.name, reason))
-        if self.refuse or self.zygote_pid is None or pool.cfg is None:
-            return None
-        wid = self.worker_ids[pool.name] = self.worker_ids.get(pool.name, 0) + 1
-        worker = Worker(pool, wid, pool.generation)
-        worker.slot = len(pool.alive())
-        worker.spawn_reason = reason
-        worker.recycle.at, worker.recycle.request_limit = policy.recycle_plan(
-            pool.cfg.recycling, pool.cfg.processes, worker.slot,
-            not reason.startswith("recycle"), worker.spawned_at)
-        try:
-            self.placement.worker_cgroup(worker)
-        except OSError as exc:
-            worker.close()
-            self.reactor.post(SpawnRefused(worker, f"cgroup: {exc}"))
-            return None
-        worker.isolated = self.placement.worker_isolation(pool) is not None
-        worker.spawn_sent = self.clock.monotonic()
+    def _ask_zygote(self, sid: int, worker: Worker, isolation):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        worker.ctl = mine
         self.peers[id(worker)] = theirs
-        pool.workers[wid] = worker
-        return worker
+        return mine
 
-    def start(self, worker: Worker, pid: int | None = None) -> int:
-        """The zygote named the worker's pid (Processes._spawned)."""
-        pid = pid if pid is not None else self.new_pid()
-        worker.pid = pid
-        self.workers_by_pid[pid] = worker
-        worker.life.on("spawned", f"pid {pid}")          # SPAWNING -> STARTING
-        if worker.drain_at is not None:
-            self.drain(worker, worker.drain_reason)        # drained while it had no pid
-        elif worker.ready_early:
-            self._ready(worker)
-        return pid
-
-    def spawn_failed(self, worker: Worker, error: str = "fork failed") -> None:
-        """The zygote could not fork it (SPAWNING -> EXITED, a failure)."""
-        reason = f"spawn failed: {error}"
-        worker.life.on("spawn_failed", reason)
-        self._gone(worker, reason, True)
-
-    def ready(self, worker: Worker, trace=()) -> None:
-        """The worker reports READY (its control message, as Processes.read takes it)."""
-        self.message(worker, {"t": protocol.READY, "trace": list(trace)})
-
-    def up(self, worker: Worker, pid: int | None = None) -> Worker:
-        """start + ready."""
-        self.start(worker, pid)
-        self.ready(worker)
-        return worker
-
-    # ------------------------------------------------------------ talking
-    def message(self, worker: Worker, msg: dict) -> None:
-        """The worker writes `msg` on its control channel; read() takes it."""
-        self.peers[id(worker)].send(protocol.encode(msg))
-        self.read(worker)
-
-    def read(self, worker: Worker) -> None:
-        """Processes.read: the worker's messages become events."""
-        while worker.ctl is not None:
-            try:
-                data = worker.ctl.recv(protocol.MAX_CONTROL_BYTES, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            if not data:
-                return
-            try:
-                msg = protocol.decode(data)
-            except ValueError:
-                continue
-            kind = msg["t"]
-            if kind == protocol.READY:
-                worker.boot = boot_steps(worker, msg.get("trace") or [], self.clock.monotonic())
-                self._ready(worker)
-            elif kind == protocol.STARTUP_FAILED:
-                worker.startup_error = str(msg.get("error", ""))
-            elif kind == protocol.REQUESTS_REPLY:
-                self.reactor.post(RequestsReply(worker, msg.get("seq"),
-                                                msg.get("requests") or []))
-            elif kind == protocol.PONG:
-                self.reactor.post(Pong(worker, msg.get("seq"), bool(msg.get("stuck"))))
-            elif kind == protocol.MEMORY_FENCE:
-                self.reactor.post(MemoryFence(worker))
-            elif kind == protocol.UNHEALTHY:
-                self.reactor.post(WorkerUnhealthy(
-                    worker, str(msg.get("reason", "reported by the worker")),
-                    bool(msg.get("app"))))
-
-    def _ready(self, worker: Worker) -> None:
-        if worker.state == W.SPAWNING:
-            worker.ready_early = True
-            return
-        if worker.state != W.STARTING:
-            return
-        worker.ready_at = self.clock.monotonic()
-        worker.life.on("ready", "app loaded")               # STARTING -> READY
-        self.reactor.post(WorkerReady(worker))
+    def _kill_tree(self, worker: Worker) -> None:
+        if worker.pid is not None:
+            self.sigkills.append(worker.label)
 
     def send(self, worker: Worker, message: bytes) -> bool:
         msg = protocol.decode(message)
@@ -283,106 +172,104 @@ class FakeProcesses:
         self.sent.append((worker.label, msg))
         return True
 
-    # ------------------------------------------------------------ ending
-    def _kill_tree(self, worker: Worker) -> None:
-        if worker.pid is not None:
-            self.sigkills.append(worker.label)
+    def reap(self) -> None:
+        self.calls.append(("reap",))
+
+    def close_zygote(self) -> None:
+        self.calls.append(("close_zygote",))
+        super().close_zygote()
+
+    def wait_children(self, timeout: float) -> None:
+        self.calls.append(("wait_children", timeout))
+
+    # ------------------------------------------------------------ the calls, recorded
+    def spawn(self, pool, reason: str) -> Worker | None:
+        self.calls.append(("spawn", pool.name, reason))
+        return None if self.refuse else super().spawn(pool, reason)
 
     def drain(self, worker: Worker, reason: str) -> None:
         self.calls.append(("drain", worker.label, reason))
-        state = worker.state
-        if state in (W.DRAINING, W.STOPPING, W.EXITED):
-            return
-        if state == W.SPAWNING:
-            worker.drain_reason = reason
-            worker.drain_at = self.clock.monotonic()
-            return
-        if state in (W.ORPHANED, W.STARTING):
-            self.kill(worker, reason)
-            return
-        worker.life.on("drain", reason)                     # READY -> DRAINING
-        worker.drain_at = self.clock.monotonic()
-        if not self.send(worker, protocol.encode({"t": protocol.DRAIN, "reason": reason})):
-            self._kill_tree(worker)
+        super().drain(worker, reason)
 
     def kill(self, worker: Worker, reason: str) -> None:
         self.calls.append(("kill", worker.label, reason))
-        if worker.life.triggers("kill"):
-            worker.life.on("kill", reason)
-        self._kill_tree(worker)
+        super().kill(worker, reason)
 
     def kill_all(self) -> None:
         self.calls.append(("kill_all",))
-        for worker in self.registry.every_worker():
-            self._kill_tree(worker)
+        super().kill_all()
 
     def track(self, pid: int, owner: str) -> None:
         self.calls.append(("track", pid, owner))
-        self.tracked[pid] = owner
+        super().track(pid, owner)
+
+    # ------------------------------------------------------------ the process side
+    def _sid(self, worker: Worker) -> int:
+        return next(sid for sid, w in self.spawning.items() if w is worker)
+
+    def start(self, worker: Worker, pid: int | None = None) -> int:
+        """The zygote named the worker's pid (its SPAWNED reply)."""
+        pid = pid if pid is not None else self.new_pid()
+        del self.spawning[self._sid(worker)]
+        self._spawned(worker, pid)
+        return pid
+
+    def spawn_failed(self, worker: Worker, error: str = "fork failed") -> None:
+        """The zygote could not fork it (its SPAWN_FAILED reply)."""
+        del self.spawning[self._sid(worker)]
+        self._spawn_failed(worker, error)
+
+    def zygote_died(self) -> None:
+        """The zygote was reaped: every SPAWNING worker is gone (not counted), a new
+        zygote runs, ZygoteRestarted is posted."""
+        self._zygote_exited(_wait_status(-signal.SIGKILL))
+
+    def message(self, worker: Worker, msg: dict) -> None:
+        """The worker writes `msg` on its control channel; read() takes it."""
+        self.peers[id(worker)].send(protocol.encode(msg))
+        self.read(worker)
+
+    def ready(self, worker: Worker, trace=()) -> None:
+        """The worker reports READY."""
+        self.message(worker, {"t": protocol.READY, "trace": list(trace)})
+
+    def up(self, worker: Worker, pid: int | None = None) -> Worker:
+        """start + ready."""
+        self.start(worker, pid)
+        self.ready(worker)
+        return worker
 
     def child_exited(self, pid: int, status: int = 0) -> None:
         """A tracked child was reaped (Processes.reap posts ChildExited)."""
         self.reactor.post(ChildExited(pid, status, self.tracked.pop(pid)))
 
-    def reap(self) -> None:
-        self.calls.append(("reap",))
-
     def exit(self, worker: Worker, code: int = 0, *, startup_error: str | None = None,
              cpu: float = 0.0) -> tuple[str, bool]:
         """The worker's process exited with `code` (os.waitstatus_to_exitcode: negative
-        = that signal): Processes.reap + _exited + _gone + _release. Returns the verdict."""
+        = that signal), as reap finds it. Returns the verdict (from the WorkerExited
+        event it posted)."""
         if startup_error is not None:
             worker.startup_error = startup_error
         self.workers_by_pid.pop(worker.pid, None)
         worker.cpu_at_exit = cpu
-        worker.exit_status = code
-        oom = code == -signal.SIGKILL and self.placement.oom_killed(worker)
-        reason, failed = policy.exit_verdict(worker.state, code, worker.startup_error, oom)
-        worker.life.on("reaped", reason)                    # any -> EXITED
-        if failed:
-            log.error("crash", f"worker {worker.label} pid {worker.pid}: {reason}",
-                      POOL=worker.pool.name, WORKER_PID=worker.pid, REASON=reason)
-        if policy.is_crash(reason):
-            worker.pool.totals.crashes += 1
-        self._gone(worker, reason, failed and not worker.health.failure_counted)
-        return reason, failed
-
-    def _gone(self, worker: Worker, reason: str, failed: bool) -> None:
-        self._release(worker)
-        self.reactor.post(WorkerExited(worker, reason, failed))
+        self._exited(worker, _wait_status(code))
+        reason = self.reactor.events[-1].reason
+        # policy.exit_verdict: the exits it does not count as failures are "exited (...)"
+        return reason, not reason.startswith("exited ")
 
     def _release(self, worker: Worker) -> None:
-        pool = worker.pool
-        if worker.board is not None:
-            pool.totals.add_exited(worker, pool.binding_texts or ["-"])
-            self.connections.released_slots(worker)
-            self.connections.give_back(pool, worker.stats()["connections"])
-        elif worker.cpu_at_exit:
-            pool.totals.cpu += worker.cpu_at_exit
-        worker.close()
+        super()._release(worker)
         peer = self.peers.pop(id(worker), None)
         if peer is not None:
             peer.close()
-        self.placement.release_worker(worker)
-        pool.workers.pop(worker.id, None)
-
-    # ------------------------------------------------------------ stop
-    def children(self) -> set[int]:
-        kids = set(self.workers_by_pid) | set(self.tracked)
-        if self.zygote_pid:
-            kids.add(self.zygote_pid)
-        return kids
-
-    def close_zygote(self) -> None:
-        self.calls.append(("close_zygote",))
-
-    def wait_children(self, timeout: float) -> None:
-        self.calls.append(("wait_children", timeout))
 
     def close(self) -> None:
         for peer in self.peers.values():
             peer.close()
         self.peers.clear()
+        for sock in (self.zygote, self._zygote_peer):
+            if sock is not None:
+                sock.close()
 
 
 # ---------------------------------------------------------------------- placement
@@ -589,7 +476,8 @@ class House:
     (a Clock at 1000.0 by default). `sup` is the Supervisor; `route()` and `tick()`
     are its own. Close with close() (the `house` fixture does)."""
 
-    TIME_MODULES = (records_mod, health_mod, recycling_mod, views_mod, shutdown_mod, loop_mod)
+    TIME_MODULES = (records_mod, health_mod, recycling_mod, views_mod, shutdown_mod, loop_mod,
+                    processes_mod)
 
     def __init__(self, *cfgs, main: hconfig.MainConfig | None = None,
                  clock: Clock | None = None):
@@ -599,39 +487,17 @@ class House:
             self._stack.enter_context(mock.patch.object(mod, "time", self.clock))
         self.main = main or main_config()
         self.config_path = self.main.path
-        self.registry = reg = Registry(self.main, pid=os.getpid())
-        self.reactor = r = Reactor()
-        self.placement = FakePlacement()
-        self.connections = FakeConnections(reg)
-        self.processes = FakeProcesses(reg, r, self.placement, self.connections, self.clock)
-        self.frontends = FakeFrontEnds(reg, self.processes)
-        self.sizing = Sizing(reg, r, self.processes, self.connections)
-        self.health = Health(reg, r, self.processes, self.placement)
-        self.recycling = Recycling(reg, self.processes, self.placement)
-        self.views = Views(reg, processes=self.processes, frontends=self.frontends,
-                           placement=self.placement)
-        self.shutdown = Shutdown(reg, r, frontends=self.frontends, processes=self.processes,
-                                 connections=self.connections, placement=self.placement,
-                                 sizing=self.sizing)
-        self.pools = Pools(reg, placement=self.placement, connections=self.connections,
-                           processes=self.processes, frontends=self.frontends,
-                           sizing=self.sizing, health=self.health, recycling=self.recycling)
-        # Supervisor.__init__ makes the OS rooms itself: give it these instead
-        sup = self.sup = Supervisor.__new__(Supervisor)
-        sup.config_path = self.config_path
-        sup.pid = reg.pid
+        def seams(registry, reactor):
+            placement, connections = FakePlacement(), FakeConnections(registry)
+            processes = FakeProcesses(registry, reactor, placement, connections, self.clock)
+            return placement, connections, processes, FakeFrontEnds(registry, processes)
+
+        sup = self.sup = Supervisor(self.config_path, self.main, seams=seams)
+        sup.notify = Notifier("")          # not under systemd: sends nothing
         for name in ("registry", "reactor", "placement", "connections", "processes",
                      "frontends", "sizing", "health", "recycling", "views", "shutdown",
-                     "pools"):
-            setattr(sup, name, getattr(self, name))
-        sup.commands = self.commands = Commands(sup)
-        sup.signals = collections.deque()
-        sup.notify = Notifier("")          # not under systemd: sends nothing
-        sup.control = sup.metrics = None
-        sup.start_mono = self.clock.monotonic()
-        sup.next_second = 0.0
-        sup.next_idle_check = 0.0
-        sup.ready_sent = False
+                     "pools", "commands"):
+            setattr(self, name, getattr(sup, name))
         self.processes.start_zygote()
         self.processes.take()
         for cfg in cfgs:
