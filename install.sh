@@ -22,8 +22,11 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 if ! .venv/bin/python -c 'import hostd, httptools, psutil, prctl, pyroute2, pytest, h11, hypothesis, prometheus_client' 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.hostd-installed ]; then
+   || [ pyproject.toml -nt .venv/.hostd-installed ] || [ setup.py -nt .venv/.hostd-installed ] \
+   || [ workers/_h1fast.c -nt .venv/.hostd-installed ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
     touch .venv/.hostd-installed
 fi
+# the C request path (workers/_h1fast.c) is optional: say whether it was built
+.venv/bin/python -c 'from workers import h1fast; print("install.sh: workers request path:", h1fast.describe())' >&2
 echo "install.sh: ready: $(.venv/bin/hostd --help >/dev/null && echo .venv/bin/hostd)" >&2

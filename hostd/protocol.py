@@ -342,6 +342,13 @@ class Scoreboard:
 
     #: indexes in doubles(): busy seconds so far, busy since (0 = not busy now)
     BUSY_TOTAL, BUSY_SINCE = 5, 6
+    #: indexes in quads() and doubles() of write()'s fields, for per-request stores
+    REQUESTS, ACTIVE, CONNECTIONS, LAST_ACTIVITY = 0, 1, 2, 3
+
+    def quads(self) -> memoryview:
+        """The page as native unsigned 64-bit ints (little-endian on every host hostd
+        runs on, as write() packs them), for the worker's per-request stores."""
+        return memoryview(self._map).cast("Q")
 
     def doubles(self) -> memoryview:
         """The page as native doubles, for the worker's per-loop busy stores (a store into

@@ -67,16 +67,19 @@ R503 = _error_response("503 Service Unavailable", "Service Unavailable")
 _BODY500 = b"Internal Server Error\n"
 
 # --- per-second Date header ------------------------------------------------------
-_date_sec = 0
+_date_next = 0.0
 _date_hdr = ""
+_time = time.time
 
 
 def _date() -> str:
-    global _date_sec, _date_hdr
-    now = int(time.time())
-    if now != _date_sec:
-        _date_hdr = "Date: " + formatdate(now, usegmt=True) + "\r\n"
-        _date_sec = now
+    """The Date header line for now (made once a second)."""
+    global _date_next, _date_hdr
+    now = _time()
+    if now >= _date_next or now < _date_next - 1.0:   # (or the clock went back)
+        sec = int(now)
+        _date_hdr = "Date: " + formatdate(sec, usegmt=True) + "\r\n"
+        _date_next = sec + 1.0
     return _date_hdr
 
 

@@ -12,10 +12,15 @@ from httptools import HttpParserError, HttpParserUpgrade
 
 from hostd import limits
 
+from . import h1fast
 from .h1 import (BODY_TIMEOUT, CONTINUE, COUNTERS, DISCARD_LIMIT, R400, R431, RAW_CAP,
                  RECV_SIZE, Request, _HeadTooLarge, _POLLIN, _REJECTS, _hkey, _hkeys, _methods,
                  _monotonic, _protocols, _wait, message_offset)
 from .wsgi import BadRequestBody, ClientDisconnected
+
+
+_fast_parse = h1fast.parse
+_new_request = object.__new__
 
 
 class RequestReader:
@@ -141,9 +146,18 @@ class RequestReader:
         return None if start < 0 else self.raw[0][start:]
 
     def feed(self, data: bytes) -> None:
-        """Feeds bytes read from the socket to the parser; parse errors set `broken`."""
-        self.worker.bytes_in += len(data)
+        """Feeds bytes read from the socket to the parser; parse errors set `broken`.
+        At a message boundary, the common request read whole is taken by the C path
+        (workers/h1fast.py) when it is on; anything else goes to httptools."""
+        worker = self.worker
+        worker.bytes_in += len(data)
         if self.cur is None and not self.pending and not self.junk:
+            if _fast_parse is not None and not self.stopped:
+                hit = _fast_parse(data, self.base_env, self.max_head, self.max_url,
+                                  worker.max_body)
+                if hit is not None:
+                    self._take_fast(hit, data)
+                    return
             self.raw = [data]
             self.raw_len = len(data)
             self.raw_first = self.nbegun + 1
@@ -189,6 +203,38 @@ class RequestReader:
                 self.broken = R431
                 self.stopped = True
 
+    def _take_fast(self, hit, data: bytes) -> None:
+        """A request the C path read whole (`data` is exactly its bytes): pending, with
+        the bookkeeping the parser callbacks would have done."""
+        env, url, clen, body, keep_alive, http11, host = hit
+        self.nbegun = n = self.nbegun + 1
+        r = _new_request(Request)     # every slot set here, as Request.__init__ would
+        r.index = n
+        r.env = env
+        r.url = url
+        r.headers_done = r.complete = True
+        r.discard = r.expect = False
+        r.host = host
+        r.keep_alive = keep_alive
+        r.http11 = http11
+        r.clen = clen
+        r.te = None
+        r.t0 = 0.0
+        if body is None:
+            r.buf = None
+            r.got = 0
+            r.head_size = self.raw_len = len(data)
+            self.lbody = 0
+        else:
+            r.buf = bytearray(body)
+            r.got = self.lbody = clen
+            self.raw_len = len(data)
+            r.head_size = self.raw_len - clen
+        self.raw = [data]
+        self.raw_first = self.lindex = n
+        self.lline = 0
+        self.pending.append(r)
+
     def on_readable(self) -> None:
         """Loop thread: the socket is readable while the connection is idle."""
         try:
@@ -203,6 +249,14 @@ class RequestReader:
             return
         if self.stopped:
             return
+        if self.fast and self.cur is None and not self.pending and not self.junk:
+            worker = self.worker
+            hit = _fast_parse(data, self.base_env, self.max_head, self.max_url,
+                              worker.max_body)
+            if hit is not None:
+                worker.bytes_in += len(data)
+                self.serve_fast(hit, data)
+                return
         now = self.last = self.worker.now
         if self.head_since is None:
             self.head_since = now      # a kept-alive head begins: header_timeout runs

@@ -8,9 +8,13 @@ import os
 import stat
 import time
 
+from . import h1fast
 from .h1 import COUNTERS, DISCARD_LIMIT, _POLLOUT, _date, _wait
 from .wsgi import (K_CONNECTION, K_DATE, K_HOP, K_LENGTH, K_SERVER, ClientDisconnected,
                    HeaderError, header_kind, status_line)
+
+
+_fast_head = h1fast.head
 
 
 class ResponseWriter:
@@ -28,6 +32,22 @@ class ResponseWriter:
         if n == len(data):
             return
         self._send_rest(memoryview(data)[n:])
+
+    def send2(self, head: bytes, body: bytes) -> None:
+        """Sends head then body: one buffer for small bodies (a copy costs less than
+        the scatter list), sendmsg's two buffers for big ones (no copy of the body)."""
+        if len(body) < 16384 or self.throttle is not None:
+            self.send(head + body)
+            return
+        try:
+            n = self.sock.sendmsg((head, body))
+        except BlockingIOError:
+            n = 0
+        if n < len(head):
+            self._send_rest(memoryview(head)[n:])
+            n = len(head)
+        if n - len(head) < len(body):
+            self._send_rest(memoryview(body)[n - len(head):])
 
     def _send_rest(self, view) -> None:
         """send_timeout bounds each wait for the client to make room (a client that
@@ -79,7 +99,19 @@ class ResponseWriter:
 
     def _head(self, known_len) -> bytes:
         """The response head for self.status/self.headers; decides the framing.
-        known_len: the body length when all of it is known, else None."""
+        known_len: the body length when all of it is known, else None. The C path
+        (workers/h1fast.py) builds the plain-ASCII ones of a request read whole."""
+        if _fast_head is not None and self.req.complete:
+            hit = _fast_head(self.status, self.headers, -1 if known_len is None else known_len,
+                             self.http11, self.close_after, self.nobody, None)
+            if hit is not None:
+                head, clen, self.close_after, self.chunked, self.nobody = hit
+                self.clen = None if clen < 0 else clen
+                return head
+        return self._head_py(known_len)
+
+    def _head_py(self, known_len) -> bytes:
+        """_head in Python: every status and header list, and the errors."""
         status = self.status
         if status is None:
             raise AssertionError("the application did not call start_response()")

@@ -26,11 +26,22 @@ from httptools import HttpRequestParser
 from hostd import limits, log
 from hostd.protocol import MAX_HANDOFF_BYTES, WorkerSpec
 
-from .h1 import R421, _BODY500, _ONE, _date, _Gone, _monotonic
+from . import h1fast
+from .h1 import R421, _BODY500, _ONE, Request, _date, _Gone, _monotonic
 from .h1 import _hkey, message_offset  # noqa: F401 (tests import them from here)
 from .h1read import RequestReader
 from .h1write import ResponseWriter
+from hostd.protocol import Scoreboard as _SB
 from .wsgi import EMPTY_INPUT, BadRequestBody, ClientDisconnected, FileWrapper, HeaderError, Input
+
+
+_REQUESTS, _ACTIVE, _CONNECTIONS, _LAST = _SB.REQUESTS, _SB.ACTIVE, _SB.CONNECTIONS, \
+    _SB.LAST_ACTIVITY
+_fast_head = h1fast.head
+
+#: the request of serve_fast's responses: read whole, body-less (what the writer asks)
+_DONE = Request(0, {})
+_DONE.complete = True
 
 
 def configure(worker, spec: WorkerSpec, sems: list[int]) -> None:
@@ -91,6 +102,9 @@ class Connection(RequestReader, ResponseWriter):
         self.max_url = min(limits.MAX_URL_BYTES, self.max_head)
         self.throttle = None
         self.handed = False
+        #: serve_fast may answer this connection's requests (an inline worker with the
+        #: C path on and no bandwidth limit: Worker.fast)
+        self.fast = worker.fast
         try:
             local = sock.getsockname()
             peer = sock.getpeername()
@@ -152,16 +166,49 @@ class Connection(RequestReader, ResponseWriter):
         self.last = time.monotonic()
         return True
 
+    def serve_fast(self, hit, data: bytes) -> None:
+        """Loop thread of an inline worker, C path on (`fast`): answers a request that
+        workers/h1fast.py's parse read whole, without a body, at a message boundary
+        (hit: its result, data: its bytes): feed + run_pending + _serve in one go, for
+        the common case. A request for another pool, or with a body, goes the long way
+        (_take_fast, then the worker's dispatch), as anything the C parser declines."""
+        env, url, clen, body, keep_alive, http11, host = hit
+        worker = self.worker
+        route = worker.route_cache.get((env.get("HTTP_HOST"), url, self.local_port))
+        if route is None:
+            route = worker.resolve(env.get("HTTP_HOST"), self.local_port, url)
+        update = route[1]
+        if update is None or body is not None:
+            self._take_fast(hit, data)
+            worker.dispatch(self)
+            return
+        self.nbegun += 1
+        env.update(update)          # SCRIPT_NAME, PATH_INFO, QUERY_STRING, SERVER_NAME
+        env["wsgi.input"] = EMPTY_INPUT
+        try:
+            if not self._run(env, _DONE, url, keep_alive, http11, route[2]):
+                return
+        except _Gone:
+            return
+        self.last = worker.last_activity = worker.bd[_LAST] = _monotonic()
+        worker.bq[_ACTIVE] = 0      # Worker.request_done, inline
+        if (worker.draining or worker.shed_left) and not self.closed:
+            if not worker.draining:
+                worker.shed_left -= 1   # given back at its idle point (shed)
+            self.handoff()
+
     def _serve(self, req) -> bool:
+        """Answers req (the first pending request): routes it (a request for another
+        pool is handed back to the front end), then _run. Returns what _run returns
+        (False also after a handoff)."""
         worker = self.worker
         env = req.env
         host = env.get("HTTP_HOST")
-        key = (host, req.url, self.local_port)
-        hit = worker.route_cache.get(key)
+        hit = worker.route_cache.get((host, req.url, self.local_port))
         if hit is None:
             hit = worker.resolve(host, self.local_port, req.url)
-        route, script_name, path_info, query, server_name = hit
-        if route is None or route.pool != worker.pool:
+        route, update, at = hit
+        if update is None:          # another pool's (or no) route: the front end routes it
             self.handoff()
             return False
         if worker.max_bandwidth:
@@ -169,53 +216,83 @@ class Connection(RequestReader, ResponseWriter):
             if self.throttle is None:
                 self.throttle = worker.throttles[route.binding.text] = \
                     limits.Throttle(worker.max_bandwidth)
-        env["SCRIPT_NAME"] = script_name
-        env["PATH_INFO"] = path_info
-        env["QUERY_STRING"] = query
-        if server_name:
-            env["SERVER_NAME"] = server_name
+        env.update(update)          # SCRIPT_NAME, PATH_INFO, QUERY_STRING, SERVER_NAME
         if req.complete and not req.buf:
             env["wsgi.input"] = EMPTY_INPUT
         else:
             env["wsgi.input"] = Input(self, req)
+        return self._run(env, req, req.url, req.keep_alive, req.http11, at)
+
+    def _run(self, env, req, url, keep_alive, http11, at) -> bool:
+        """Runs the app on a routed request and sends its response; counts it (at: its
+        binding's offset in the worker's counts) and logs it. Returns True when the
+        connection stays open, False when it was closed. Raises _Gone when the app's
+        failure closed it."""
+        worker = self.worker
         self.status = None
-        self.sent = False
-        self.chunked = False
+        self.sent = self.chunked = False
         self.clen = None
         self.body_sent = 0
         # after an upgrade nothing more can be read: close; after a malformed request
         # behind this one, its 400 follows this response and closes
-        self.close_after = not req.keep_alive or (self.stopped and self.broken is None)
+        self.close_after = not keep_alive or (self.stopped and self.broken is None)
         self.head_req = self.nobody = env["REQUEST_METHOD"] == "HEAD"
-        self.http11 = req.http11
+        self.http11 = http11
         self.req = req
         t0 = _monotonic()
-        if worker.inline:
-            worker.request_start()
-        tid = _get_ident()
+        inline = worker.inline
+        if inline:              # Worker.request_start, inlined
+            worker.served += 1
+            bq = worker.bq
+            bq[_REQUESTS] = worker.served
+            bq[_ACTIVE] = 1
+            bq[_CONNECTIONS] = len(worker.conns)
+            tid = worker.loop_tid
+        else:
+            tid = _get_ident()
         busy = worker.busy
         busy[tid] = (t0, env)   # seen by pings (stuck) and request_timeout
         result = None
         failed = False
         try:
             result = worker.app(env, self.start_response)
-            if (type(result) is list or type(result) is tuple) and not self.sent \
+            rtype = type(result)
+            if (rtype is list or rtype is tuple) and not self.sent \
                     and (len(result) == 1 and type(result[0]) is bytes
                          or all(type(b) is bytes for b in result)):
                 # the common case: the whole body is here; Content-Length known, one send
                 body = result[0] if len(result) == 1 else b"".join(result)
-                head = self._head(len(body))
+                result = None       # a list or tuple: nothing to close
+                n = len(body)
+                hit = None
+                if _fast_head is not None and req.complete:     # ResponseWriter._head
+                    hit = _fast_head(self.status, self.headers, n, http11, self.close_after,
+                                     self.nobody, None)
+                if hit is None:
+                    head = self._head(n)
+                else:
+                    head, clen, self.close_after, self.chunked, self.nobody = hit
+                    self.clen = None if clen < 0 else clen
                 self.sent = True
                 if self.nobody:
                     self.send(head)
                 else:
-                    if self.clen != len(body):
+                    if self.clen != n:
                         body = self._clip(body)
                         if self.body_sent < self.clen:
                             self.close_after = True
-                    self.send(head + body)
                     self.body_sent = len(body)
-            elif type(result) is FileWrapper and not self.sent and self._send_file(result):
+                    if n < 16384 and self.throttle is None:
+                        data = head + body      # ResponseWriter.send, inlined
+                        try:
+                            k = self.sock.send(data)
+                        except BlockingIOError:
+                            k = 0
+                        if k != len(data):
+                            self._send_rest(memoryview(data)[k:])
+                    else:
+                        self.send2(head, body)
+            elif rtype is FileWrapper and not self.sent and self._send_file(result):
                 pass
             else:
                 for data in result:
@@ -234,10 +311,16 @@ class Connection(RequestReader, ResponseWriter):
                     self._app_failed(exc)
             busy.pop(tid, None)
             st = self.status
-            worker.count(route.binding.text, 5 if failed or not st else ord(st[0]) - 48,
-                         self.body_sent)
+            k = 5 if failed or not st else ord(st[0]) - 48
+            if inline and 1 <= k <= 5:     # Worker.count, inlined
+                c = worker.counts
+                c[at] += 1
+                c[at + k] += 1
+                c[at + 6] += self.body_sent
+            else:
+                worker.count(at, k, self.body_sent)
         if worker.access is not None:   # hostd/accesslog.py: format + append, no syscall
-            worker.access.log(env, req.url, self.status, self.body_sent if self.clen is None
+            worker.access.log(env, url, self.status, self.body_sent if self.clen is None
                               else self.clen, int((_monotonic() - t0) * 1e6))
         if self.closed:
             raise _Gone

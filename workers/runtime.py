@@ -22,13 +22,17 @@ from hostd.router import Router, decode_path, normalise_host, split_target
 from kernel import proc
 from kernel.fdpass import recv_into_with_fds, send_with_fds
 
+from . import h1fast
 from .app import load_app
 from .control import ControlChannel
 from .h1 import R408
 from .http import Connection, configure as configure_limits
 from .wsgi import ErrorStream, FileWrapper
 
-BUSY_TOTAL, BUSY_SINCE = protocol.Scoreboard.BUSY_TOTAL, protocol.Scoreboard.BUSY_SINCE
+_SB = protocol.Scoreboard
+BUSY_TOTAL, BUSY_SINCE = _SB.BUSY_TOTAL, _SB.BUSY_SINCE
+_REQUESTS, _ACTIVE, _CONNECTIONS, _LAST = _SB.REQUESTS, _SB.ACTIVE, _SB.CONNECTIONS, \
+    _SB.LAST_ACTIVITY
 
 _IN = select.EPOLLIN
 _QUEUE_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
@@ -50,6 +54,8 @@ class Worker(ControlChannel):
         configure_limits(self, ws, spec.get("conn_sems") or [])
         self.threads = ws.pool_value("threads")
         self.inline = self.threads == 1
+        #: connections may take Connection.serve_fast (the C path's whole-request case)
+        self.fast = self.inline and h1fast.ENABLED and not self.max_bandwidth
         self.app = app
         self.ctl = ctl
         self.queue = queue
@@ -86,6 +92,7 @@ class Worker(ControlChannel):
         #: app thread id -> (start monotonic, environ) of the request it runs now; read
         #: by the control thread for pings (stuck) and request_timeout
         self.busy: dict[int, tuple] = {}
+        self.loop_tid = threading.get_ident()   # inline requests run on this thread
         # traffic counters per binding of the pool (protocol.Scoreboard.write_counts):
         # plain list increments per request, flushed to the scoreboard from the tick
         self.binding_index = {text: i for i, text in
@@ -119,6 +126,7 @@ class Worker(ControlChannel):
         # with threads, the time all of them were taken
         self.busy_total = 0.0
         self.bd = scoreboard.doubles()
+        self.bq = scoreboard.quads()
         # threads > 1
         self.jobs: _queue.SimpleQueue | None = None
         self.done: deque = deque()
@@ -126,18 +134,25 @@ class Worker(ControlChannel):
 
     # --- helpers called by connections ------------------------------------------
     def resolve(self, host, port, url):
-        """Route cache miss: (route, SCRIPT_NAME, PATH_INFO, QUERY_STRING, SERVER_NAME)."""
+        """Route cache miss: (route, environ update, counter offset). The update holds
+        SCRIPT_NAME, PATH_INFO, QUERY_STRING and SERVER_NAME (when the Host gives one);
+        the offset is where the route's binding counts in `counts` (see count)."""
         authority, raw_path, raw_query = split_target(url)
         path = decode_path(raw_path)
         route = self.router.route(authority if authority is not None else host, port, path)
         if route is None or route.pool != self.pool:
-            hit = (route, "", "", "", "")
+            hit = (route, None, 0)
         else:
             prefix = route.binding.prefix
             if prefix == "/":
                 prefix = ""
-            hit = (route, prefix, path[len(prefix):], raw_query.decode("latin-1"),
-                   authority or normalise_host(host))
+            update = {"SCRIPT_NAME": prefix, "PATH_INFO": path[len(prefix):],
+                      "QUERY_STRING": raw_query.decode("latin-1")}
+            server_name = authority or normalise_host(host)
+            if server_name:
+                update["SERVER_NAME"] = server_name
+            hit = (route, update,
+                   self.binding_index.get(route.binding.text, 0) * _SB.COUNT_FIELDS)
         cache = self.route_cache
         if len(cache) >= 4096:
             cache.clear()
@@ -148,33 +163,36 @@ class Worker(ControlChannel):
         """Inline mode: a request is about to run. It is counted now, not after its
         response went out, so a status query right after the response sees it."""
         self.served += 1
-        self.board.write(self.served, 1, len(self.conns), self.now, self.pid)
+        bq = self.bq      # write()'s fields, stored one by one (cheaper than a pack)
+        bq[_REQUESTS] = self.served
+        bq[_ACTIVE] = 1
+        bq[_CONNECTIONS] = len(self.conns)
 
     def request_done(self) -> None:
         """Inline mode: one request answered; keep the scoreboard current."""
-        self.last_activity = t = time.monotonic()
-        self.board.write(self.served, 0, len(self.conns), t, self.pid)
+        self.last_activity = self.bd[_LAST] = time.monotonic()
+        self.bq[_ACTIVE] = 0
 
     def _board(self) -> None:
         self.board.write(self.served, self.running, len(self.conns), self.last_activity,
                          self.pid)
         self.board.write_counts(self.bytes_in, self.counts)
 
-    def count(self, binding: str, status_class: int, sent: int) -> None:
-        """One answered request (called by the thread that answered it)."""
-        i = self.binding_index.get(binding, 0) * 7
+    def count(self, at: int, status_class: int, sent: int) -> None:
+        """One answered request (called by the thread that answered it): at is the
+        binding's offset in `counts` (resolve), status_class 1-5."""
         if not 1 <= status_class <= 5:
             status_class = 5
         c = self.counts
         if self.inline:
-            c[i] += 1
-            c[i + status_class] += 1
-            c[i + 6] += sent
+            c[at] += 1
+            c[at + status_class] += 1
+            c[at + 6] += sent
         else:
             with self.count_lock:
-                c[i] += 1
-                c[i + status_class] += 1
-                c[i + 6] += sent
+                c[at] += 1
+                c[at + status_class] += 1
+                c[at + 6] += sent
 
     def forget(self, conn: Connection) -> None:
         """A connection closed itself. Pool threads leave the bookkeeping to the loop."""

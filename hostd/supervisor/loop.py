@@ -47,6 +47,7 @@ from hostd.supervisor.shutdown import Shutdown
 from hostd.supervisor.sizing import Sizing
 from hostd.supervisor.views import Views
 from kernel import proc
+from workers import h1fast
 
 P = PoolState
 #: how long READY=1 waits for always_running pools before saying so anyway
@@ -131,8 +132,9 @@ class Supervisor:
         self.route()
         log.notice("start", f"hostd started: {len(self.registry.pools)} pools, "
                    f"{len(self.frontends.slots)} front ends, listening on "
-                   + ", ".join(show_addr(h, p) for h, p in self.main.listen),
-                   CONFIG=str(self.config_path))
+                   + ", ".join(show_addr(h, p) for h, p in self.main.listen)
+                   + f"; workers' request path: {h1fast.describe()}",
+                   CONFIG=str(self.config_path), REQUEST_PATH="c" if h1fast.ENABLED else "python")
 
     def run(self) -> int:
         """The loop. Returns the exit code."""

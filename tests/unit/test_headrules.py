@@ -314,6 +314,7 @@ def front_verdict(data: bytes):
 
 class _Worker:
     max_header_bytes = MAX_HEAD
+    fast = False        # feed() only: serve_fast needs a whole worker
     base_env: dict = {}
     max_body = 1 << 20
     bytes_in = 0
