@@ -36,6 +36,7 @@ from hostd import limits, log, protocol
 from hostd.router import Router, decode_path, split_target
 from kernel import fdpass
 from kernel.sockets import reset_connection
+from workers import h1fast
 
 _EPOLLIN = select.EPOLLIN
 _RECV = 65536
@@ -44,6 +45,12 @@ _LINGER_SECONDS = 2.0
 #: how often heads that take too long are looked for (header_timeout is kept to +0.5 s)
 _SWEEP = 0.5
 _DONTWAIT = socket.MSG_DONTWAIT
+
+#: the C parser (workers/h1fast.py), which takes the common first request read whole
+#: (None: httptools reads every head); Content-Length is judged after routing, by pool
+_fast_parse = h1fast.parse
+_ANY_BODY = 1 << 62
+_MISS = object()
 
 #: pool states in which a request is queued (a STARTING pool's queue already exists)
 _SERVING = frozenset({"started", "starting"})
@@ -107,6 +114,25 @@ class _Pending(limits.HeadState):
         self.clen = -1
         self.te = None
 
+    @classmethod
+    def parsed(cls, sock: socket.socket, port: int, data: bytes, hit: tuple) -> "_Pending":
+        """A connection whose first request the C parser read whole (hit: its parse
+        result): done, with no httptools parser."""
+        self = object.__new__(cls)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.port = port
+        self.buf = data
+        self.parser = None
+        self.url = hit[1]
+        self.host = hit[6]
+        self.done = True
+        self.since = 0.0
+        self.registered = False
+        self.clen = hit[2]
+        self.te = None
+        return self
+
     # httptools callbacks (hostd/limits.py's rules; the worker's are workers/h1read.py)
     # only the first request's head is the front end's business; callbacks for
     # pipelined requests behind it (same feed) are ignored - the worker parses them
@@ -160,6 +186,9 @@ class FrontEnd:
         _Pending.max_head = self.max_header
         self.counters = limits.Counters(SLOT=slot)
         self.router = Router([])
+        #: (Host bytes, port, target) -> route (or None): what the router said, until
+        #: the next pool table
+        self.route_cache: dict = {}
         self.pools: dict[str, _Pool] = {}
         self.pending: dict[int, _Pending] = {}
         self.lingering: dict[int, tuple[socket.socket, float]] = {}
@@ -225,9 +254,31 @@ class FrontEnd:
                     self.counters.hit("max_connections", "all connection slots taken")
                     self._reply_sock(sock, TOO_MANY)
                     continue
-            conn = _Pending(sock, port, time.monotonic())
             # TCP_DEFER_ACCEPT: the head is usually here already
-            self._readable(conn)
+            try:
+                data = sock.recv(_RECV)
+            except BlockingIOError:
+                self._wait(_Pending(sock, port, time.monotonic()))
+                continue
+            except OSError:
+                self._give(None)
+                sock.close()
+                continue
+            if not data:
+                self._give(None)
+                sock.close()
+                continue
+            self._first_bytes(sock, port, data)
+
+    def _first_bytes(self, sock: socket.socket, port: int, data: bytes) -> None:
+        """The first bytes of a connection (new, or handed back by a worker): the C
+        parser takes the common whole request; anything else goes to httptools."""
+        if _fast_parse is not None:
+            hit = _fast_parse(data, None, self.max_header, _Pending.max_url, _ANY_BODY)
+            if hit is not None:
+                self._dispatch(_Pending.parsed(sock, port, data, hit))
+                return
+        self._feed(_Pending(sock, port, time.monotonic()), data)
 
     def _readable(self, conn: _Pending) -> None:
         try:
@@ -309,12 +360,15 @@ class FrontEnd:
     def _dispatch(self, conn: _Pending) -> None:
         # the head rules held (limits.HeadState.rule_complete): Host is valid bytes or
         # None (HTTP/1.0), an absolute-form target's authority wins over it
-        host = conn.host
-        authority, raw_path, _query = split_target(conn.url)
-        host_s = authority if authority is not None else (host.decode("latin-1") if host else None)
-        route = self.router.route(host_s, conn.port, decode_path(raw_path))
+        key = (conn.host, conn.port, conn.url)
+        route = self.route_cache.get(key, _MISS)
+        if route is _MISS:
+            route = self._route(conn)
+            if len(self.route_cache) >= 4096:
+                self.route_cache.clear()
+            self.route_cache[key] = route
         if route is None:
-            self._reply(conn, not_found(host_s or ""))
+            self._reply(conn, not_found(self._host_name(conn) or ""))
             return
         pool = self.pools.get(route.pool)
         if pool is None or pool.queue is None or pool.state not in _SERVING:
@@ -352,6 +406,19 @@ class FrontEnd:
             self._reply(conn, unavailable(pool.name))
             return
         conn.sock.close()
+
+    @staticmethod
+    def _host_name(conn: _Pending) -> str | None:
+        """The request's host: an absolute-form target's authority, else Host."""
+        authority = split_target(conn.url)[0]
+        if authority is not None:
+            return authority
+        return conn.host.decode("latin-1") if conn.host else None
+
+    def _route(self, conn: _Pending):
+        """The route of a head that passed the rules (route_cache miss), or None."""
+        return self.router.route(self._host_name(conn), conn.port,
+                                 decode_path(split_target(conn.url)[1]))
 
     def _park(self, pool: _Pool, conn: _Pending) -> None:
         """The kernel queue is full: the supervisor parks the connection (it keeps its slot)."""
@@ -406,11 +473,10 @@ class FrontEnd:
                 self._give(None)
                 sock.close()
                 continue
-            conn = _Pending(sock, port, time.monotonic())
             if data:
-                self._feed(conn, data)
+                self._first_bytes(sock, port, data)
             else:
-                self._readable(conn)
+                self._readable(_Pending(sock, port, time.monotonic()))
 
     # --- own answers ---------------------------------------------------------------
     def _reply(self, conn: _Pending, response: bytes) -> None:
@@ -528,6 +594,7 @@ class FrontEnd:
             pool.lb = info["lb"]
             pool.max_body = info.get("max_body", -1)
         self.router = Router.from_table(routes)
+        self.route_cache.clear()
         if not self.listening and not self.stopping:
             self.listening = True
             for fd in self.listeners:

@@ -53,7 +53,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-#: largest payload of a queue or reroute message (bytes already read from a client)
+#: largest payload of a queue or reroute message (bytes already read from a client).
+#: The descriptor such a message carries is a TCP (or, in tests, AF_UNIX) stream socket
+#: that is already O_NONBLOCK: the front end makes it so at accept, and nothing that
+#: passes it on changes it; workers rely on that and do not ask the kernel again.
 MAX_HANDOFF_BYTES = 1 << 18
 
 #: largest control message

@@ -8,7 +8,7 @@ kept-alive or pipelined request is held to exactly what a first request is.
 """
 from __future__ import annotations
 
-from httptools import HttpParserError, HttpParserUpgrade
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from hostd import limits
 
@@ -178,8 +178,11 @@ class RequestReader:
                     return
             if self.raw_len > RAW_CAP:
                 self.raw = None
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except HttpParserUpgrade:
             self.stopped = True
         except HttpParserError as exc:

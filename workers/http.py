@@ -21,7 +21,6 @@ import traceback
 from collections import deque
 from threading import get_ident as _get_ident
 
-from httptools import HttpRequestParser
 
 from hostd import limits, log
 from hostd.protocol import MAX_HANDOFF_BYTES, WorkerSpec
@@ -72,36 +71,52 @@ def configure(worker, spec: WorkerSpec, sems: list[int]) -> None:
 class Connection(RequestReader, ResponseWriter):
     """A client connection held by a worker (see the module docstring)."""
 
+    # Per-connection and per-response state. The defaults live on the class: a new
+    # connection (one per Connection: close request) sets only what differs, and an
+    # assignment later makes the attribute the instance's own.
+    parser = None               # httptools, made when the first head needs it (feed)
+    cur = None                  # the request being parsed
+    nbegun = 0
+    raw = None
+    raw_len = 0
+    raw_first = 1
+    junk = False                # raw holds only CR/LF before the next request line
+    lindex = 0                  # the last head checked: its index, its request line's
+    lline = -1                  # offset in raw[0] (-1: unknown), its body's length
+    lbody = -1                  # (-1: chunked)
+    broken = None               # error response to send after pending requests
+    stopped = False             # parser stopped (upgrade); close after pending
+    closed = False
+    registered = False
+    owned = False               # a pool thread is running its requests
+    last = 0.0
+    #: when the head now being read on this kept-alive connection began (None: no head
+    #: under way): a head must be whole within header_timeout, as at the front end,
+    #: however slowly its bytes trickle in (Worker._sweep)
+    head_since = None
+    nserved = 0
+    throttle = None
+    handed = False
+    # per-response state
+    status = None
+    headers = None
+    sent = False
+    chunked = False
+    clen = None
+    body_sent = 0
+    close_after = False
+    head_req = False
+    nobody = False
+    http11 = True
+    req = None
+
     def __init__(self, worker, sock):
         self.worker = worker
         self.sock = sock
         self.fd = sock.fileno()
-        self.parser = HttpRequestParser(self)
-        self.cur = None             # the request being parsed
         self.pending = deque()      # requests with complete headers, not yet answered
-        self.nbegun = 0
-        self.raw = None
-        self.raw_len = 0
-        self.raw_first = 1
-        self.junk = False           # raw holds only CR/LF before the next request line
-        self.lindex = 0             # the last head checked: its index, its request line's
-        self.lline = -1             # offset in raw[0] (-1: unknown), its body's length
-        self.lbody = -1             # (-1: chunked)
-        self.broken = None          # error response to send after pending requests
-        self.stopped = False        # parser stopped (upgrade); close after pending
-        self.closed = False
-        self.registered = False
-        self.owned = False          # a pool thread is running its requests
-        self.last = 0.0
-        #: when the head now being read on this kept-alive connection began (None: no
-        #: head under way): a head must be whole within header_timeout, as at the front
-        #: end, however slowly its bytes trickle in (Worker._sweep)
-        self.head_since = None
-        self.nserved = 0
         self.max_head = worker.max_header_bytes
         self.max_url = min(limits.MAX_URL_BYTES, self.max_head)
-        self.throttle = None
-        self.handed = False
         #: serve_fast may answer this connection's requests (an inline worker with the
         #: C path on and no bandwidth limit: Worker.fast)
         self.fast = worker.fast
@@ -120,18 +135,6 @@ class Connection(RequestReader, ResponseWriter):
         base["REMOTE_PORT"] = str(peer[1])
         self.base_env = base
         self.server_name = local[0]
-        # per-response state
-        self.status = None
-        self.headers = None
-        self.sent = False
-        self.chunked = False
-        self.clen = None
-        self.body_sent = 0
-        self.close_after = False
-        self.head_req = False
-        self.nobody = False
-        self.http11 = True
-        self.req = None
 
     def run_pending(self) -> bool:
         """Answers every request with complete headers, in order. Returns True when the

@@ -35,6 +35,7 @@ _REQUESTS, _ACTIVE, _CONNECTIONS, _LAST = _SB.REQUESTS, _SB.ACTIVE, _SB.CONNECTI
     _SB.LAST_ACTIVITY
 
 _IN = select.EPOLLIN
+_AF_INET, _STREAM = socket.AF_INET, socket.SOCK_STREAM
 _QUEUE_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
 _ONE = (1).to_bytes(8, "little")
 #: how long a reroute send may wait for the front ends to make room
@@ -334,12 +335,15 @@ class Worker(ControlChannel):
             return
         os.write(self.sem_fd, _ONE)
         try:
-            sock = socket.socket(fileno=fds[0])
+            # the family given, not looked up (3 syscalls): only recv/send and the
+            # address calls use the object, and those go by the kernel's answer
+            sock = socket.socket(_AF_INET, _STREAM, 0, fds[0])
         except OSError:
             os.close(fds[0])
             return
-        # TCP_NODELAY comes from the listening socket (accepted sockets inherit it)
-        sock.setblocking(False)
+        # already O_NONBLOCK (protocol.MAX_HANDOFF_BYTES): Python's own timeout stays
+        # "none", so each call is one syscall raising BlockingIOError when it would
+        # block, as with setblocking(False); TCP_NODELAY is inherited from the listener
         conn = Connection(self, sock)
         conn.last = self.last_activity = self.now
         self.conns[conn.fd] = conn

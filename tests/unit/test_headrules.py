@@ -285,19 +285,21 @@ class _Sock:
 
 
 def front_answer(data: bytes) -> bytes:
-    """What the front end answers to a connection that sent data: its own FrontEnd._feed
-    (parse, rules, _reject, _dispatch) on a front end with no binding at all, so a head
+    """What the front end answers to a connection that sent data: its own
+    FrontEnd._first_bytes (the C parser, else or when it declines _feed: parse, rules,
+    _reject; then _dispatch) on a front end with no binding at all, so a head
     that passes every rule is answered 404 ("incomplete" when it waits for more)."""
     fe = frontend.FrontEnd.__new__(frontend.FrontEnd)
     fe.max_header = frontend._Pending.max_head = MAX_HEAD
     fe.max_body = 1 << 20
     fe.router = Router([])
+    fe.route_cache = {}
     fe.pools = {}
     fe.counters = limits.Counters()
     answers = []
     fe._reply = lambda conn, response: answers.append(response)
     fe._wait = lambda conn: answers.append(b"incomplete")
-    fe._feed(frontend._Pending(_Sock(), 80, 0.0), data)
+    fe._first_bytes(_Sock(), 80, data)     # the C parser's path when it is built
     assert len(answers) == 1, answers
     return answers[0]
 
