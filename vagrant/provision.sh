@@ -57,7 +57,8 @@ else
 fi
 build=$(mktemp -d /tmp/hostd-src.XXXXXX)
 tar -C "$src" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
-    --exclude=./bench --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -cf - . \
+    --exclude=./bench --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis \
+    --exclude='*.so' -cf - . \
   | tar -C "$build" -xf -
 # (pip always rebuilds and reinstalls a local directory, so a re-provision installs this
 # checkout's code even under the same version number)
