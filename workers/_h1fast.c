@@ -12,12 +12,12 @@
  *       full reader accepts with the same environ (tests/unit/test_h1fast.py checks it
  *       against the full reader on a corpus and on generated heads).
  *
- *   head(status, headers, known_len, http11, close_after, nobody, date)
+ *   head(status, headers, known_len, http11, close_after, nobody)
  *       The response head for a WSGI status and header list when every piece is plain
  *       ASCII: returns (head, clen, close_after, chunked, nobody) or None. None: the
  *       caller builds the head in Python (workers/h1write.py: _head_py), which also
- *       raises the HeaderError for a bad status or header. date: the Date line to
- *       add (str), or None for this module's own, made once a second (date()).
+ *       raises the HeaderError for a bad status or header. The Date line is this
+ *       module's own, made once a second (date()).
  *
  * The common request (anything else is None):
  *   - method GET, HEAD, POST, PUT, DELETE, OPTIONS or PATCH, one SP, an origin-form
@@ -44,7 +44,7 @@ static unsigned char RCHAR[256];   /* reg-name characters (RFC 3986) */
 
 static PyObject *key_cache;        /* header name bytes -> environ key str, or None */
 static PyObject *s_method[7];
-static PyObject *s_REQUEST_METHOD, *s_SERVER_PROTOCOL, *s_HTTP11, *s_HTTP10, *s_comma;
+static PyObject *s_REQUEST_METHOD, *s_SERVER_PROTOCOL, *s_HTTP11, *s_HTTP10;
 
 static const char *METHODS[7] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"};
 
@@ -486,9 +486,9 @@ fast_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *headers, *res;
     char num[32];
 
-    if (nargs != 7) {
+    if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError,
-                        "head(status, headers, known_len, http11, close_after, nobody, date)");
+                        "head(status, headers, known_len, http11, close_after, nobody)");
         return NULL;
     }
     o.buf = o.small;
@@ -501,14 +501,11 @@ fast_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     http11 = PyObject_IsTrue(args[3]);
     close_after = PyObject_IsTrue(args[4]);
     nobody = PyObject_IsTrue(args[5]);
-    if (args[6] == Py_None) {
-        refresh_date();
-        ds = date_line;
-        dn = date_len;
-    } else
-        ds = ascii_of(args[6], &dn);
+    refresh_date();
+    ds = date_line;
+    dn = date_len;
     st = ascii_of(args[0], &stn);
-    if (st == NULL || ds == NULL || !PyList_CheckExact(headers))
+    if (st == NULL || !PyList_CheckExact(headers))
         Py_RETURN_NONE;
     /* "DDD" or "DDD reason", first digit 1-9, no CR, LF or NUL */
     if (stn < 3 || st[0] < '1' || st[0] > '9' || st[1] < '0' || st[1] > '9' ||
@@ -629,7 +626,7 @@ static PyMethodDef methods[] = {
      "parse(data, base_env, max_head, max_url, max_body) -> "
      "(env, url, clen, body, keep_alive, http11, host) | None"},
     {"head", (PyCFunction)(void (*)(void))fast_head, METH_FASTCALL,
-     "head(status, headers, known_len, http11, close_after, nobody, date) -> "
+     "head(status, headers, known_len, http11, close_after, nobody) -> "
      "(head, clen, close_after, chunked, nobody) | None"},
     {"date", fast_date, METH_NOARGS, "date() -> the Date header line for now (str)"},
     {NULL, NULL, 0, NULL}
@@ -659,8 +656,7 @@ PyInit__h1fast(void)
     s_SERVER_PROTOCOL = PyUnicode_InternFromString("SERVER_PROTOCOL");
     s_HTTP11 = PyUnicode_InternFromString("HTTP/1.1");
     s_HTTP10 = PyUnicode_InternFromString("HTTP/1.0");
-    s_comma = PyUnicode_InternFromString(",");
-    if (!s_REQUEST_METHOD || !s_SERVER_PROTOCOL || !s_HTTP11 || !s_HTTP10 || !s_comma)
+    if (!s_REQUEST_METHOD || !s_SERVER_PROTOCOL || !s_HTTP11 || !s_HTTP10)
         return NULL;
     m = PyModule_Create(&module);
     return m;

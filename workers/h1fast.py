@@ -8,7 +8,7 @@ body, keep_alive, http11, host), or None for anything else: the full reader
 them as it always does. It never refuses a request; it only takes ones the full reader
 takes, with the same environ (tests/unit/test_h1fast.py).
 
-`head(status, headers, known_len, http11, close_after, nobody, date)` builds the response
+`head(status, headers, known_len, http11, close_after, nobody)` builds the response
 head when the status and every header are plain ASCII and Content-Length is plain digits:
 (head, clen, close_after, chunked, nobody), or None: workers/h1write.py's `_head_py`
 builds it (and raises HeaderError for a bad status or header).

@@ -149,15 +149,19 @@ class RequestReader:
         """Feeds bytes read from the socket to the parser; parse errors set `broken`.
         At a message boundary, the common request read whole is taken by the C path
         (workers/h1fast.py) when it is on; anything else goes to httptools."""
-        worker = self.worker
-        worker.bytes_in += len(data)
+        self.worker.bytes_in += len(data)
+        if _fast_parse is not None and self.cur is None and not self.pending \
+                and not self.junk and not self.stopped:
+            hit = _fast_parse(data, self.base_env, self.max_head, self.max_url,
+                              self.worker.max_body)
+            if hit is not None:
+                self._take_fast(hit, data)
+                return
+        self._feed_parser(data)
+
+    def _feed_parser(self, data: bytes) -> None:
+        """feed's httptools half (bytes_in already counted)."""
         if self.cur is None and not self.pending and not self.junk:
-            if _fast_parse is not None and not self.stopped:
-                hit = _fast_parse(data, self.base_env, self.max_head, self.max_url,
-                                  worker.max_body)
-                if hit is not None:
-                    self._take_fast(hit, data)
-                    return
             self.raw = [data]
             self.raw_len = len(data)
             self.raw_first = self.nbegun + 1
@@ -252,18 +256,23 @@ class RequestReader:
             return
         if self.stopped:
             return
+        declined = False
         if self.fast and self.cur is None and not self.pending and not self.junk:
             worker = self.worker
+            worker.bytes_in += len(data)
             hit = _fast_parse(data, self.base_env, self.max_head, self.max_url,
                               worker.max_body)
             if hit is not None:
-                worker.bytes_in += len(data)
                 self.serve_fast(hit, data)
                 return
+            declined = True
         now = self.last = self.worker.now
         if self.head_since is None:
             self.head_since = now      # a kept-alive head begins: header_timeout runs
-        self.feed(data)
+        if declined:                    # the C parser saw these bytes: httptools' turn
+            self._feed_parser(data)
+        else:
+            self.feed(data)
         if self.pending or self.broken:
             self.head_since = None
             self.worker.dispatch(self)

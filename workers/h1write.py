@@ -15,6 +15,8 @@ from .wsgi import (K_CONNECTION, K_DATE, K_HOP, K_LENGTH, K_SERVER, ClientDiscon
 
 
 _fast_head = h1fast.head
+#: a body this large goes out beside its head (sendmsg), not copied behind it
+SCATTER_AT = 16384
 
 
 class ResponseWriter:
@@ -36,7 +38,7 @@ class ResponseWriter:
     def send2(self, head: bytes, body: bytes) -> None:
         """Sends head then body: one buffer for small bodies (a copy costs less than
         the scatter list), sendmsg's two buffers for big ones (no copy of the body)."""
-        if len(body) < 16384 or self.throttle is not None:
+        if len(body) < SCATTER_AT or self.throttle is not None:
             self.send(head + body)
             return
         try:
@@ -103,7 +105,7 @@ class ResponseWriter:
         (workers/h1fast.py) builds the plain-ASCII ones of a request read whole."""
         if _fast_head is not None and self.req.complete:
             hit = _fast_head(self.status, self.headers, -1 if known_len is None else known_len,
-                             self.http11, self.close_after, self.nobody, None)
+                             self.http11, self.close_after, self.nobody)
             if hit is not None:
                 head, clen, self.close_after, self.chunked, self.nobody = hit
                 self.clen = None if clen < 0 else clen

@@ -25,18 +25,13 @@ from threading import get_ident as _get_ident
 from hostd import limits, log
 from hostd.protocol import MAX_HANDOFF_BYTES, WorkerSpec
 
-from . import h1fast
 from .h1 import R421, _BODY500, _ONE, Request, _date, _Gone, _monotonic
 from .h1 import _hkey, message_offset  # noqa: F401 (tests import them from here)
 from .h1read import RequestReader
 from .h1write import ResponseWriter
-from hostd.protocol import Scoreboard as _SB
 from .wsgi import EMPTY_INPUT, BadRequestBody, ClientDisconnected, FileWrapper, HeaderError, Input
 
 
-_REQUESTS, _ACTIVE, _CONNECTIONS, _LAST = _SB.REQUESTS, _SB.ACTIVE, _SB.CONNECTIONS, \
-    _SB.LAST_ACTIVITY
-_fast_head = h1fast.head
 
 #: the request of serve_fast's responses: read whole, body-less (what the writer asks)
 _DONE = Request(0, {})
@@ -193,8 +188,8 @@ class Connection(RequestReader, ResponseWriter):
                 return
         except _Gone:
             return
-        self.last = worker.last_activity = worker.bd[_LAST] = _monotonic()
-        worker.bq[_ACTIVE] = 0      # Worker.request_done, inline
+        worker.request_done()
+        self.last = worker.last_activity
         if (worker.draining or worker.shed_left) and not self.closed:
             if not worker.draining:
                 worker.shed_left -= 1   # given back at its idle point (shed)
@@ -243,13 +238,8 @@ class Connection(RequestReader, ResponseWriter):
         self.http11 = http11
         self.req = req
         t0 = _monotonic()
-        inline = worker.inline
-        if inline:              # Worker.request_start, inlined
-            worker.served += 1
-            bq = worker.bq
-            bq[_REQUESTS] = worker.served
-            bq[_ACTIVE] = 1
-            bq[_CONNECTIONS] = len(worker.conns)
+        if worker.inline:
+            worker.request_start()
             tid = worker.loop_tid
         else:
             tid = _get_ident()
@@ -267,15 +257,7 @@ class Connection(RequestReader, ResponseWriter):
                 body = result[0] if len(result) == 1 else b"".join(result)
                 result = None       # a list or tuple: nothing to close
                 n = len(body)
-                hit = None
-                if _fast_head is not None and req.complete:     # ResponseWriter._head
-                    hit = _fast_head(self.status, self.headers, n, http11, self.close_after,
-                                     self.nobody, None)
-                if hit is None:
-                    head = self._head(n)
-                else:
-                    head, clen, self.close_after, self.chunked, self.nobody = hit
-                    self.clen = None if clen < 0 else clen
+                head = self._head(n)
                 self.sent = True
                 if self.nobody:
                     self.send(head)
@@ -285,16 +267,7 @@ class Connection(RequestReader, ResponseWriter):
                         if self.body_sent < self.clen:
                             self.close_after = True
                     self.body_sent = len(body)
-                    if n < 16384 and self.throttle is None:
-                        data = head + body      # ResponseWriter.send, inlined
-                        try:
-                            k = self.sock.send(data)
-                        except BlockingIOError:
-                            k = 0
-                        if k != len(data):
-                            self._send_rest(memoryview(data)[k:])
-                    else:
-                        self.send2(head, body)
+                    self.send2(head, body)
             elif rtype is FileWrapper and not self.sent and self._send_file(result):
                 pass
             else:
@@ -314,14 +287,7 @@ class Connection(RequestReader, ResponseWriter):
                     self._app_failed(exc)
             busy.pop(tid, None)
             st = self.status
-            k = 5 if failed or not st else ord(st[0]) - 48
-            if inline and 1 <= k <= 5:     # Worker.count, inlined
-                c = worker.counts
-                c[at] += 1
-                c[at + k] += 1
-                c[at + 6] += self.body_sent
-            else:
-                worker.count(at, k, self.body_sent)
+            worker.count(at, 5 if failed or not st else ord(st[0]) - 48, self.body_sent)
         if worker.access is not None:   # hostd/accesslog.py: format + append, no syscall
             worker.access.log(env, url, self.status, self.body_sent if self.clen is None
                               else self.clen, int((_monotonic() - t0) * 1e6))

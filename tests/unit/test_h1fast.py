@@ -225,7 +225,7 @@ HVALUE = st.sampled_from(["text/plain", "13", "0", " 13", "+13", "1_3", "-1", "c
 def test_head_agrees(status, headers, known_len, http11, close_after, nobody):
     date = h1fast.date()
     hit = h1fast.head(status, headers, -1 if known_len is None else known_len, http11,
-                      close_after, nobody, None)
+                      close_after, nobody)
     if hit is None:
         return
     w = _Writer(status, headers, http11, close_after, nobody)
