@@ -36,11 +36,9 @@ class ResponseWriter:
         self._send_rest(memoryview(data)[n:])
 
     def send2(self, head: bytes, body: bytes) -> None:
-        """Sends head then body: one buffer for small bodies (a copy costs less than
-        the scatter list), sendmsg's two buffers for big ones (no copy of the body)."""
-        if len(body) < SCATTER_AT or self.throttle is not None:
-            self.send(head + body)
-            return
+        """Sends head then a body of SCATTER_AT bytes or more, unthrottled, with
+        sendmsg's two buffers (no copy of the body; a small one is cheaper copied behind
+        the head and sent with send)."""
         try:
             n = self.sock.sendmsg((head, body))
         except BlockingIOError:

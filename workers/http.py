@@ -28,7 +28,7 @@ from hostd.protocol import MAX_HANDOFF_BYTES, WorkerSpec
 from .h1 import R421, _BODY500, _ONE, Request, _date, _Gone, _monotonic
 from .h1 import _hkey, message_offset  # noqa: F401 (tests import them from here)
 from .h1read import RequestReader
-from .h1write import ResponseWriter
+from .h1write import SCATTER_AT, ResponseWriter
 from .wsgi import EMPTY_INPUT, BadRequestBody, ClientDisconnected, FileWrapper, HeaderError, Input
 
 
@@ -267,7 +267,10 @@ class Connection(RequestReader, ResponseWriter):
                         if self.body_sent < self.clen:
                             self.close_after = True
                     self.body_sent = len(body)
-                    self.send2(head, body)
+                    if n < SCATTER_AT or self.throttle is not None:
+                        self.send(head + body)
+                    else:
+                        self.send2(head, body)
             elif rtype is FileWrapper and not self.sent and self._send_file(result):
                 pass
             else:
@@ -287,7 +290,16 @@ class Connection(RequestReader, ResponseWriter):
                     self._app_failed(exc)
             busy.pop(tid, None)
             st = self.status
-            worker.count(at, 5 if failed or not st else ord(st[0]) - 48, self.body_sent)
+            k = 5 if failed or not st else ord(st[0]) - 48
+            if not 1 <= k <= 5:
+                k = 5
+            if worker.inline:           # this is the only thread that counts
+                c = worker.counts
+                c[at] += 1
+                c[at + k] += 1
+                c[at + 6] += self.body_sent
+            else:
+                worker.count(at, k, self.body_sent)
         if worker.access is not None:   # hostd/accesslog.py: format + append, no syscall
             worker.access.log(env, url, self.status, self.body_sent if self.clen is None
                               else self.clen, int((_monotonic() - t0) * 1e6))

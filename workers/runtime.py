@@ -180,20 +180,14 @@ class Worker(ControlChannel):
         self.board.write_counts(self.bytes_in, self.counts)
 
     def count(self, at: int, status_class: int, sent: int) -> None:
-        """One answered request (called by the thread that answered it): at is the
-        binding's offset in `counts` (resolve), status_class 1-5."""
-        if not 1 <= status_class <= 5:
-            status_class = 5
+        """One answered request, from a pool thread (threads > 1; an inline worker's
+        loop thread counts in Connection._run, being the only one): at is the binding's
+        offset in `counts` (resolve), status_class 1-5."""
         c = self.counts
-        if self.inline:
+        with self.count_lock:
             c[at] += 1
             c[at + status_class] += 1
             c[at + 6] += sent
-        else:
-            with self.count_lock:
-                c[at] += 1
-                c[at + status_class] += 1
-                c[at + 6] += sent
 
     def forget(self, conn: Connection) -> None:
         """A connection closed itself. Pool threads leave the bookkeeping to the loop."""
