@@ -511,15 +511,22 @@ POOL_KEYS["limits"] = Table(LIMITS_KEYS, "resource limits", build=lambda values:
 @dataclass(frozen=True)
 class Isolation:
     """A pool's [isolation] table (hostd/isolation.py turns it into what the zygote
-    applies). A pool with no [isolation] table, here or in [defaults], is not isolated:
-    its workers run as hostd's own user, and hostd says so at start."""
+    applies, and `isolation.decide` says whether it applies). A pool with no
+    [isolation] table, here or in [defaults], gets these defaults with declared=False:
+    isolated when hostd runs as root, served as hostd's user (with hostd's loud
+    `no_isolation` warning) when it does not. `enabled = false` is the explicit
+    opt-out: workers run as hostd's user, and hostd warns at every start and reload."""
 
+    enabled: bool = True             # false: the logged opt-out, root workers
     identity: str = "dynamic"        # "dynamic" | "user:NAME"
     user_namespace: bool = True
     filesystem: str = "site"         # "site" | "host"
     read_only: bool = False
     network: str = "host"            # "host" | "none" | "private"
     show: tuple[str, ...] = ()       # more host directories visible (read-only) in "site"
+    #: False: no [isolation] table anywhere (not a key: set by the loader). Without
+    #: root such a pool is served unisolated; a declared table then fails the pool.
+    declared: bool = True
 
 
 def _identity(value, base) -> str:
@@ -551,6 +558,7 @@ def _dir_list(value, base) -> tuple[str, ...]:
 
 
 ISOLATION_KEYS: dict[str, Key] = {
+    "enabled": Key(_bool, True, "false: the pool is not isolated (root workers in hostd's namespaces), logged as a warning at every start and reload; every other [isolation] key is then an error"),
     "identity": Key(_identity, "dynamic", "\"dynamic\": a uid/gid of the pool's own, kept in state_dir; \"user:NAME\": an existing account"),
     "user_namespace": Key(_bool, True, "workers run in a user namespace that maps only the pool's uid/gid"),
     "filesystem": Key(_choice("site", "host"), "site", "site: own mount namespace (read-only system, private /tmp, own /proc, other sites and hostd's files hidden); host: the host's view"),
@@ -767,6 +775,9 @@ def _read_main(path) -> tuple[MainConfig | None, list[ConfigError]]:
     defaults = _check(defaults_raw if isinstance(defaults_raw, dict) else {},
                       MAIN_KEYS["defaults"].keys, base, "defaults.", problems, partial=True)
     # known to pool files but refused here: say why, not just "unknown key"
+    if isinstance(defaults_raw, dict):
+        problems.extend(("defaults." + k, p) for k, p in
+                        _opt_out_conflicts(defaults_raw.get("isolation")))
     if isinstance(defaults_raw, dict) and defaults_raw.get("env"):
         problem = secret_file_problem(path)
         if problem:
@@ -819,7 +830,7 @@ class PoolConfig:
     max_bandwidth: int = 0
     recycling: Recycling = Recycling()
     limits: Limits = Limits()
-    isolation: Isolation | None = None
+    isolation: Isolation = Isolation(declared=False)   # no table: the defaults
 
     def to_spec(self) -> dict:
         """Returns: a JSON-able dict of every field (paths as str, bindings as their
@@ -860,7 +871,9 @@ class PoolConfig:
             values["recycling"] = Recycling(**rec)
         if "limits" in values:
             values["limits"] = Limits(**values["limits"])
-        if values.get("isolation") is not None:
+        if values.get("isolation") is None:
+            values.pop("isolation", None)       # the class default: no table
+        else:
             iso = dict(values["isolation"])
             iso["show"] = tuple(iso.get("show", ()))
             values["isolation"] = Isolation(**iso)
@@ -916,11 +929,24 @@ def _load_pool(path: Path, main: MainConfig):
     if problem:
         errors.append(ConfigError(path, "env", problem))
     errors.extend(ConfigError(path, k, p) for k, p in _memory_conflicts(values))
+    errors.extend(ConfigError(path, k, p) for k, p in _opt_out_conflicts(raw.get("isolation")))
     if errors:
         return None, errors, claims
     if "isolation" not in raw and "isolation" not in main.defaults:
-        values["isolation"] = None   # no table anywhere: not isolated (see Isolation)
+        # no table anywhere: the defaults, isolated as root (see Isolation)
+        values["isolation"] = dataclasses.replace(values["isolation"], declared=False)
     return PoolConfig(name=name, file=path, **values), [], claims
+
+
+def _opt_out_conflicts(table) -> list[tuple[str, str]]:
+    """[isolation] enabled = false beside keys that would then do nothing, as (key,
+    problem). Takes the raw table as written (a pool's, or [defaults.isolation]): a
+    pool that opts out under an isolating [defaults.isolation] is fine."""
+    if not isinstance(table, dict) or table.get("enabled") is not False:
+        return []
+    return [(f"isolation.{k}", "does nothing with isolation.enabled = false (the pool is "
+             "not isolated): remove it, or the opt-out")
+            for k in table if k != "enabled" and k in ISOLATION_KEYS]
 
 
 def _memory_conflicts(values: dict) -> list[tuple[str, str]]:
@@ -1070,14 +1096,25 @@ def check_config(path=DEFAULT_MAIN_PATH) -> tuple[str, list[ConfigError]]:
         errors.extend(e.errors)
         lines.append("  (not checked)")
         return "\n".join(lines), errors
+    from hostd import isolation
+    root = os.geteuid() == 0
+    try:
+        known = isolation.IdentityStore(main.state_dir / "identities.json", 0, 0).uids
+    except OSError as e:
+        known = {}
+        lines.append(f"  ({e})")
     for name in sorted({*good, *broken}):
         if name in good:
             pool = good[name]
             lines.append(f"  {name:<16} ok      {pool.start_mode:<14} "
                          + ", ".join(b.text for b in pool.bindings))
+            lines.extend(f"  {'':<16} {line}" for line in
+                         isolation.describe(pool, root, known).splitlines())
         else:
             n = len(broken[name])
             lines.append(f"  {name:<16} BROKEN  {n} error{'s' if n != 1 else ''}")
             errors.extend(broken[name])
     lines.append(f"{len(good)} pool(s) ok, {len(broken)} broken, {len(errors)} error(s)")
+    if not root:
+        lines.append("(checked without root: as root, pools without [isolation] are isolated)")
     return "\n".join(lines), errors

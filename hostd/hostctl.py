@@ -68,11 +68,27 @@ def table(rows: list[list], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
+def _isolated(pool: dict) -> str:
+    """The ISOLATED column: yes, or no and why in a word (opt-out, no root)."""
+    if pool.get("isolated"):
+        return "yes"
+    if pool.get("isolated") is None:    # a broken pool (or an older hostd)
+        return "-"
+    return "no (enabled=false)" if (pool.get("isolation_reason") or "").endswith("false") \
+        else "no (not root)"
+
+
 def show_status(doc: dict) -> str:
     pools = [[p["name"], p["state"], len(p["workers"]), p.get("queued", 0),
               (p.get("identity") or {}).get("uid", "-"),
-              " ".join(p["bindings"]) or "-"] for p in doc["pools"]]
-    out = [table(pools, ["POOL", "STATE", "WORKERS", "QUEUED", "UID", "BINDINGS"])]
+              _isolated(p), " ".join(p["bindings"]) or "-"] for p in doc["pools"]]
+    out = [table(pools, ["POOL", "STATE", "WORKERS", "QUEUED", "UID", "ISOLATED",
+                         "BINDINGS"])]
+    opted = [p["name"] for p in doc["pools"] if p.get("isolated") is False
+             and p.get("isolation_reason") == "[isolation] enabled = false"]
+    if opted:
+        out.append("\nisolated: false ([isolation] enabled = false; workers run as hostd's "
+                   "user): " + ", ".join(opted))
     errors = [f"  {p['name']}: {p['error']}" for p in doc["pools"] if p.get("error")]
     if errors:
         out.append("\nerrors:\n" + "\n".join(errors))

@@ -103,6 +103,84 @@ class IdentityStore:
         return self.nets[pool]
 
 
+# --- whether a pool is isolated ----------------------------------------------------
+#: why a pool's workers run as they do (status "isolation_reason", check-config)
+ISOLATED = "isolated"
+OPTED_OUT = "[isolation] enabled = false"
+NO_ROOT = "hostd is not root"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """decide's answer: isolated or not, why (one of the reasons above), and the error
+    that fails the pool (None: the pool runs)."""
+
+    isolated: bool
+    why: str
+    error: str | None = None
+
+
+def decide(iso, is_root: bool) -> Decision:
+    """Takes: a pool's Isolation (hostd.config: its table, or the defaults with
+    declared=False when it has none) and whether hostd runs as root. Returns the
+    Decision. Never raises.
+
+    | table                    | root                  | not root                      |
+    |--------------------------|-----------------------|-------------------------------|
+    | none (declared=False)    | isolated (defaults)   | not isolated (hostd warns)    |
+    | enabled = true (written) | isolated              | error: needs root             |
+    | enabled = false          | not isolated, warned  | not isolated, warned          |
+    """
+    if not iso.enabled:
+        return Decision(False, OPTED_OUT)
+    if is_root:
+        return Decision(True, ISOLATED)
+    if iso.declared:
+        return Decision(False, NO_ROOT, "[isolation] needs hostd to run as root (uids, "
+                        "namespaces); run hostd as root, or opt out with "
+                        "[isolation] enabled = false")
+    return Decision(False, NO_ROOT)
+
+
+def describe(cfg, is_root: bool, known_uids: dict[str, int]) -> str:
+    """`hostd --check-config`: what the pool's workers will be (one or two lines). Takes the
+    PoolConfig, whether hostd (here: the checking process) is root, and the uids
+    state_dir/identities.json already holds (a dynamic identity not yet given is
+    given at the pool's first start). Returns the text. Never raises."""
+    iso = cfg.isolation
+    d = decide(iso, is_root)
+    if d.error is not None:
+        return f"FAILS: {d.error}"
+    if not d.isolated:
+        who = "root" if is_root else "hostd's user"
+        return f"NOT ISOLATED ({d.why}): runs as {who}, in hostd's namespaces"
+    if iso.identity == "dynamic":
+        uid = known_uids.get(cfg.name)
+        who = f"uid/gid {uid} (dynamic)" if uid is not None else \
+            "dynamic uid/gid (a new one from identity_range at first start)"
+    else:
+        who = iso.identity
+        try:
+            entry = pwd.getpwnam(iso.identity[5:])
+            who += f" (uid {entry.pw_uid} gid {entry.pw_gid})"
+        except KeyError:
+            pass
+    spaces = ["user"] if iso.user_namespace else []
+    if iso.filesystem == "site":
+        spaces += ["mount", "pid"]
+        view = ("site: system read-only, own /tmp, /var/tmp, /dev/shm, own /proc; sees "
+                + ", ".join(pool_dirs(cfg)) + " (" + ("read-only" if iso.read_only
+                                                     else "writable") + ")"
+                + "".join(f", {d} (read-only)" for d in iso.show)
+                + " and the Python runtime; other sites and hostd's files hidden")
+    else:
+        view = "host (the uid alone protects the host's files)"
+    if iso.network != "host":
+        spaces.append("network")
+    ns = ", ".join(spaces) if spaces else "none"
+    return f"isolated: {who}; namespaces: {ns}; network {iso.network}\nview: {view}"
+
+
 def _account_exists(uid: int) -> bool:
     """A uid or gid the host's account database already knows is never handed out."""
     import grp

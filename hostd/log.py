@@ -74,7 +74,7 @@ EVENTS: dict[str, str] = {
     "app_error": "The application raised an exception; the client got 500 and the traceback is in MESSAGE.",
     "limit": "A client limit was hit (connections, header size/time, body rate, send timeout ...).",
     "no_isolation": "hostd runs without root: pools are not isolated.",
-    "unisolated": "A pool has no [isolation] table: its workers run as hostd's user (root), in hostd's namespaces.",
+    "unisolated": "A pool opted out of isolation ([isolation] enabled = false): its workers run as hostd's user (root), in hostd's namespaces; logged at every start and reload.",
     "identity": "The uid/gid a pool's workers (or the front ends) run as (UID=, GID=); `hostctl pool identity NAME`.",
     "isolation_failed": "A changed [isolation] could not be applied on reload (e.g. the identity cannot read the pool's directory); the pool failed.",
     "frontend_identity": "The front ends' identity ([hostd] frontend_identity) could not be resolved; they stay root.",

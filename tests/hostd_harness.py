@@ -62,7 +62,14 @@ class Hostd:
     """One hostd process with its own config directory under `root`."""
 
     def __init__(self, root: Path, pools: dict[str, dict | str], hostd: dict | None = None,
-                 defaults: dict | None = None, port: int | None = None):
+                 defaults: dict | None = None, port: int | None = None,
+                 root_workers: bool = False):
+        """root_workers: every pool file without an [isolation] table gets `[isolation]
+        enabled = false` (root workers in hostd's namespaces), for a test that assumes
+        them: it reads the app's os.getpid() as the host's pid (a worker is pid 1 of its
+        own namespace), or shares files under pytest's /tmp with the app (private in an
+        isolated worker's view). Without it pools get hostd's default: isolated."""
+        self.root_workers = root_workers
         self.root = Path(root)
         self.port = port or free_port()
         self.config = self.root / "hostd.toml"
@@ -87,6 +94,12 @@ class Hostd:
 
     def write_pool(self, name: str, pool: dict | str) -> Path:
         path = self.pools_dir / f"{name}.toml"
+        if self.root_workers:
+            if isinstance(pool, str):
+                if "[isolation]" not in pool:
+                    pool += "\n[isolation]\nenabled = false\n"
+            elif "isolation" not in pool:
+                pool = {**pool, "isolation": {"enabled": False}}
         path.write_text(pool if isinstance(pool, str) else toml_dump(pool))
         path.chmod(0o600)   # pool files may hold env values: hostd refuses them readable
         return path

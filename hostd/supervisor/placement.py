@@ -24,6 +24,15 @@ from kernel import fdpass, memevents
 #: v1: each supervisor's base cgroup is BASE_PREFIX + its pid, beside its own cgroup
 BASE_PREFIX = "hostd."
 
+def _user_name() -> str:
+    """hostd's own user, as a warning names it ("root", or "uid N")."""
+    import pwd
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
 if TYPE_CHECKING:
     from hostd.supervisor.reactor import Reactor
     from hostd.supervisor.records import Registry
@@ -223,18 +232,15 @@ class Placement:
         file and key), or None. The filesystem view is made per spawn
         (worker_isolation), so it hides pools added since."""
         cfg, iso = pool.cfg, pool.cfg.isolation
-        if iso is None:
+        decision = self.decide(pool)
+        if decision.error is not None:
+            return f"{cfg.file}: {decision.error}"
+        if not decision.isolated:
             pool.identity = None
             if pool.netns is not None:
                 self.drop_network(pool)
             self.drop_tmp(pool)
-            if os.geteuid() == 0:
-                log.warning("unisolated", f"pool {pool.name} has no [isolation]: its workers "
-                            "run as root, in hostd's namespaces", POOL=pool.name)
             return None
-        if os.geteuid() != 0:
-            return (f"{cfg.file}: [isolation] needs hostd to run as root (uids, namespaces); "
-                    "remove the table or run hostd as root")
         try:
             identity = isolation.resolve_identity(pool.name, iso.identity, self.identity_store())
         except (OSError, KeyError) as exc:
@@ -260,6 +266,19 @@ class Placement:
                      GID=identity.gid)
         pool.identity = identity
         return None
+
+    def decide(self, pool) -> isolation.Decision:
+        """Whether the pool's workers are isolated (hostd/isolation.py decide)."""
+        return isolation.decide(pool.cfg.isolation, os.geteuid() == 0)
+
+    def warn_unisolated(self, pools) -> None:
+        """At start and after every reload: one warning per pool that opted out
+        ([isolation] enabled = false), so the choice is never silent."""
+        for pool in pools:
+            if pool.cfg is not None and not pool.cfg.isolation.enabled:
+                log.warning("unisolated", f"pool {pool.name}: [isolation] enabled = false "
+                            f"({pool.cfg.file}): its workers run as {_user_name()}, in "
+                            "hostd's namespaces, and can read every site", POOL=pool.name)
 
     def frontend_identity(self) -> None:
         """The front ends parse what any client sends: once their sockets are set up they
@@ -301,7 +320,7 @@ class Placement:
     def worker_isolation(self, pool) -> dict | None:
         """The spawn spec's "isolation": what the zygote applies (hostd/zygote.py)."""
         iso = pool.cfg.isolation
-        if iso is None or pool.identity is None:
+        if pool.identity is None:       # not isolated (isolate decided)
             return None
         if iso.filesystem == "site":
             view = self._view(pool)
@@ -316,7 +335,8 @@ class Placement:
         """`hostctl pool identity NAME`: the uid/gid the pool's workers run as."""
         name = pool.name
         iso = pool.cfg.isolation
-        if iso is None:
+        decision = self.decide(pool)
+        if not decision.isolated:
             doc = {"uid": os.geteuid(), "gid": os.getegid(), "identity": "hostd", "user": None}
         else:
             identity = pool.identity
@@ -327,7 +347,8 @@ class Placement:
                 except (OSError, KeyError) as exc:
                     return False, {"ok": False, "message": f"pool {name}: {exc}"}
             doc = identity.to_dict()
-        return True, {"ok": True, "pool": name, **doc, "isolated": iso is not None,
+        return True, {"ok": True, "pool": name, **doc, "isolated": decision.isolated,
+                      "isolation_reason": decision.why,
                       "message": f"pool {name}: uid {doc['uid']} gid {doc['gid']} "
                                  f"({doc['identity']})"}
 

@@ -56,6 +56,7 @@ class Pools:
             self.add(name, cfg)
         for name, bad in sorted(broken.items()):
             self.add_broken(bad)
+        self.placement.warn_unisolated(self.registry.pools.values())
 
     def add(self, name: str, cfg) -> Pool:
         """A new pool record for `cfg`, started (or FAILED with the reason)."""
@@ -247,6 +248,7 @@ class Pools:
                 if w.state in (W.STARTING, W.READY):
                     self.processes.send(w, routes)
         self.frontends.broadcast()
+        self.placement.warn_unisolated(self.registry.pools.values())
         log.notice("reloaded", f"configuration reloaded: {len(self.registry.pools)} pools")
 
     def _change(self, pool, cfg) -> None:

@@ -75,6 +75,7 @@ class Views:
                                 "recycling": w.recycle.reason or None,
                                 "boot_ms": w.boot or None})
             cfg = pool.cfg
+            decision = self.placement.decide(pool) if cfg else None
             pools.append({"name": pool.name, "state": pool.state.value,
                           "bindings": pool.binding_texts,
                           "workers": workers, "queued": pool.queued(),
@@ -83,8 +84,11 @@ class Views:
                           "error": pool.error,
                           "recycles": dict(pool.recycles),
                           "limits": dataclasses.asdict(cfg.limits) if cfg else None,
+                          # the table in force, null when not isolated (why: reason)
                           "isolation": dataclasses.asdict(cfg.isolation)
-                          if cfg and cfg.isolation else None,
+                          if decision and decision.isolated else None,
+                          "isolated": decision.isolated if decision else None,
+                          "isolation_reason": decision.why if decision else None,
                           "identity": pool.identity.to_dict() if pool.identity else None,
                           "file": str(cfg.file) if cfg else None})
         ids = self.placement.frontend_ids

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,8 @@ def j(resp):
 
 @pytest.fixture
 def two_pools(tmp_path):
-    h = Hostd(tmp_path, {
+    # root workers ([isolation] enabled = false): the app's os.getpid() is compared with hostd's pids
+    h = Hostd(tmp_path, root_workers=True, pools={
         "alpha": pool(["alpha.test", "*.wild.test", "shared.test/alpha/"]),
         "beta": pool(["beta.test", "*", "shared.test/beta/"], env={"MARKER": "b"}),
     })
@@ -66,7 +68,8 @@ def test_routing_by_host_wildcard_any_and_prefix(two_pools):
 
 
 def test_demand_start_and_always_running(tmp_path):
-    h = Hostd(tmp_path, {"lazy": pool(["lazy.test"]),
+    # root workers ([isolation] enabled = false): the app's os.getpid() is compared with hostd's pids
+    h = Hostd(tmp_path, root_workers=True, pools={"lazy": pool(["lazy.test"]),
                          "eager": pool(["eager.test"], start_mode="always_running")})
     h.start()
     try:
@@ -362,6 +365,21 @@ def test_readme_first_command_serves_demo(tmp_path):
             time.sleep(0.5)
         assert body["alpha"][0] == 200 and b"pool=alpha" in body["alpha"][1], body
         assert body["beta"][0] == 200 and b"pool=beta" in body["beta"][1], body
+        if os.geteuid() == 0:
+            # served by isolated workers: the demo pools have no [isolation] table, and
+            # this machine's Python lives under /root (0700)
+            out = subprocess.run([sys.executable, "-m", "hostd.hostctl", "--config",
+                                  str(REPO / "examples" / "hostd.toml"), "status", "--json"],
+                                 capture_output=True, text=True, timeout=30, cwd=REPO)
+            pools = {q["name"]: q for q in json.loads(out.stdout)["pools"]}
+            for name in ("alpha", "beta"):
+                q = pools[name]
+                assert q["isolated"] is True and q["identity"]["uid"] != 0, q
+                for w in q["workers"]:
+                    uid = q["identity"]["uid"]
+                    status = Path(f"/proc/{w['pid']}/status").read_text()
+                    assert f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}" in status, status
+            assert pools["alpha"]["identity"]["uid"] != pools["beta"]["identity"]["uid"]
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         try:

@@ -23,7 +23,8 @@ def _events(h: Hostd, event: str) -> list[str]:
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_keepalive_load_grows_the_garden_and_is_rebalanced(tmp_path, threads):
-    h = Hostd(tmp_path, {"g": {"app": "core_app:application", "directory": str(APPS),
+    # root workers ([isolation] enabled = false): the app's os.getpid() tells the workers apart
+    h = Hostd(tmp_path, root_workers=True, pools={"g": {"app": "core_app:application", "directory": str(APPS),
                                "bindings": ["g.test"], "start_mode": "always_running",
                                "processes": 2, "threads": threads}})
     h.start()

@@ -194,7 +194,8 @@ def test_startup_limit_kills_and_counts(tmp_path):
 
 
 def test_shutdown_limit_kills_worker_and_its_children(tmp_path):
-    h = Hostd(tmp_path, {"a": pool(["a.test"], start_mode="always_running",
+    # root workers ([isolation] enabled = false): the app's pid and a marker file under pytest's /tmp
+    h = Hostd(tmp_path, root_workers=True, pools={"a": pool(["a.test"], start_mode="always_running",
                                    health={"shutdown_limit": "2s"})})
     h.start()
     try:
@@ -220,7 +221,8 @@ def test_shutdown_limit_kills_worker_and_its_children(tmp_path):
 
 def test_orphan_kept_for_debugging(tmp_path):
     out = tmp_path / "orphan-action.txt"
-    h = Hostd(tmp_path, {"a": pool(["a.test"], start_mode="always_running", health={
+    # root workers ([isolation] enabled = false): the app's pid and a marker file under pytest's /tmp
+    h = Hostd(tmp_path, root_workers=True, pools={"a": pool(["a.test"], start_mode="always_running", health={
         "ping_interval": "1s", "ping_timeout": "1s", "orphan": True,
         "orphan_action": f"echo pid={{pid}} pool={{pool}} > {out}; echo dumped"})})
     h.start()
@@ -254,7 +256,8 @@ def test_orphan_kept_for_debugging(tmp_path):
 def test_stopping_a_pool_kills_its_double_forked_daemon(tmp_path):
     """IIS job-object semantics through the worker's cgroup: a daemon that left the
     worker's session and process tree still dies with the pool."""
-    h = Hostd(tmp_path, {"a": pool(["a.test"])})
+    # root workers ([isolation] enabled = false): the app's pid and a marker file under pytest's /tmp
+    h = Hostd(tmp_path, root_workers=True, pools={"a": pool(["a.test"])})
     h.start()
     try:
         if "no_cgroups" in h.log():

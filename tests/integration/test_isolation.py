@@ -1,6 +1,7 @@
 """[isolation] against the real kernel (the isolation issue's acceptance): an intruder
 app in pool "a" tries to reach pool "b", hostd and the host, and every attempt must
-fail; each failure is checked next to a positive control (the same attempt from a
+fail. Pools "a" and "b" have no [isolation] table at all: what they get is the default
+(isolated-default issue); "n" adds network = "none"; each failure is checked next to a positive control (the same attempt from a
 place where it must work), so a broken probe cannot pass for isolation.
 
 Root only: uids, user/mount/pid/network namespaces are real, nothing is mocked."""
@@ -10,6 +11,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +37,12 @@ def site_dir(root: Path, name: str) -> Path:
 
 
 def pool(d: Path, binding: str, **isolation) -> dict:
-    return {"app": "intruder_app:application", "directory": str(d), "bindings": [binding],
-            "start_mode": "always_running", "isolation": isolation}
+    """A pool file; without keyword arguments it has no [isolation] table at all."""
+    doc = {"app": "intruder_app:application", "directory": str(d), "bindings": [binding],
+           "start_mode": "always_running"}
+    if isolation:
+        doc["isolation"] = isolation
+    return doc
 
 
 def ask(h: Hostd, host: str, path: str) -> dict:
@@ -52,8 +59,8 @@ def ready_pid(h: Hostd, name: str) -> int:
 
 @pytest.fixture(scope="module")
 def listener():
-    """A TCP listener on the host's loopback: pool "a" (network = "none") must not
-    reach it, pool "b" (network = "host") must."""
+    """A TCP listener on the host's loopback: pool "n" (network = "none") must not
+    reach it, pool "b" (network = "host", the default) must."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(64)
@@ -67,8 +74,9 @@ def hostd(tmp_path_factory):
     a, b = site_dir(root, "a"), site_dir(root, "b")
     b.chmod(0o700)            # root's until the admin gives it to b's identity (below)
     h = Hostd(root, pools={
-        "a": pool(a, "a.localhost", network="none"),
+        "a": pool(a, "a.localhost"),
         "b": {**pool(b, "b.localhost"), "env": {"SECRET": "b's database password"}},
+        "n": pool(site_dir(root, "n"), "n.localhost", network="none"),
     })
     # no user namespace, read-only site; and an existing account
     h.write_pool("c", pool(site_dir(root, "c"), "c.localhost", user_namespace=False,
@@ -95,7 +103,7 @@ def hostd(tmp_path_factory):
         for path in (b, b / "intruder_app.py", secret):
             os.chown(path, h.ids["b"]["uid"], h.ids["b"]["gid"])
         assert h.ctl("pool", "start", "b").returncode == 0
-        h.a_pid, h.b_pid = ready_pid(h, "a"), ready_pid(h, "b")
+        h.a_pid, h.b_pid, h.n_pid = ready_pid(h, "a"), ready_pid(h, "b"), ready_pid(h, "n")
         h.secret, h.a_dir, h.b_dir = secret, a, b
         yield h
     finally:
@@ -116,10 +124,14 @@ def test_each_pool_has_its_own_uid_and_the_host_sees_it(hostd):
         assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
         assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
         assert os.readlink(f"/proc/{pid}/ns/pid_for_children") != os.readlink("/proc/self/ns/pid")
-    assert os.readlink(f"/proc/{hostd.a_pid}/ns/net") != os.readlink("/proc/self/ns/net")
-    assert os.readlink(f"/proc/{hostd.b_pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    # the default keeps the host's network; network = "none" is a namespace of its own
+    assert os.readlink(f"/proc/{hostd.a_pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    assert os.readlink(f"/proc/{hostd.n_pid}/ns/net") != os.readlink("/proc/self/ns/net")
     status = hostd.pool("a")
-    assert status["identity"]["uid"] == a["uid"] and status["isolation"]["network"] == "none"
+    assert status["identity"]["uid"] == a["uid"] and status["isolation"]["network"] == "host"
+    assert status["isolated"] is True and status["isolation_reason"] == "isolated"
+    assert status["isolation"]["declared"] is False           # no table: the defaults
+    assert hostd.pool("n")["isolation"]["network"] == "none"
     text = hostd.ctl("pool", "identity", "a").stdout
     assert str(a["uid"]) in text, text
     table = hostd.ctl("status").stdout            # the UID column of the pool table
@@ -136,7 +148,8 @@ def test_worker_is_not_root_and_has_no_capabilities(hostd):
     assert me["getpid"] == 1                       # pid 1 of its own pid namespace
     assert me["pids"] == [1], me["pids"]           # sees no pid outside its pool
     assert me["cwd"] == str(hostd.a_dir)
-    assert me["interfaces"] == ["lo"]              # network = "none"
+    assert me["interfaces"] == [n for _, n in socket.if_nameindex()]   # the host's network
+    assert ask(hostd, "n.localhost", "/whoami")["interfaces"] == ["lo"]   # network = "none"
 
 
 def test_worker_reaps_the_daemons_it_inherits_as_pid_1(hostd):
@@ -256,9 +269,9 @@ def test_intruder_cannot_connect_to_the_control_socket(hostd):
 def test_network_none_cannot_reach_the_host(hostd, listener):
     # positive control: b (network = "host") connects to the host's loopback listener
     assert ask(hostd, "b.localhost", f"/connect?host=127.0.0.1&port={listener}")["ok"]
-    r = ask(hostd, "a.localhost", f"/connect?host=127.0.0.1&port={listener}")
+    r = ask(hostd, "n.localhost", f"/connect?host=127.0.0.1&port={listener}")
     assert not r["ok"] and r["errno"] in ("ECONNREFUSED", "ENETUNREACH"), r
-    r = ask(hostd, "a.localhost", f"/connect?host=127.0.0.1&port={hostd.port}")
+    r = ask(hostd, "n.localhost", f"/connect?host=127.0.0.1&port={hostd.port}")
     assert not r["ok"], r
 
 
@@ -485,5 +498,49 @@ def test_max_connections_holds_for_isolated_workers(tmp_path):
             h.wait_for(lambda: h.get("p.localhost", "/")[0] == 200, timeout=5,
                        what="slots back")
             time.sleep(0.3)
+    finally:
+        h.stop()
+
+
+def test_opt_out_runs_root_and_says_so_at_start_reload_and_in_status(tmp_path):
+    """[isolation] enabled = false: the explicit opt-out. Its worker is root in hostd's
+    namespaces; hostd logs an `unisolated` warning naming the pool at start and at every
+    reload, and status says isolated: false. A pool beside it without a table is
+    isolated (positive control)."""
+    d = site_dir(tmp_path, "site")
+    h = Hostd(tmp_path, pools={"r": pool(d, "r.localhost", enabled=False),
+                               "i": pool(d, "i.localhost")})
+    h.start()
+    try:
+        r_pid, i_pid = ready_pid(h, "r"), ready_pid(h, "i")
+        assert "Uid:\t0\t0\t0\t0" in Path(f"/proc/{r_pid}/status").read_text()
+        assert os.readlink(f"/proc/{r_pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+        assert ask(h, "r.localhost", "/whoami")["uid"] == 0
+        assert "Uid:\t0" not in Path(f"/proc/{i_pid}/status").read_text()
+
+        def warnings():
+            return [l for l in h.log().splitlines() if "unisolated" in l and "pool r" in l]
+        assert len(warnings()) == 1, h.log()
+        assert not any("unisolated" in l and "pool i" in l for l in h.log().splitlines())
+        for n in (2, 3):                          # every reload, changed or not
+            h.signal(__import__("signal").SIGHUP)
+            h.wait_for(lambda: len(warnings()) == n, timeout=10, what=f"warning #{n}")
+        r, i = h.pool("r"), h.pool("i")
+        assert (r["isolated"], r["isolation"], r["identity"]) == (False, None, None)
+        assert r["isolation_reason"] == "[isolation] enabled = false"
+        assert i["isolated"] is True and i["identity"]["uid"] != 0
+        text = h.ctl("status").stdout
+        assert "isolated: false" in text and "r" in text.split("isolated: false")[1], text
+        doc = json.loads(h.ctl("pool", "identity", "r", "--json").stdout)
+        assert (doc["uid"], doc["identity"], doc["isolated"]) == (0, "hostd", False)
+        check = subprocess.run([sys.executable, "-m", "hostd.cli", "--check-config",
+                                "--config", str(h.config)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        lines = check.stdout.splitlines()
+        r_at = next(k for k, l in enumerate(lines) if l.strip().startswith("r "))
+        i_at = next(k for k, l in enumerate(lines) if l.strip().startswith("i "))
+        assert "NOT ISOLATED" in lines[r_at + 1], check.stdout
+        assert "isolated: uid/gid " + str(i["identity"]["uid"]) in lines[i_at + 1], check.stdout
+        assert "view: site" in lines[i_at + 2], check.stdout
     finally:
         h.stop()

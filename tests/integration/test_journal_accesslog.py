@@ -131,7 +131,8 @@ def test_journald_native_backend_from_every_process(tmp_path, monkeypatch):
     monkeypatch.setenv("HOSTD_JOURNAL_SOCKET", jpath)
     broken = {"app": "worker_broken:app", "directory": str(APPS), "bindings": ["b.test"],
               "health": {"rapid_fail_max_crashes": 1}}
-    h = Hostd(tmp_path, {"a": hello(), "b": broken}, hostd={"access_log": "journal"})
+    # root workers ([isolation] enabled = false): the test's journal socket is under pytest's /tmp
+    h = Hostd(tmp_path, root_workers=True, pools={"a": hello(), "b": broken}, hostd={"access_log": "journal"})
     h.start()
     try:
         send(h, 20)

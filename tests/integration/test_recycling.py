@@ -195,7 +195,8 @@ def test_garden_request_recycles_are_spread(tmp_path):
 
 
 def test_idle_keepalive_connection_moves_to_another_worker(tmp_path):
-    h = Hostd(tmp_path, {"a": pool(["a.test"])})
+    # root workers ([isolation] enabled = false): the app's os.getpid() is the worker's pid to recycle
+    h = Hostd(tmp_path, root_workers=True, pools={"a": pool(["a.test"])})
     h.start()
     try:
         h.wait_for(lambda: ready(h, "a"), what="ready")

@@ -309,6 +309,18 @@ class FakePlacement:
     def isolate(self, pool) -> str | None:
         return self.isolate_errors.get(pool.name)
 
+    #: what decide assumes of hostd's user (the real one asks geteuid)
+    root = False
+
+    def decide(self, pool):
+        from hostd import isolation
+        return isolation.decide(pool.cfg.isolation, self.root)
+
+    def warn_unisolated(self, pools) -> None:
+        from hostd.supervisor.placement import Placement
+        self.calls.append(("warn_unisolated", sorted(p.name for p in pools)))
+        Placement.warn_unisolated(self, pools)   # the real warnings (log only)
+
     def pool_limits(self, pool) -> str | None:
         return self.limits_errors.get(pool.name)
 

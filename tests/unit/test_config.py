@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from hostd.config import (BrokenPool, ConfigError, ConfigErrors, MainConfig, PoolConfig,
-                          check_config, load_main, load_pool_files, load_pools)
+from hostd.config import (BrokenPool, ConfigError, ConfigErrors, Isolation, MainConfig,
+                          PoolConfig, check_config, load_main, load_pool_files, load_pools)
 from hostd.router import Binding, Router
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -262,6 +262,7 @@ env = {{ DJANGO_SETTINGS_MODULE = "shop.settings", B = "" }}
     ('[isolation]\nfilesystem = "chroot"', "isolation.filesystem"),
     ('[isolation]\nuser_namespace = "yes"', "isolation.user_namespace"),
     ('[isolation]\nshow = ["/no/such/dir"]', "isolation.show[0]"),
+    ('[isolation]\nenabled = "no"', "isolation.enabled"),
     ("[sandbox]", "sandbox"),
     ('[recycling]\nschedule = ["25:00"]', "recycling.schedule"),
     ('[recycling]\nschedule = "03:00"', "recycling.schedule"),
@@ -526,7 +527,9 @@ def test_to_spec_is_json_and_round_trips(site):
         "limits": {"worker_memory_max": 0, "memory_max": 0, "memory_high": 0, "cpus": "",
                    "cpu_max": 0, "cpu_action": "throttle", "cpu_interval": 300.0,
                    "pids_max": 0},
-        "isolation": None}
+        "isolation": {"enabled": True, "identity": "dynamic", "user_namespace": True,
+                      "filesystem": "site", "read_only": False, "network": "host",
+                      "show": [], "declared": False}}
     assert PoolConfig.from_spec(spec) == pool
 
 
@@ -630,14 +633,43 @@ def test_the_every_key_example_is_a_valid_pool_file(tmp_path):
 
 
 # --- [isolation] and the secrets rule ------------------------------------------------
-def test_isolation_absent_means_not_isolated(site):
-    assert load_one(site, BASE).isolation is None
+def test_isolation_absent_means_the_defaults_undeclared(site):
+    # no table anywhere: the defaults (isolated as root; isolation.decide), marked as
+    # not written, so that without root the pool is served instead of failed
+    iso = load_one(site, BASE).isolation
+    assert iso == Isolation(declared=False) and iso.enabled and iso.filesystem == "site"
+    assert iso.network == "host" and iso.identity == "dynamic" and iso.user_namespace
+
+
+def test_isolation_opt_out(site):
+    iso = load_one(site, BASE + "[isolation]\nenabled = false\n").isolation
+    assert iso.enabled is False and iso.declared
+
+
+@pytest.mark.parametrize("extra", ['network = "none"', "read_only = true", 'identity = "dynamic"'])
+def test_isolation_opt_out_with_other_keys_is_an_error(site, extra):
+    # enabled = false makes every other [isolation] key do nothing: refused, by name
+    errors = pool_errors(site, BASE + f"[isolation]\nenabled = false\n{extra}\n")
+    key = "isolation." + extra.split()[0]
+    assert key in errors and "enabled = false" in errors[key].problem, errors
+
+
+def test_defaults_isolation_opt_out_with_other_keys_is_an_error(site):
+    errors = main_errors(site, '[defaults.isolation]\nenabled = false\nnetwork = "none"\n')
+    assert "defaults.isolation.network" in errors
+
+
+def test_isolation_opt_out_under_isolating_defaults(site):
+    # [defaults.isolation] sets keys; one pool opts out: fine (the pool wrote only enabled)
+    write_main(site, '[defaults.isolation]\nnetwork = "none"\n')
+    iso = load_one(site, BASE + "[isolation]\nenabled = false\n").isolation
+    assert iso.enabled is False
 
 
 def test_isolation_table_defaults(site):
     from hostd.config import Isolation
     pool = load_one(site, BASE + "[isolation]\n")
-    assert pool.isolation == Isolation("dynamic", True, "site", False, "host", ())
+    assert pool.isolation == Isolation(True, "dynamic", True, "site", False, "host", ())
     assert PoolConfig.from_spec(pool.to_spec()) == pool
 
 

@@ -157,3 +157,35 @@ def test_build_view_with_the_pools_tmp():
            "/var/tmp": "/var/lib/hostd/tmp/a"}
     v = isolation.build_view(a, MAIN, [], runtime=[], tmp=tmp)
     assert v.private == () and dict((t, s) for s, t in v.binds) == tmp
+
+
+# --- isolated by default (isolation.decide) -------------------------------------------
+@pytest.mark.parametrize("iso,root,isolated,why,fails", [
+    (Isolation(declared=False), True, True, isolation.ISOLATED, False),      # no table
+    (Isolation(declared=False), False, False, isolation.NO_ROOT, False),     # served, warned
+    (Isolation(), True, True, isolation.ISOLATED, False),                    # a written table
+    (Isolation(), False, False, isolation.NO_ROOT, True),                    # asks: needs root
+    (Isolation(network="none"), False, False, isolation.NO_ROOT, True),
+    (Isolation(enabled=False), True, False, isolation.OPTED_OUT, False),     # the opt-out
+    (Isolation(enabled=False), False, False, isolation.OPTED_OUT, False),
+    (Isolation(enabled=False, declared=False), True, False, isolation.OPTED_OUT, False),
+])
+def test_decide(iso, root, isolated, why, fails):
+    d = isolation.decide(iso, root)
+    assert (d.isolated, d.why, d.error is not None) == (isolated, why, fails)
+    if fails:
+        assert "root" in d.error and "enabled = false" in d.error
+
+
+def test_describe_says_identity_namespaces_and_view(tmp_path):
+    c = cfg("p", tmp_path)
+    text = isolation.describe(c, True, {"p": 2100000007})
+    assert text.startswith("isolated: uid/gid 2100000007 (dynamic); namespaces: user, mount, pid;")
+    assert "network host" in text and "view: site:" in text and str(tmp_path) in text
+    assert "a new one" in isolation.describe(c, True, {})
+    host = cfg("p", tmp_path, filesystem="host", user_namespace=False, network="none")
+    assert "namespaces: network" in isolation.describe(host, True, {})
+    assert "view: host" in isolation.describe(host, True, {})
+    off = cfg("p", tmp_path, enabled=False)
+    assert isolation.describe(off, True, {}).startswith("NOT ISOLATED ([isolation] enabled = false)")
+    assert isolation.describe(c, False, {}).startswith("FAILS: [isolation] needs hostd")

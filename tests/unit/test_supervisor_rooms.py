@@ -1252,3 +1252,22 @@ def test_parked_connection_goes_to_connections(make_house):
 def test_every_event_has_a_handler_on_the_supervisor():
     from hostd.supervisor.loop import Supervisor
     assert all(callable(getattr(Supervisor, "on_" + ev.name, None)) for ev in events_mod.ALL)
+
+
+def test_opt_out_is_warned_at_load_and_at_every_reload(make_house, logs):
+    """[isolation] enabled = false is never silent: one `unisolated` warning per opted-out
+    pool when the pools are loaded and after every reload, changed or not; a pool
+    without a table (the isolated default) gets none."""
+    out = hconfig.Isolation(enabled=False)
+    h = make_house()
+    with mock.patch.object(hconfig, "load_pool_files",
+                           lambda main: ({"a": pool_config("a", isolation=out),
+                                          "b": pool_config("b")}, {})):
+        h.pools.load()
+    assert [e["POOL"] for e in logs.events("unisolated")] == ["a"]
+    assert "enabled = false" in logs.events("unisolated")[0]["MESSAGE"]
+    h.reload({"a": pool_config("a", isolation=out), "b": pool_config("b")})   # unchanged
+    h.reload({"a": pool_config("a", isolation=out, threads=4), "b": pool_config("b")})
+    assert [e["POOL"] for e in logs.events("unisolated")] == ["a", "a", "a"]
+    h.reload({"a": pool_config("a"), "b": pool_config("b")})                  # opted back in
+    assert len(logs.events("unisolated")) == 3

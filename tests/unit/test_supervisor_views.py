@@ -9,7 +9,7 @@ from supervisor_fakes import as_broken, make_house, pool_config  # noqa: F401
 STATUS_KEYS = {"pid", "started", "listen", "frontends", "zygote", "pools", "frontend_uid"}
 STATUS_POOL_KEYS = {"name", "state", "bindings", "workers", "queued", "processes",
                     "start_mode", "error", "recycles", "limits", "isolation", "identity",
-                    "file"}
+                    "file", "isolated", "isolation_reason"}
 STATUS_WORKER_KEYS = {"pid", "id", "state", "requests", "active", "connections", "busy",
                       "rss", "cpu_seconds", "generation", "started", "start_reason",
                       "last_recycle_reason", "recycling", "boot_ms"}
@@ -22,10 +22,13 @@ RESPONSE_KEYS = {"1xx", "2xx", "3xx", "4xx", "5xx"}
 
 
 def house(make_house):
-    """Pool a: a ready worker and one starting; pool b: isolated, on demand, none;
-    pool c: its file is broken. One front end."""
-    h = make_house(pool_config("a", bindings=["a.test", "a.test/api"]),
-                   pool_config("b", start_mode="on_demand", isolation=hconfig.Isolation()))
+    """Pool a: a ready worker and one starting, opted out of isolation; pool b:
+    isolated (no table: the defaults), on demand, none; pool c: its file is broken.
+    One front end; hostd "is root" for the isolation decision."""
+    h = make_house(pool_config("a", bindings=["a.test", "a.test/api"],
+                               isolation=hconfig.Isolation(enabled=False)),
+                   pool_config("b", start_mode="on_demand"))
+    h.placement.root = True
     h.pools.add_broken(as_broken("c", [hconfig.ConfigError("/x/c.toml", "app", "missing")]))
     (w1,) = h.workers("a")
     h.up(w1)
@@ -49,6 +52,9 @@ def test_status_key_sets(make_house):
         (["a.test", "a.test/api"], 1, "always_running")
     assert set(a["limits"]) == {f.name for f in dataclasses.fields(hconfig.Limits)}
     assert a["isolation"] is None and b["isolation"]["identity"] == "dynamic"
+    assert (a["isolated"], a["isolation_reason"]) == (False, "[isolation] enabled = false")
+    assert (b["isolated"], b["isolation_reason"]) == (True, "isolated")
+    assert b["isolation"]["declared"] is False and c["isolated"] is None
     assert (c["state"], c["limits"], c["file"], c["processes"]) == ("failed", None, None, 0)
     assert c["error"] == "/x/c.toml: app: missing"
     assert doc["frontends"] == [{"slot": 0, "pid": 4242}]
