@@ -15,9 +15,12 @@ set -euo pipefail
 cache=${HOSTD_VM_CACHE:-/var/tmp/hostd-vm}
 size=${HOSTD_VM_SIZE:-3G}
 # What the guest needs: systemd + journald, a kernel with 9p, python3 + venv (hostd and
-# pytest are installed from a wheelhouse built on the host: the guest has no network).
+# pytest are installed from a wheelhouse built on the host: the guest has no network);
+# sshd, sudo and rsync for the Vagrant box made from this image (vagrant/build-box; sshd
+# is off here and turned on in the box).
 pkgs=systemd,systemd-sysv,udev,dbus,linux-image-amd64,python3,python3-venv
 pkgs+=,iproute2,procps,kmod,curl,ca-certificates,psmisc
+pkgs+=,openssh-server,sudo,rsync
 mirror=${HOSTD_VM_MIRROR:-$(grep -hoE '^(URIs:|deb) *https?://[^ ]+' /etc/apt/sources.list.d/*.sources \
           /etc/apt/sources.list 2>/dev/null | grep -oE 'https?://[^ ]+/debian$' | head -1 || true)}
 mirror=${mirror:-http://deb.debian.org/debian}
@@ -67,9 +70,13 @@ mkdir -p "$root/mnt/ctl"
 sed -i 's/^MODULES=.*/MODULES=list/' "$root/etc/initramfs-tools/initramfs.conf"
 printf 'virtio_pci\nvirtio_blk\next4\n' >> "$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k all >/dev/null
-# nothing periodic, no getty on tty1, no wait for a network that is not there
+# nothing periodic, no getty on tty1, no wait for a network that is not there; no sshd
+# (run-vm-suite talks to the guest over 9p; build-box turns sshd on for Vagrant), and no
+# host keys made once for every machine booted from this image
 rm -f "$root"/etc/systemd/system/timers.target.wants/* \
-      "$root/etc/systemd/system/getty.target.wants/getty@tty1.service"
+      "$root/etc/systemd/system/getty.target.wants/getty@tty1.service" \
+      "$root/etc/systemd/system/multi-user.target.wants/ssh.service" \
+      "$root"/etc/ssh/ssh_host_*
 # static address on qemu's user-mode network (host port forwards reach 10.0.2.15)
 cat > "$root/etc/systemd/network/10-slirp.network" <<'EOF'
 [Match]
