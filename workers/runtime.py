@@ -23,6 +23,7 @@ from kernel import proc
 from kernel.fdpass import recv_into_with_fds, send_with_fds
 
 from . import h1fast
+from .h1fast import parse as _fast_parse
 from .app import load_app
 from .control import ControlChannel
 from .h1 import R408
@@ -342,7 +343,22 @@ class Worker(ControlChannel):
         conn.last = self.last_activity = self.now
         self.conns[conn.fd] = conn
         if data:
-            conn.feed(data)
+            if self.fast:
+                # the common first request read whole: answered as on_readable answers
+                # a kept-alive one (Connection.serve_fast), no Request record
+                self.bytes_in += len(data)
+                hit = _fast_parse(data, conn.base_env, conn.max_head, conn.max_url,
+                                  self.max_body)
+                if hit is not None:
+                    conn.serve_fast(hit, data)
+                    if conn.closed or conn.registered:   # (dispatch may have registered it)
+                        return
+                    self.ep.register(conn.fd, _IN)
+                    conn.registered = True
+                    return
+                conn._feed_parser(data)     # declined: httptools (bytes_in counted)
+            else:
+                conn.feed(data)
         if conn.pending or conn.broken:
             if self.inline:
                 if not conn.run_pending() or conn.closed:
