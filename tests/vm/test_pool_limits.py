@@ -107,9 +107,11 @@ def test_leaking_app_recycled_at_private_memory_through_memory_high(pool_files, 
     import http.client
     import json
     since = journal.cursor()
+    # root workers ([isolation] enabled = false): the app's os.getpid() tells the workers
+    # apart (an isolated worker is pid 1 of its own namespace)
     pool_files.write("leak", bindings=["leak.localhost"], app_source=RECYCLE_APP,
                      start_mode="always_running", recycling={"private_memory": "48M"},
-                     limits={"worker_memory_max": "160M"})
+                     limits={"worker_memory_max": "160M"}, isolation={"enabled": False})
     pool_files.reload(expect=["leak"])
     wait_for(lambda: [w for w in pools()["leak"]["workers"] if w["state"] == "ready"],
              what="leak ready", timeout=60)
