@@ -1010,10 +1010,33 @@ class BrokenPool:
     bindings: tuple[Binding, ...] = ()
 
 
-def load_pool_files(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, BrokenPool]]:
+class PoolFileCache:
+    """What load_pool_files read of each good pool file, so that a reload re-reads only
+    the files that changed: a file whose (mtime, size, inode, mode) and the main file's
+    [defaults] are as they were is not read again. A broken file is always read again
+    (what broke it may lie outside the file: a directory made since, an account)."""
+
+    def __init__(self):
+        self.defaults = None
+        self.entries: dict[Path, tuple] = {}    # path -> (stamp, pool, claims)
+        self.read = 0                           # files parsed by the last load
+
+    @staticmethod
+    def stamp(path: Path):
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode, st.st_uid)
+
+
+def load_pool_files(main: MainConfig, cache: PoolFileCache | None = None
+                    ) -> tuple[dict[str, PoolConfig], dict[str, BrokenPool]]:
     """Load every pool file of main.pools_dir.
 
-    Takes: the MainConfig (its [defaults] fill in what pool files leave out).
+    Takes: the MainConfig (its [defaults] fill in what pool files leave out), and a
+    PoolFileCache to reuse what an earlier load read of unchanged files (None: read
+    every file).
     Returns: (good pools by name, broken pools by name -> BrokenPool: its errors and the
     bindings it keeps). A broken file never keeps the others from loading. When two
     pools claim the same binding (same host, port and prefix), the pool whose name
@@ -1027,9 +1050,21 @@ def load_pool_files(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, 
     good: dict[str, PoolConfig] = {}
     broken: dict[str, BrokenPool] = {}
     owners: dict[tuple, tuple[str, Path, Binding]] = {}
+    entries: dict[Path, tuple] = {}
+    if cache is not None and cache.defaults != main.defaults:
+        cache.entries.clear()           # [defaults] changed: every pool may have
+    read = 0
     for path in _pool_files(main):  # sorted by name, so the first claimant owns
         name = path.name[:-len(".toml")]
-        pool, errors, claims = _load_pool(path, main)
+        stamp = PoolFileCache.stamp(path) if cache is not None else None
+        hit = cache.entries.get(path) if cache is not None else None
+        if hit is not None and stamp is not None and hit[0] == stamp:
+            pool, errors, claims = hit[1], [], hit[2]
+        else:
+            read += 1
+            pool, errors, claims = _load_pool(path, main)
+        if cache is not None and not errors and stamp is not None:
+            entries[path] = (stamp, pool, claims)
         own: list[Binding] = []
         for i, binding in claims:
             key = (binding.host, binding.port, binding.prefix)
@@ -1044,8 +1079,11 @@ def load_pool_files(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, 
                     f"({owner[1]}, as {owner[2].text!r})"))
         if errors:
             broken[name] = BrokenPool(name, path, tuple(errors), tuple(own))
+            entries.pop(path, None)     # (a conflict found only now: read it again)
         else:
             good[name] = pool
+    if cache is not None:
+        cache.defaults, cache.entries, cache.read = main.defaults, entries, read
     return good, broken
 
 

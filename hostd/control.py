@@ -22,7 +22,11 @@ import json
 import os
 import socket
 
+from hostd.lifecycle import PoolState
 from hostd.loophttp import Deferred, LoopHTTPServer
+
+#: what `GET /status?state=` accepts
+POOL_STATES = tuple(s.value for s in PoolState)
 
 
 def _json(status: int, doc: dict) -> tuple[int, str, bytes]:
@@ -63,11 +67,18 @@ class ControlServer(LoopHTTPServer):
         sup = self.supervisor
         parts = [p for p in path.split("?")[0].split("/") if p]
         try:
+            query = dict(q.split("=", 1) for q in path.partition("?")[2].split("&") if "=" in q)
             if parts == ["status"]:
                 if method != "GET":
                     return 405, {"ok": False, "message": "use GET"}
-                return 200, sup.status()
-            query = dict(q.split("=", 1) for q in path.partition("?")[2].split("&") if "=" in q)
+                state = query.get("state")
+                if state is not None and state not in POOL_STATES:
+                    return 400, {"ok": False, "message": f"state must be one of "
+                                 f"{', '.join(POOL_STATES)}, not {state!r}"}
+                doc = sup.status(query.get("pool"), state)
+                if "pool" in query and not doc["pools"] and state is None:
+                    return 404, {"ok": False, "message": f"no pool named {query['pool']}"}
+                return 200, doc
             if parts == ["counters"] and method == "GET":
                 return 200, sup.counters(query.get("pool"))
             if parts == ["requests"] and method == "GET":

@@ -1,6 +1,6 @@
 """`hostctl`: drive a running hostd through its control socket.
 
-  hostctl [--config PATH | --socket PATH] status [--json]
+  hostctl [--config PATH | --socket PATH] status [POOL] [--state STATE] [--json]
   hostctl [...] pool start|stop|recycle|identity NAME [--json]
   hostctl [...] worker recycle|kill PID [--json]
   hostctl [...] requests [POOL] [--json]
@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--socket", help="the control socket (default: run_dir/control.sock)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("status", help="pools, bindings and workers")
+    st.add_argument("pool", nargs="?", help="only this pool")
+    st.add_argument("--state", choices=["starting", "started", "stopping", "stopped", "failed"],
+                    help="only pools in this state")
     st.add_argument("--json", action="store_true")
     pl = sub.add_parser("pool", help="start, stop or recycle a pool; show its identity (uid/gid)")
     pl.add_argument("action", choices=["start", "stop", "recycle", "identity"])
@@ -158,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     path = socket_path(args.config, args.socket)
     try:
         if args.cmd == "status":
-            code, doc = call(path, "GET", "/status")
+            query = "&".join(f"{k}={v}" for k, v in (("pool", args.pool), ("state", args.state))
+                             if v)
+            code, doc = call(path, "GET", "/status" + (f"?{query}" if query else ""))
         elif args.cmd == "pool" and args.action == "identity":
             code, doc = call(path, "GET", f"/pools/{args.name}/identity")
         elif args.cmd == "pool":

@@ -5,6 +5,9 @@ carries one request and is closed after the answer.
 Subclasses set `self.sock` (a listening, non-blocking socket) and implement
 `respond(method, path, body) -> (status, content type, body bytes)`, or return a
 `Deferred` resolved with those three later: the connection waits, the loop does not.
+One that needs the request's headers implements `respond_headers(method, path, body,
+headers)` instead (headers: lower-case name -> value), and may answer with a fourth
+element, the extra response headers ({name: value}).
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
 
 
 def parse_request(buf: bytearray):
-    """Returns (method, path, body) once a whole request is in buf, else None; a
-    malformed request line gives ("BAD", "/", b"")."""
+    """Returns (method, path, body, headers) once a whole request is in buf, else
+    None; a malformed request line gives ("BAD", "/", b"", {}). headers: lower-case
+    name -> value (the last of a repeated name)."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -25,18 +29,18 @@ def parse_request(buf: bytearray):
     try:
         method, path, _version = head[0].split(" ", 2)
     except ValueError:
-        return ("BAD", "/", b"")
-    length = 0
+        return ("BAD", "/", b"", {})
+    headers = {}
     for line in head[1:]:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                return ("BAD", "/", b"")
+        headers[name.strip().lower()] = value.strip()
+    try:
+        length = int(headers.get("content-length", "0"))
+    except ValueError:
+        return ("BAD", "/", b"", {})
     if len(buf) < end + 4 + length:
         return None
-    return method, path, bytes(buf[end + 4:end + 4 + length])
+    return method, path, bytes(buf[end + 4:end + 4 + length]), headers
 
 
 class Deferred:
@@ -110,7 +114,7 @@ class LoopHTTPServer:
         if request is None:
             self._answer(conn, 413, "text/plain", b"request too large\n")
             return
-        result = self.respond(*request)
+        result = self.respond_headers(*request)
         if isinstance(result, Deferred):
             self.waiting[fd] = conn
             result.then(lambda status, ctype, body, fd=fd: self._answer(
@@ -118,11 +122,17 @@ class LoopHTTPServer:
         else:
             self._answer(conn, *result)
 
-    def _answer(self, conn: socket.socket, status: int, ctype: str, body: bytes) -> None:
+    def respond_headers(self, method: str, path: str, body: bytes, headers: dict):
+        """respond, for a subclass that reads the request's headers."""
+        return self.respond(method, path, body)
+
+    def _answer(self, conn: socket.socket, status: int, ctype: str, body: bytes,
+                extra: dict | None = None) -> None:
         if conn.fileno() < 0:
             return   # closed meanwhile (the server was closed)
+        more = "".join(f"{k}: {v}\r\n" for k, v in (extra or {}).items())
         head = (f"HTTP/1.0 {status} {REASONS.get(status, 'Error')}\r\n"
-                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{more}"
                 f"Connection: close\r\n\r\n").encode()
         try:
             conn.settimeout(2.0)

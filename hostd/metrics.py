@@ -5,6 +5,8 @@ prometheus_client's own parser.
 """
 from __future__ import annotations
 
+import gzip
+
 from hostd.loophttp import LoopHTTPServer
 
 #: (name, type, help, how to get samples from one pool's counters)
@@ -56,6 +58,21 @@ def _labels(labels: dict) -> str:
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
 
 
+def _accepts_gzip(value: str) -> bool:
+    """Accept-Encoding names gzip with a q above 0 (RFC 9110 §12.5.3)."""
+    for item in value.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip().lower()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
+
+
 def render(counters: dict) -> str:
     """Takes Supervisor.counters(); returns the exposition text."""
     lines = []
@@ -84,11 +101,19 @@ class MetricsServer(LoopHTTPServer):
         self.sock = listen_tcp(host, port, backlog=64, reuseport=False)
         self.supervisor = supervisor
 
-    def respond(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+    def respond_headers(self, method: str, path: str, body: bytes, headers: dict):
+        """GET /metrics; gzip-compressed when the scraper accepts it (Prometheus
+        always does: with a thousand pools the page is ~1.2 MiB, ~0.1 MiB gzipped)."""
         if method == "GET" and path.split("?")[0] == "/metrics":
-            return (200, "text/plain; version=0.0.4; charset=utf-8",
-                    render(self.supervisor.counters()).encode())
+            text = render(self.supervisor.counters()).encode()
+            ctype = "text/plain; version=0.0.4; charset=utf-8"
+            if _accepts_gzip(headers.get("accept-encoding", "")):
+                return 200, ctype, gzip.compress(text, 6), {"Content-Encoding": "gzip"}
+            return 200, ctype, text
         return 404, "text/plain", b"not found: try /metrics\n"
+
+    def respond(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
+        return self.respond_headers(method, path, body, {})[:3]
 
     def close(self) -> None:
         self.close_clients()

@@ -13,8 +13,8 @@ class Commands:
     def __init__(self, supervisor):
         self.sup = supervisor
 
-    def status(self) -> dict:
-        return self.sup.views.status()
+    def status(self, name: str | None = None, state: str | None = None) -> dict:
+        return self.sup.views.status(name, state)
 
     def counters(self, name: str | None = None) -> dict:
         return self.sup.views.counters(name)

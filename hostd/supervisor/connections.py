@@ -166,7 +166,7 @@ class Connections:
 
     def tick(self) -> None:
         """Duty: the slots isolated workers released since the last turn."""
-        for pool in self.registry.pools.values():
+        for pool in self.registry.staffed_pools():
             for w in pool.workers.values():
                 if w.isolated:
                     self.released_slots(w)

@@ -46,8 +46,9 @@ class Health:
 
     # ------------------------------------------------------------------ the tick
     def tick(self, now: float) -> None:
-        """Duty: startup and shutdown limits, pings and their timeouts, every pool."""
-        for pool in self.registry.every_pool():
+        """Duty: startup and shutdown limits, pings and their timeouts, every pool with
+        workers (running or retired)."""
+        for pool in self.registry.staffed_pools():
             h = pool.cfg.health if pool.cfg is not None else None
             for w in list(pool.workers.values()):
                 check = policy.health_check(

@@ -48,12 +48,18 @@ class Pools:
     health: Health
     recycling: Recycling
 
+    def __post_init__(self):
+        #: what the last load read of each pool file: a reload re-reads only the files
+        #: that changed (hconfig.PoolFileCache)
+        self.files = hconfig.PoolFileCache()
+
     # ------------------------------------------------------------------ adding
     def load(self) -> None:
         """At start: every pool file of pools_dir."""
-        pools, broken = hconfig.load_pool_files(self.registry.main)
-        for name, cfg in sorted(pools.items()):
-            self.add(name, cfg)
+        pools, broken = hconfig.load_pool_files(self.registry.main, cache=self.files)
+        with self.placement.identities_held():
+            for name, cfg in sorted(pools.items()):
+                self.add(name, cfg)
         for name, bad in sorted(broken.items()):
             self.add_broken(bad)
         self.placement.warn_unisolated(self.registry.pools.values())
@@ -215,7 +221,7 @@ class Pools:
         sockets stay open throughout; a broken main file changes nothing."""
         try:
             main = hconfig.load_main(config_path)
-            pools, broken = hconfig.load_pool_files(main)
+            pools, broken = hconfig.load_pool_files(main, cache=self.files)
         except hconfig.ConfigErrors as exc:
             for e in exc.errors:
                 log.error("config_error", str(e))
@@ -229,19 +235,20 @@ class Pools:
             log.warning("reload", "run_dir changed: restart hostd to apply it")
         self.registry.main = main
         running = {n: (p.cfg, p.state) for n, p in self.registry.pools.items()}
-        for step, name, reason in policy.reload_plan(running, pools, broken,
-                                                     self.placement.unsupported):
-            if step == ReloadStep.CHANGE:
-                self._change(self.registry.pools[name], pools[name])
-                continue
-            if step in (ReloadStep.RETIRE, ReloadStep.BROKEN, ReloadStep.REPLACE):
-                old = self.registry.pools.pop(name, None)
-                if old is not None:
-                    self.retire(old, reason)
-            if step == ReloadStep.BROKEN:
-                self.add_broken(broken[name])
-            elif step in (ReloadStep.ADD, ReloadStep.REPLACE):
-                self.add(name, pools[name])
+        with self.placement.identities_held():
+            for step, name, reason in policy.reload_plan(running, pools, broken,
+                                                         self.placement.unsupported):
+                if step == ReloadStep.CHANGE:
+                    self._change(self.registry.pools[name], pools[name])
+                    continue
+                if step in (ReloadStep.RETIRE, ReloadStep.BROKEN, ReloadStep.REPLACE):
+                    old = self.registry.pools.pop(name, None)
+                    if old is not None:
+                        self.retire(old, reason)
+                if step == ReloadStep.BROKEN:
+                    self.add_broken(broken[name])
+                elif step in (ReloadStep.ADD, ReloadStep.REPLACE):
+                    self.add(name, pools[name])
         routes = protocol.routes(self.registry.router_table())
         for pool in self.registry.pools.values():
             for w in pool.workers.values():

@@ -175,6 +175,7 @@ class Processes:
             return None
         worker.ctl = ctl
         pool.workers[wid] = worker
+        self.registry.staff(pool)
         self.spawning[sid] = worker
         self.reactor.watch(ctl.fileno(), lambda ev, w=worker: self.read(w))
         log.info("spawn", f"starting worker {pool.name}#{wid} ({reason})",
@@ -388,6 +389,7 @@ class Processes:
         worker.close()
         self.placement.release_worker(worker)
         pool.workers.pop(worker.id, None)
+        self.registry.unstaff(pool)
 
     # ------------------------------------------------------------------ stop
     def children(self) -> set[int]:

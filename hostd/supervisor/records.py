@@ -231,6 +231,27 @@ class Registry:
         self.pools: dict[str, Pool] = {}
         self.retired: list[Pool] = []        # removed pools still draining
         self.stopping = False
+        #: the pools (running or retired) that have worker records, in the order they
+        #: got their first: what the tick's duties walk, so that a thousand cold pools
+        #: cost the tick nothing (processes.py keeps it: staff / unstaff)
+        self.staffed: dict[int, Pool] = {}
+        #: the pools whose requests/s is sampled each second: the staffed ones, and a
+        #: pool whose last worker left until its 10 s window is flat (views.tick_second)
+        self.sampled: dict[int, Pool] = {}
+
+    def staff(self, pool: Pool) -> None:
+        """A worker record was added to pool.workers."""
+        self.staffed[id(pool)] = pool
+        self.sampled[id(pool)] = pool
+
+    def unstaff(self, pool: Pool) -> None:
+        """A worker record was removed: the pool leaves `staffed` with its last."""
+        if not pool.workers:
+            self.staffed.pop(id(pool), None)
+
+    def staffed_pools(self) -> list[Pool]:
+        """The pools with worker records (a snapshot: duties may add or remove)."""
+        return list(self.staffed.values())
 
     def every_pool(self) -> list[Pool]:
         """Running and retired pools (retired ones may still have workers)."""
@@ -243,6 +264,16 @@ class Registry:
             return
         for pool in self.pools.values():
             if pool.state == P.STARTED and pool.cfg is not None:
+                yield pool
+
+    def serving_staffed(self):
+        """serving() of the pools that have workers (a garden without workers grows by
+        demand start, which the queue's watch does; none has a worker to recycle)."""
+        if self.stopping:
+            return
+        for pool in self.staffed_pools():
+            if pool.state == P.STARTED and pool.cfg is not None and \
+                    self.pools.get(pool.name) is pool:
                 yield pool
 
     def every_worker(self):

@@ -121,8 +121,9 @@ class Recycling:
 
     # ------------------------------------------------------------------ triggers
     def tick(self, now: float, second: bool) -> None:
-        """Duty: the polled triggers of every started pool; once a second, cpu_action."""
-        for pool in self.registry.serving():
+        """Duty: the polled triggers of every started pool with workers; once a second,
+        cpu_action."""
+        for pool in self.registry.serving_staffed():
             self._check(pool, now, second)
             if second:
                 self._check_cpu(pool, now)

@@ -57,8 +57,9 @@ class Sizing:
 
     # ------------------------------------------------------------------ the tick
     def tick(self, now: float, second: bool) -> None:
-        """Duty: every started pool grows on its queue; once a second, on saturation."""
-        for pool in self.registry.serving():
+        """Duty: every started pool with workers grows on its queue; once a second, on
+        saturation (one without workers starts on demand: update_demand's watch)."""
+        for pool in self.registry.serving_staffed():
             self.grow(pool, now)
             if second:
                 self.balance(pool, now)
@@ -106,7 +107,9 @@ class Sizing:
 
     def shrink(self, now: float) -> None:
         """Duty (every 0.5 s): idle timeout, one worker at a time per pool."""
-        for pool in self.registry.pools.values():
+        for pool in self.registry.staffed_pools():
+            if self.registry.pools.get(pool.name) is not pool:
+                continue            # retired: its workers are draining already
             cfg = pool.cfg
             if cfg is None or pool.state != P.STARTED:
                 continue

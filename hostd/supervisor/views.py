@@ -53,10 +53,19 @@ class Views:
         self.queries: dict[int, _Query] = {}
 
     # ------------------------------------------------------------------ status
-    def status(self) -> dict:
-        """The `hostctl status` document."""
+    def status(self, name: str | None = None, state: str | None = None) -> dict:
+        """The `hostctl status` document; name: only that pool (`hostctl status POOL`),
+        state: only pools in that state (`--state started`). The work is the pools it
+        shows: a pool filter does not walk the other pools."""
+        if name is not None:
+            one = self.registry.pools.get(name)
+            chosen = [one] if one is not None else []
+        else:
+            chosen = sorted(self.registry.pools.values(), key=lambda p: p.name)
+        if state is not None:
+            chosen = [p for p in chosen if p.state.value == state]
         pools = []
-        for pool in sorted(self.registry.pools.values(), key=lambda p: p.name):
+        for pool in chosen:
             workers = []
             for w in sorted(pool.workers.values(), key=lambda w: w.id):
                 if w.state == W.EXITED:
@@ -101,9 +110,16 @@ class Views:
 
     # ------------------------------------------------------------------ counters
     def tick_second(self, now: float) -> None:
-        """Duty, once a second: a requests sample per pool (requests_per_second)."""
-        for pool in self.registry.pools.values():
-            pool.rate_samples.append((now, pool.requests()))
+        """Duty, once a second: a requests sample per pool that has workers, or had
+        them within its window (requests_per_second); a pool without is dropped once its
+        window is flat, and its rate is 0."""
+        sampled = self.registry.sampled
+        for key, pool in list(sampled.items()):
+            samples = pool.rate_samples
+            samples.append((now, pool.requests()))
+            if not pool.workers and samples[0][1] == samples[-1][1]:
+                samples.clear()
+                del sampled[key]
 
     def counters(self, name: str | None = None) -> dict:
         """The counters document (`hostctl counters`, /metrics). Per pool: requests

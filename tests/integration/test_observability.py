@@ -120,3 +120,19 @@ def test_metrics_parse_and_match_requests(served):
     assert scrape(h)[("hostd_recycles_total", (("pool", "b"), ("reason", "on_demand")))] == 1
     counters = json.loads(h.ctl("counters", "a", "--json").stdout)["pools"][0]
     assert counters["requests"] == 42 and counters["responses"]["2xx"] == 42
+    # a scraper that accepts gzip (Prometheus does) gets the same page compressed
+    import gzip
+    req = urllib.request.Request(f"http://127.0.0.1:{h.metrics_port}/metrics",
+                                 headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(r.read()).decode()
+    plain = urllib.request.urlopen(f"http://127.0.0.1:{h.metrics_port}/metrics",
+                                   timeout=5).read().decode()
+    def series(page):       # (values such as requests/s move between two scrapes)
+        return {line.rsplit(" ", 1)[0] for line in page.splitlines()}
+    assert series(text) == series(plain) and len(series(plain)) > 20
+    req = urllib.request.Request(f"http://127.0.0.1:{h.metrics_port}/metrics",
+                                 headers={"Accept-Encoding": "gzip;q=0, identity"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.headers["Content-Encoding"] is None and series(r.read().decode()) == series(plain)

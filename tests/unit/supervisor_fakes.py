@@ -312,6 +312,10 @@ class FakePlacement:
     #: what decide assumes of hostd's user (the real one asks geteuid)
     root = False
 
+    def identities_held(self):
+        import contextlib
+        return contextlib.nullcontext()
+
     def decide(self, pool):
         from hostd import isolation
         return isolation.decide(pool.cfg.isolation, self.root)
@@ -558,7 +562,7 @@ class House:
         new_main = main or self.registry.main
         bad = {name: as_broken(name, errors) for name, errors in (broken or {}).items()}
         with mock.patch.object(hconfig, "load_main", lambda path: new_main), \
-                mock.patch.object(hconfig, "load_pool_files", lambda m: (dict(pools), bad)):
+                mock.patch.object(hconfig, "load_pool_files", lambda m, cache=None: (dict(pools), bad)):
             self.sup.reload()
 
     def calls(self) -> list[tuple]:

@@ -717,3 +717,50 @@ def test_identity_range_and_private_network(site):
     assert main.identity_range == (5000, 5009) and main.private_network == "10.9.0.0/24"
     errors = main_errors(site, '[hostd]\nidentity_range = "9-1"\nprivate_network = "10.9.0.0/31"\n')
     assert set(errors) == {"hostd.identity_range", "hostd.private_network"}
+
+
+# --- reload: only the files that changed are read again (density) ---------------------
+def test_pool_file_cache_reads_only_changed_files(site):
+    from hostd.config import PoolFileCache
+    for n in ("a", "b", "c"):
+        write_pool(site, n)
+    cache = PoolFileCache()
+    main = load_main(site / "hostd.toml")
+    good, _ = load_pool_files(main, cache=cache)
+    assert cache.read == 3 and sorted(good) == ["a", "b", "c"]
+    again, _ = load_pool_files(load_main(site / "hostd.toml"), cache=cache)
+    assert cache.read == 0 and again == good and again["a"] is good["a"]
+    write_pool(site, "b", BASE.replace("p.localhost", "b2.localhost"))   # changed
+    again, _ = load_pool_files(load_main(site / "hostd.toml"), cache=cache)
+    assert cache.read == 1 and again["b"].bindings[0].text == "b2.localhost"
+    (site / "pools.d" / "c.toml").unlink()                                # removed
+    again, _ = load_pool_files(load_main(site / "hostd.toml"), cache=cache)
+    assert cache.read == 0 and sorted(again) == ["a", "b"]
+    write_main(site, "[defaults]\nthreads = 4\n")                         # [defaults]
+    again, _ = load_pool_files(load_main(site / "hostd.toml"), cache=cache)
+    assert cache.read == 2 and again["a"].threads == 4
+
+
+def test_pool_file_cache_rereads_broken_files(site):
+    # a pool broken by something outside its file (its directory, made afterwards)
+    # loads at the next reload without its file changing
+    from hostd.config import PoolFileCache
+    text = f'app = "app:application"\ndirectory = "{site / "later"}"\nbindings = ["l.localhost"]\n'
+    write_pool(site, "l", text)
+    cache = PoolFileCache()
+    good, broken = load_pool_files(load_main(site / "hostd.toml"), cache=cache)
+    assert "l" in broken
+    (site / "later").mkdir()
+    good, broken = load_pool_files(load_main(site / "hostd.toml"), cache=cache)
+    assert cache.read == 1 and "l" in good and not broken
+
+
+def test_pool_file_cache_keeps_binding_conflicts(site):
+    from hostd.config import PoolFileCache
+    write_pool(site, "a", bindings=["same.localhost"])
+    write_pool(site, "b", bindings=["same.localhost"])
+    cache = PoolFileCache()
+    for _ in range(2):
+        good, broken = load_pool_files(load_main(site / "hostd.toml"), cache=cache)
+        assert list(good) == ["a"] and list(broken) == ["b"]
+        assert "already claimed" in str(broken["b"].errors[0])

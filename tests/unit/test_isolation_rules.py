@@ -189,3 +189,21 @@ def test_describe_says_identity_namespaces_and_view(tmp_path):
     off = cfg("p", tmp_path, enabled=False)
     assert isolation.describe(off, True, {}).startswith("NOT ISOLATED ([isolation] enabled = false)")
     assert isolation.describe(c, False, {}).startswith("FAILS: [isolation] needs hostd")
+
+
+def test_identity_store_held_saves_once(tmp_path, monkeypatch):
+    store = isolation.IdentityStore(tmp_path / "ids.json", 2100000000, 2100000100)
+    saves = []
+    real = store._save
+    monkeypatch.setattr(store, "_save", lambda: (saves.append(1), real()))
+    monkeypatch.setattr(isolation, "_account_exists", lambda uid: False)
+    with store.held():
+        uids = [store.uid(f"p{i}") for i in range(50)]
+        with store.held():              # nested: still one save, at the outer end
+            store.uid("inner")
+        assert saves == [] and not (tmp_path / "ids.json").exists()
+    assert saves == [1] and len(set(uids)) == 50
+    again = isolation.IdentityStore(tmp_path / "ids.json", 2100000000, 2100000100)
+    assert again.uids == store.uids and again.uids["inner"] not in uids
+    store.uid("outside")                # outside held(): saved at once
+    assert saves == [1, 1]

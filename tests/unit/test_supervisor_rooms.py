@@ -1217,7 +1217,7 @@ def test_load_adds_good_and_broken_pools(make_house):
     h = make_house()
     err = hconfig.ConfigError("/x/c.toml", None, "TOML syntax error")
     with mock.patch.object(hconfig, "load_pool_files",
-                           lambda main: ({"b": pool_config("b"), "a": pool_config("a")},
+                           lambda main, cache=None: ({"b": pool_config("b"), "a": pool_config("a")},
                                          {"c": as_broken("c", [err])})):
         h.pools.load()
     h.route()
@@ -1231,7 +1231,7 @@ def test_signals_are_dispatched_to_their_handlers(make_house):
     h.sup._dispatch_signal(signal.SIGCHLD)
     assert h.calls() == [("reap",)]
     with mock.patch.object(hconfig, "load_main", lambda path: h.registry.main), \
-            mock.patch.object(hconfig, "load_pool_files", lambda m: ({}, {})):
+            mock.patch.object(hconfig, "load_pool_files", lambda m, cache=None: ({}, {})):
         h.sup._dispatch_signal(signal.SIGHUP)
     assert h.calls() == [("drain", "a#1", "removed from configuration")]
     h.sup._dispatch_signal(signal.SIGTERM)
@@ -1261,7 +1261,7 @@ def test_opt_out_is_warned_at_load_and_at_every_reload(make_house, logs):
     out = hconfig.Isolation(enabled=False)
     h = make_house()
     with mock.patch.object(hconfig, "load_pool_files",
-                           lambda main: ({"a": pool_config("a", isolation=out),
+                           lambda main, cache=None: ({"a": pool_config("a", isolation=out),
                                           "b": pool_config("b")}, {})):
         h.pools.load()
     assert [e["POOL"] for e in logs.events("unisolated")] == ["a"]
@@ -1271,3 +1271,26 @@ def test_opt_out_is_warned_at_load_and_at_every_reload(make_house, logs):
     assert [e["POOL"] for e in logs.events("unisolated")] == ["a", "a", "a"]
     h.reload({"a": pool_config("a"), "b": pool_config("b")})                  # opted back in
     assert len(logs.events("unisolated")) == 3
+
+
+def test_the_tick_walks_only_pools_with_workers(make_house):
+    """Density: the duties walk `registry.staffed` (pools with worker records), so cold
+    pools cost the tick nothing; a pool joins with its first worker record and leaves
+    with its last, and its requests/s is sampled until its window is flat, then 0."""
+    cold = [pool_config(f"c{i}", start_mode="on_demand") for i in range(50)]
+    h = make_house(pool_config("a"), *cold)
+    (w1,) = h.workers("a")
+    h.up(w1)
+    assert [p.name for p in h.registry.staffed_pools()] == ["a"]
+    with mock.patch.object(h.sup.sizing, "grow", wraps=h.sup.sizing.grow) as grow, \
+            mock.patch.object(h.sup.health, "_act", wraps=h.sup.health._act):
+        h.tick(0.05)
+        assert [c.args[0].name for c in grow.call_args_list] == ["a"]
+    h.tick(1.0)
+    assert set(h.registry.sampled) == {id(h.pool("a"))}
+    h.commands.stop_pool("a")
+    h.exit(w1, 0)
+    assert h.registry.staffed_pools() == []
+    for _ in range(12):                  # the 10 s window goes flat: no more samples
+        h.tick(1.0)
+    assert h.registry.sampled == {} and h.views.counters("a")["pools"][0]["requests_per_second"] == 0

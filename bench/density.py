@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""A thousand sites on one machine: what hostd costs for sites it is not serving.
+
+    sudo .venv/bin/python bench/density.py [--pools 1000] [--active 50] [--json out.json]
+                                           [--isolation default|off|none-net]
+
+Writes N pool files (pool pNNNN answers pNNNN.density, the hello app of bench/app.py in
+a directory of its own, start_mode on_demand, idle_timeout 0), starts hostd (from this checkout, with the test
+harness) and measures, in one run:
+
+- ready: hostd's start to its `ready` event (and to the control socket answering);
+- the resident memory of the supervisor, the front ends and the zygote (PSS, from
+  /proc/PID/smaps_rollup), with nothing running;
+- `hostctl status --json` (median of 5) and its size, and `/metrics` size and time;
+- the idle supervisor's CPU over 10 s (% of one core), with every pool cold;
+- a reload after one pool file changed: SIGHUP to the `reloaded` event, while a client
+  keeps requesting other (active) pools, counting failed requests;
+- demand start of cold pools: the first request to 30 pools that have no worker
+  (median and p90 to the last byte);
+- throughput with 50 connections spread over --active pools (wrk with a Lua script that
+  rotates the Host header) against the same 50 connections on one pool.
+
+Isolation: `default` (no [isolation] table: isolated when root), `off` ([isolation]
+enabled = false) or `none-net` (isolated with network = "none": a network namespace per
+pool). The figures print as a table; --json writes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from hostd_harness import Hostd  # noqa: E402  (a real hostd, as the tests run it)
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    m = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def timed(fn, n=5):
+    times = []
+    out = None
+    for _ in range(n):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), out
+
+
+def pool_doc(site: Path, name: str, isolation: str) -> dict:
+    doc = {"app": "app:application", "directory": str(site), "bindings": [f"{name}.density"],
+           "start_mode": "on_demand", "idle_timeout": "0"}
+    if isolation == "off":
+        doc["isolation"] = {"enabled": False}
+    elif isolation == "none-net":
+        doc["isolation"] = {"network": "none"}
+    return doc
+
+
+def wait_log(h: Hostd, pattern: str, after: int, timeout: float) -> float:
+    """Monotonic time at which `pattern` appeared in the log after offset `after`."""
+    deadline = time.monotonic() + timeout
+    rx = re.compile(pattern)
+    while time.monotonic() < deadline:
+        if rx.search(h.log()[after:]):
+            return time.monotonic()
+        time.sleep(0.005)
+    raise TimeoutError(pattern)
+
+
+def first_request_ms(h: Hostd, host: str) -> float:
+    t0 = time.perf_counter()
+    data = h.raw(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
+                 timeout=30)
+    if not data.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"{host}: {data[:200]!r}")
+    return (time.perf_counter() - t0) * 1000
+
+
+#: one wrk thread per connection, each bound to one host (setup runs per thread): a
+#: client keeps to its site, as browsers do; rotating hosts on one connection would
+#: measure reroutes instead
+WRK_LUA = """
+local hosts = {%s}
+local n = 0
+function setup(thread)
+  n = n + 1
+  thread:set("host", hosts[((n - 1) %% #hosts) + 1])
+end
+function init(args)
+  req = wrk.format("GET", "/", {Host = host})
+end
+function request()
+  return req
+end
+"""
+
+
+def wrk_rps(port: int, hosts: list[str], seconds: int, tmp: Path) -> float:
+    script = tmp / f"hosts{len(hosts)}.lua"
+    script.write_text(WRK_LUA % ", ".join(f'"{h}"' for h in hosts))
+    out = subprocess.run(["wrk", "-t50", "-c50", f"-d{seconds}s", "-s", str(script),
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad:
+        raise RuntimeError(f"wrk saw {bad.group(1)} non-2xx responses:\n{out}")
+    return float(m.group(1)) if m else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pools", type=int, default=1000)
+    ap.add_argument("--active", type=int, default=50, help="pools the spread load uses")
+    ap.add_argument("--isolation", choices=["default", "off", "none-net"], default="default")
+    ap.add_argument("--seconds", type=int, default=6, help="each wrk run")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (cgroups; isolation)", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="hostd-density-"))
+    root.chmod(0o755)
+    names = [f"p{i:04d}" for i in range(args.pools)]
+    sites = root / "sites"
+    sites.mkdir(mode=0o755)
+    for n in names:             # each site its own directory, as on a shared host
+        d = sites / n
+        d.mkdir(mode=0o755)
+        shutil.copy(REPO / "bench" / "app.py", d / "app.py")
+        (d / "app.py").chmod(0o644)
+    pools = {n: pool_doc(sites / n, n, args.isolation) for n in names}
+    res: dict = {"pools": args.pools, "isolation": args.isolation}
+    from hostd_harness import free_port
+    mport = free_port()
+    h = Hostd(root, pools=pools, hostd={"frontends": 2,
+                                        "metrics_listen": f"127.0.0.1:{mport}"})
+    t0 = time.monotonic()
+    h.start(timeout=120)
+    res["control_up_s"] = round(time.monotonic() - t0, 3)
+    res["ready_s"] = round(wait_log(h, r"\bready\b.*hostd is ready|hostd is ready", 0, 120) - t0, 3)
+    try:
+        st = h.status()
+        procs = [st["pid"], st["zygote"], *[f["pid"] for f in st["frontends"]]]
+        res["pss_mib_supervisor_frontends_zygote"] = round(sum(map(pss_kib, procs)) / 1024, 1)
+        ms, out = timed(lambda: h.ctl("status", "--json").stdout)
+        res["status_json_ms"] = round(ms, 1)
+        res["status_json_kib"] = round(len(out) / 1024, 1)
+        ms, _ = timed(lambda: h.ctl("status", names[7], "--json").stdout)
+        res["status_one_pool_ms"] = round(ms, 1)
+        t_m = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=30) as r:
+            metrics = r.read()
+        res["metrics_ms"] = round((time.perf_counter() - t_m) * 1000, 1)
+        res["metrics_kib"] = round(len(metrics) / 1024, 1)
+        req = urllib.request.Request(f"http://127.0.0.1:{mport}/metrics",
+                                     headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            res["metrics_gzip_kib"] = round(len(r.read()) / 1024, 1)
+        ms, body = timed(lambda: h.ctl("counters", "--json").stdout)
+        res["counters_json_ms"] = round(ms, 1)
+        res["counters_json_kib"] = round(len(body) / 1024, 1)
+        # the idle supervisor, every pool cold
+        sup = st["pid"]
+        time.sleep(1)
+        c0, w0 = cpu_ticks(sup), time.monotonic()
+        time.sleep(10)
+        res["idle_supervisor_pct"] = round((cpu_ticks(sup) - c0) / os.sysconf("SC_CLK_TCK")
+                                           / (time.monotonic() - w0) * 100, 2)
+        # demand start of 30 cold pools
+        cold = [first_request_ms(h, f"{n}.density") for n in names[-30:]]
+        res["cold_start_ms_median"] = round(statistics.median(cold), 1)
+        res["cold_start_ms_p90"] = round(sorted(cold)[int(0.9 * (len(cold) - 1))], 1)
+        # start the active pools, then the spread against one pool
+        active = names[:args.active]
+        for n in active:
+            first_request_ms(h, f"{n}.density")
+        one = wrk_rps(h.port, [f"{active[0]}.density"], args.seconds, root)
+        spread = wrk_rps(h.port, [f"{n}.density" for n in active], args.seconds, root)
+        one2 = wrk_rps(h.port, [f"{active[0]}.density"], args.seconds, root)
+        res["rps_one_pool"] = round((one + one2) / 2)
+        res["rps_spread"] = round(spread)
+        res["spread_ratio"] = round(spread / ((one + one2) / 2), 2)
+        # a reload after one file changed, with a client on the active pools meanwhile
+        failures, served = [], [0]
+        stop = threading.Event()
+
+        def client():
+            i = 0
+            while not stop.is_set():
+                host = f"{active[i % len(active)]}.density"
+                i += 1
+                try:
+                    if h.get(host, "/", timeout=10)[0] != 200:
+                        failures.append(host)
+                    else:
+                        served[0] += 1
+                except OSError as exc:
+                    failures.append(f"{host}: {exc}")
+        t = threading.Thread(target=client)
+        t.start()
+        time.sleep(0.5)
+        target = names[len(names) // 2]
+        doc = dict(pools[target], processes=2)
+        h.write_pool(target, doc)
+        mark = len(h.log())
+        t1 = time.monotonic()
+        h.signal(signal.SIGHUP)
+        res["reload_one_changed_ms"] = round((wait_log(h, r"configuration reloaded", mark, 60)
+                                              - t1) * 1000, 1)
+        time.sleep(0.5)
+        stop.set()
+        t.join()
+        res["reload_failed_requests"] = len(failures)
+        res["reload_requests_served"] = served[0]
+    finally:
+        h.stop(timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+    width = max(map(len, res))
+    for k, v in res.items():
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
