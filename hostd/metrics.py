@@ -26,7 +26,7 @@ _POOL_METRICS = [
      lambda p: [({}, p["bytes_out"])]),
     ("hostd_workers", "gauge", "Worker processes (starting or ready).",
      lambda p: [({}, p["workers"])]),
-    ("hostd_memory_bytes", "gauge", "Resident memory of the pool's workers.",
+    ("hostd_memory_bytes", "gauge", "Memory charged to the pool's cgroup (without cgroups: its workers' PSS).",
      lambda p: [({}, p["memory"])]),
     ("hostd_cpu_seconds_total", "counter", "CPU time of the pool's workers, exited ones included.",
      lambda p: [({}, p["cpu_seconds"])]),

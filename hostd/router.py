@@ -246,6 +246,50 @@ class Router:
         return len(self._routes)
 
 
+def _may_outrank(mine: str, other: str) -> bool:
+    """Whether a binding with host pattern `other` can win, for some request, over one
+    with pattern `mine` that matches it (the precedence above): "*" is outranked by
+    every pattern (its own too: by port or a longer prefix); "*.s" by itself, by longer
+    wildcards under s and by exact hosts under s; an exact host only by itself (the
+    less specific patterns are tried only when no binding of it matches)."""
+    if mine == "*":
+        return True
+    if mine.startswith("*."):
+        suffix = mine[2:]
+        if other == "*":
+            return False
+        if other.startswith("*."):
+            tail = other[2:]
+            return tail == suffix or tail.endswith("." + suffix)
+        return other.endswith("." + suffix)    # ("*.s" never matches the bare s)
+    return other == mine
+
+
+def worker_table(table: list, pool: str) -> list:
+    """A pool's workers' share of the binding table: its own bindings and those of
+    other pools that can outrank one of them for some request, so that
+    Router(worker_table(t, p)).route(r) is one of p's routes exactly when
+    Router(t).route(r) is that route (anything else is handed back to the front ends).
+    With a thousand sites of their own hosts, each pool's table is a few entries, not a
+    thousand.
+
+    Takes: a to_table() table and a pool name. Returns: a table, in the same order."""
+    mine = {Binding.parse(text).host for name, text in table if name == pool}
+    if not mine:
+        return []
+    if "*" in mine:
+        return list(table)
+    out = []
+    for name, text in table:
+        if name == pool:
+            out.append([name, text])
+            continue
+        host = Binding.parse(text).host
+        if any(_may_outrank(m, host) for m in mine):
+            out.append([name, text])
+    return out
+
+
 def normalise_host(host_header: str | None) -> str:
     """Takes: a Host header value (or an absolute-form authority), or None.
     Returns: it lower-cased, without port and trailing dot; "[::1]:8080" -> "::1" (in

@@ -252,6 +252,12 @@ class Cgroup:
         Raises: OSError naming the file; ValueError when it does not hold a number."""
         raise NotImplementedError
 
+    def memory_usage(self) -> int:
+        """Returns: the memory charged to this cgroup and below now, in bytes (its
+        processes' pages, page cache and tmpfs pages included).
+        Raises: OSError naming the file (ENOENT: no memory controller); ValueError."""
+        raise NotImplementedError
+
     def memory_watch(self, high: int = 0, limit: int = 0,
                      inotify=None) -> memevents.MemoryWatch:
         """Builds the kernel's memory notifications for this cgroup (see
@@ -398,6 +404,10 @@ class _V2Cgroup(Cgroup):
         OSError naming memory.events.local."""
         return _counters(self.read("memory.events.local")).get("oom", 0)
 
+    def memory_usage(self) -> int:
+        """memory.current. Raises OSError naming it; ValueError."""
+        return int(self.read("memory.current"))
+
     def memory_watch(self, high: int = 0, limit: int = 0,
                      inotify=None) -> memevents.MemoryWatch:
         """Writes memory.high = `high` (the v2 threshold is the kernel's own; the watch's
@@ -528,6 +538,10 @@ class _V1Cgroup(Cgroup):
         """memory.failcnt: how often usage hit memory.limit_in_bytes (reclaim may have
         saved it; it counts the attempts). Raises OSError naming it; ValueError."""
         return int(self.read("memory.failcnt"))
+
+    def memory_usage(self) -> int:
+        """memory.usage_in_bytes. Raises OSError naming it; ValueError."""
+        return int(self.read("memory.usage_in_bytes"))
 
     def memory_watch(self, high: int = 0, limit: int = 0,
                      inotify=None) -> memevents.MemoryWatch:

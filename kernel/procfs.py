@@ -35,3 +35,30 @@ def vmsize(pid: int | None) -> int:
 def rss(pid: int | None) -> int:
     """Resident set size of a live process in bytes (0 when unknown)."""
     return _statm(pid, 1)
+
+
+def smaps_rollup(pid: int | None) -> dict[str, int]:
+    """/proc/PID/smaps_rollup as {field: bytes} ("Rss", "Pss", "Private_Dirty", ...);
+    {} when unknown (no such process, no permission)."""
+    if not pid:
+        return {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+            out[name] = int(parts[0]) * 1024
+    return out
+
+
+def pss_private(pid: int | None) -> tuple[int, int]:
+    """(PSS, private) of a live process in bytes, (0, 0) when unknown: PSS counts each
+    shared page divided among its sharers (the zygote's copy-on-write pages once in
+    all), private = Private_Clean + Private_Dirty (what the process alone holds)."""
+    r = smaps_rollup(pid)
+    return r.get("Pss", 0), r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)

@@ -249,10 +249,14 @@ class Pools:
                     self.add_broken(broken[name])
                 elif step in (ReloadStep.ADD, ReloadStep.REPLACE):
                     self.add(name, pools[name])
-        routes = protocol.routes(self.registry.router_table())
-        for pool in self.registry.pools.values():
-            for w in pool.workers.values():
-                if w.state in (W.STARTING, W.READY):
+        table = self.registry.router_table()
+        for pool in self.registry.staffed_pools():
+            if self.registry.pools.get(pool.name) is not pool:
+                continue                # retired: draining, routes no more
+            live = [w for w in pool.workers.values() if w.state in (W.STARTING, W.READY)]
+            if live:    # each pool's share of the table (router.worker_table)
+                routes = protocol.routes(self.registry.worker_routes(pool.name, table))
+                for w in live:
                     self.processes.send(w, routes)
         self.frontends.broadcast()
         self.placement.warn_unisolated(self.registry.pools.values())

@@ -193,7 +193,7 @@ class Processes:
             cgroup_procs=worker.cgroup.procs_files() if worker.cgroup else [],
             isolation=isolation, **self.connections.limit_settings(),
             access_log=self.registry.main.access_log,
-            config=pool.cfg.to_spec(), routes=self.registry.router_table())
+            config=pool.cfg.to_spec(), routes=self.registry.worker_routes(pool.name))
         reroute = self.connections.pool_reroute(pool) if worker.isolated \
             else self.connections.reroute_in
         ctl_mine, ctl_theirs = sockets.seqpacket_pair()

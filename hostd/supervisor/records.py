@@ -292,6 +292,12 @@ class Registry:
         broken pool file its valid ones), so their hosts are answered 503, not 404."""
         return Router([(p.name, b) for p in self.pools.values() for b in p.bindings]).to_table()
 
+    def worker_routes(self, pool_name: str, table: list | None = None) -> list:
+        """What a pool's workers route by (hostd.router.worker_table): its bindings and
+        those that can outrank them. table: the router_table() already made, if any."""
+        from hostd.router import worker_table
+        return worker_table(table if table is not None else self.router_table(), pool_name)
+
 
 def show_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

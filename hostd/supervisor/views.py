@@ -75,6 +75,7 @@ class Views:
                                 "requests": s["requests"], "active": s["active"],
                                 "connections": s["connections"],
                                 "busy": round(w.busy_frac, 3), "rss": procfs.rss(w.pid),
+                                **dict(zip(("pss", "private"), procfs.pss_private(w.pid))),
                                 "cpu_seconds": round(procfs.cpu_seconds(w.pid), 3),
                                 "generation": w.generation,
                                 "started": round(w.started_wall, 3),
@@ -147,8 +148,16 @@ class Views:
                     for i, v in enumerate(values):
                         acc[i] += v
                 active += w.stats()["active"]
-                memory += procfs.rss(w.pid)
+                memory += procfs.pss_private(w.pid)[0]
                 cpu += procfs.cpu_seconds(w.pid)
+            # the pool's memory: its cgroup's own charge when it has one (page cache
+            # and its /tmp included), else its workers' PSS (shared pages once)
+            cg = pool.limits.cg if pool.limits is not None else None
+            if cg is not None:
+                try:
+                    memory = cg.memory_usage()
+                except (OSError, ValueError):
+                    pass
             out.append({
                 "name": pool.name, "state": pool.state.value,
                 "requests": pool.requests(), "requests_per_second": round(_rate(pool), 2),

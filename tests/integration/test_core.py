@@ -82,6 +82,10 @@ def test_demand_start_and_always_running(tmp_path):
         assert [w["pid"] for w in workers] == [doc["pid"]]
         assert workers[0]["state"] == "ready" and workers[0]["requests"] >= 1
         assert workers[0]["rss"] > 1_000_000
+        # PSS counts the zygote's shared pages once among their sharers; private is
+        # what the worker alone holds
+        w = workers[0]
+        assert 0 < w["private"] <= w["pss"] <= w["rss"], w
     finally:
         h.stop()
 

@@ -264,3 +264,52 @@ def test_split_target(target, expected):
 ])
 def test_decode_path(raw, expected):
     assert decode_path(raw) == expected
+
+
+# --- a pool's workers' share of the table (density) -----------------------------------
+def _table(entries):
+    return Router((p, Binding.parse(t)) for p, t in entries).to_table()
+
+
+def test_worker_table_keeps_what_can_outrank():
+    from hostd.router import worker_table
+    t = _table([("a", "a.test"), ("a", "*.a.test"), ("b", "b.test"), ("c", "a.test/api"),
+                ("d", "x.a.test"), ("e", "*.x.a.test"), ("f", "*"), ("g", "*.test"),
+                ("h", "a.test:8080")])
+    got = {tuple(e) for e in worker_table(t, "a")}
+    assert got == {("a", "a.test"), ("a", "*.a.test"), ("c", "a.test/api"),
+                   ("d", "x.a.test"), ("e", "*.x.a.test"), ("h", "a.test:8080")}
+    assert worker_table(t, "b") == [["b", "b.test"]]
+    assert worker_table(t, "f") == t                  # "*" is outranked by everything
+    assert worker_table(t, "nope") == []
+
+
+def test_worker_table_routes_exactly_as_the_whole_table():
+    """Property: for random tables and requests, a pool's share routes a request to
+    one of its routes exactly when the whole table does, to the same binding."""
+    import random
+    from hostd.router import worker_table
+    rnd = random.Random(20261202)
+    hosts = ["a.t", "b.a.t", "c.b.a.t", "x.t", "t", "a.u"]
+    patterns = hosts + ["*.t", "*.a.t", "*.b.a.t", "*"]
+    for _ in range(300):
+        entries, seen = [], set()
+        for _ in range(rnd.randint(1, 9)):
+            text = rnd.choice(patterns) + rnd.choice(["", ":81"]) + rnd.choice(["", "/p", "/p/q"])
+            key = Binding.parse(text)
+            if (key.host, key.port, key.prefix) in seen:
+                continue
+            seen.add((key.host, key.port, key.prefix))
+            entries.append((rnd.choice("ABC"), text))
+        whole = Router((p, Binding.parse(t)) for p, t in entries)
+        for pool in "ABC":
+            part = Router.from_table(worker_table(whole.to_table(), pool))
+            for _ in range(25):
+                host = rnd.choice(hosts + ["zz.t", "q.x.t"])
+                port, path = rnd.choice([80, 81]), rnd.choice(["/", "/p", "/p/q/r", "/z"])
+                full = whole.route(host, port, path)
+                mine = part.route(host, port, path)
+                if full is not None and full.pool == pool:
+                    assert mine is not None and mine.binding == full.binding, (entries, host, port, path)
+                else:
+                    assert mine is None or mine.pool != pool, (entries, pool, host, port, path)

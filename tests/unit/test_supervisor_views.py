@@ -11,7 +11,7 @@ STATUS_POOL_KEYS = {"name", "state", "bindings", "workers", "queued", "processes
                     "start_mode", "error", "recycles", "limits", "isolation", "identity",
                     "file", "isolated", "isolation_reason"}
 STATUS_WORKER_KEYS = {"pid", "id", "state", "requests", "active", "connections", "busy",
-                      "rss", "cpu_seconds", "generation", "started", "start_reason",
+                      "rss", "pss", "private", "cpu_seconds", "generation", "started", "start_reason",
                       "last_recycle_reason", "recycling", "boot_ms"}
 COUNTERS_POOL_KEYS = {"name", "state", "requests", "requests_per_second", "active", "queued",
                       "responses", "bytes_in", "bytes_out", "workers", "memory",
