@@ -34,7 +34,7 @@ import httptools
 
 from hostd import limits, log, protocol
 from hostd.router import Router, decode_path, split_target
-from kernel import fdpass
+from kernel import fdpass, sockets
 from kernel.sockets import reset_connection
 from workers import h1fast
 
@@ -430,7 +430,7 @@ class FrontEnd:
             fdpass.send_with_fds(self.ctl, msg, (conn.fd,), _DONTWAIT)
         except BlockingIOError:
             # the supervisor is behind: wait for room, briefly (this is overload)
-            select.select([], [self.ctl], [], 1.0)
+            sockets.wait_fd(self.ctl, select.POLLOUT, 1.0)
             try:
                 fdpass.send_with_fds(self.ctl, msg, (conn.fd,), _DONTWAIT)
             except OSError:

@@ -7,6 +7,7 @@ its backlog are never reset (closing a SO_REUSEPORT socket drops its backlog).
 from __future__ import annotations
 
 import os
+import select
 import socket
 
 #: TCP_DEFER_ACCEPT: accept() returns only once the client has sent data, so the front
@@ -105,3 +106,16 @@ def reset_connection(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def wait_fd(fd, events: int, timeout: float | None) -> bool:
+    """Waits until `fd` (an int or anything with fileno()) is ready for `events`
+    (select.POLLIN / POLLOUT), at most `timeout` seconds (None: forever).
+    Returns: whether it is ready (an error or hang-up counts as ready: the next call
+    on it says which). poll(2), not select(2): select refuses descriptors from 1024 up,
+    and a supervisor of a thousand pools holds several thousand.
+    Raises: OSError from poll (EINTR is retried by Python)."""
+    p = select.poll()
+    p.register(fd, events)
+    ms = -1 if timeout is None else max(0, int(timeout * 1000))
+    return bool(p.poll(ms))

@@ -14,6 +14,7 @@ from hostd import log, protocol
 from hostd.router import Router
 from kernel import proc
 from kernel.fdpass import recv_with_fds
+from kernel.sockets import wait_fd
 
 _IN = select.EPOLLIN
 #: the supervisor is gone (control channel EOF): requests in flight get this long to
@@ -36,7 +37,7 @@ class ControlChannel:
         if self.request_timeout > 0:
             tick = min(tick, self.request_timeout / 4)
         while True:
-            r, _, _ = select.select([ctl], [], [], tick)
+            r = wait_fd(ctl, select.POLLIN, tick)
             if self.request_timeout > 0:
                 self._check_request_timeout()
             if not r:

@@ -300,5 +300,4 @@ def _drain_queue(pool):
 
 
 def _readable(sock: socket.socket) -> bool:
-    r, _, _ = select.select([sock], [], [], 0)
-    return bool(r)
+    return sockets.wait_fd(sock, select.POLLIN, 0)

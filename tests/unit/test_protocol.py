@@ -218,3 +218,29 @@ def test_pool_values_default_to_configs():
                                                       "health": {"ping_timeout": 5.0}})
     assert spec.pool_value("threads") == 8 and spec.pool_value("bindings") == ["a"]
     assert spec.health() == config.Health(ping_timeout=5.0)
+
+
+def test_wait_fd_works_above_1024():
+    """Regression (density): the supervisor's queue check used select(), which refuses
+    descriptors from 1024 up: with 1,000 pools its tick raised ValueError and hostd
+    died. kernel.sockets.wait_fd uses poll."""
+    import os
+    import resource
+    import select
+    import socket
+    from kernel.sockets import wait_fd
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    a, b = socket.socketpair()
+    try:
+        high = os.dup2(a.fileno(), 1100)
+        assert not wait_fd(high, select.POLLIN, 0)
+        b.send(b"x")
+        assert wait_fd(high, select.POLLIN, 0) and wait_fd(high, select.POLLOUT, 0.1)
+        os.close(high)
+    finally:
+        a.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
