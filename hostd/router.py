@@ -265,29 +265,49 @@ def _may_outrank(mine: str, other: str) -> bool:
     return other == mine
 
 
-def worker_table(table: list, pool: str) -> list:
-    """A pool's workers' share of the binding table: its own bindings and those of
+class WorkerTables:
+    """Each pool's workers' share of one binding table: its own bindings and those of
     other pools that can outrank one of them for some request, so that
-    Router(worker_table(t, p)).route(r) is one of p's routes exactly when
-    Router(t).route(r) is that route (anything else is handed back to the front ends).
-    With a thousand sites of their own hosts, each pool's table is a few entries, not a
-    thousand.
+    Router(share).route(r) is one of the pool's routes exactly when Router(table).route(r)
+    is that route (anything else is handed back to the front ends). With a thousand
+    sites of their own hosts, a share is a few entries, not a thousand. Built once per
+    table (bindings parsed once, indexed by host pattern); `for_pool` is then cheap.
 
-    Takes: a to_table() table and a pool name. Returns: a table, in the same order."""
-    mine = {Binding.parse(text).host for name, text in table if name == pool}
-    if not mine:
-        return []
-    if "*" in mine:
-        return list(table)
-    out = []
-    for name, text in table:
-        if name == pool:
-            out.append([name, text])
-            continue
-        host = Binding.parse(text).host
-        if any(_may_outrank(m, host) for m in mine):
-            out.append([name, text])
-    return out
+    Takes: a to_table() table ([[pool, binding text], ...])."""
+
+    def __init__(self, table: list):
+        self.table = [list(e) for e in table]
+        self.hosts = [Binding.parse(text).host for _, text in self.table]
+        self.by_host: dict[str, list[int]] = {}
+        self.by_pool: dict[str, list[int]] = {}
+        for i, ((pool, _), host) in enumerate(zip(self.table, self.hosts)):
+            self.by_host.setdefault(host, []).append(i)
+            self.by_pool.setdefault(pool, []).append(i)
+
+    def for_pool(self, pool: str) -> list:
+        """Returns the pool's share, in the table's order ([] for a pool without
+        bindings)."""
+        own = self.by_pool.get(pool)
+        if not own:
+            return []
+        mine = {self.hosts[i] for i in own}
+        if "*" in mine:
+            return [list(e) for e in self.table]
+        keep = set(own)
+        wild = [m for m in mine if m.startswith("*.")]
+        for m in mine:
+            if not m.startswith("*."):
+                keep.update(self.by_host.get(m, ()))
+        if wild:
+            for host, idx in self.by_host.items():
+                if any(_may_outrank(m, host) for m in wild):
+                    keep.update(idx)
+        return [list(self.table[i]) for i in sorted(keep)]
+
+
+def worker_table(table: list, pool: str) -> list:
+    """WorkerTables(table).for_pool(pool), for one pool."""
+    return WorkerTables(table).for_pool(pool)
 
 
 def normalise_host(host_header: str | None) -> str:

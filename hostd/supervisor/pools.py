@@ -249,13 +249,13 @@ class Pools:
                     self.add_broken(broken[name])
                 elif step in (ReloadStep.ADD, ReloadStep.REPLACE):
                     self.add(name, pools[name])
-        table = self.registry.router_table()
+        tables = self.registry.worker_tables()
         for pool in self.registry.staffed_pools():
             if self.registry.pools.get(pool.name) is not pool:
                 continue                # retired: draining, routes no more
             live = [w for w in pool.workers.values() if w.state in (W.STARTING, W.READY)]
             if live:    # each pool's share of the table (router.worker_table)
-                routes = protocol.routes(self.registry.worker_routes(pool.name, table))
+                routes = protocol.routes(self.registry.worker_routes(pool.name, tables))
                 for w in live:
                     self.processes.send(w, routes)
         self.frontends.broadcast()
