@@ -597,6 +597,43 @@ def _private_network(value, base) -> str:
     return str(net)
 
 
+@dataclass(frozen=True)
+class PressureRule:
+    """[hostd] idle_pressure: "memory some avg10 > 10" (the text is kept for messages)."""
+
+    resource: str      # "memory"
+    kind: str          # "some" | "full"
+    window: str        # "avg10" | "avg60" | "avg300"
+    threshold: float   # percent of wall time, 0-100
+    text: str
+
+
+def _pressure(value, base) -> PressureRule | None:
+    if isinstance(value, str) and value.strip() == "":
+        return None                     # "" = off
+    text = _string(value).strip()
+    from kernel.psi import KINDS, WINDOWS
+    parts = text.split()
+    form = '"memory some|full avg10|avg60|avg300 > PERCENT", e.g. "memory some avg10 > 10"'
+    if len(parts) != 5 or parts[3] != ">":
+        raise ValueError(f"must be {form}, not {value!r}")
+    resource, kind, window, _, number = parts
+    if resource != "memory":
+        raise ValueError(f"only memory pressure stops idle workers, not {resource!r} "
+                         f"(must be {form})")
+    if kind not in KINDS:
+        raise ValueError(f"{kind!r} must be one of {', '.join(KINDS)} (must be {form})")
+    if window not in WINDOWS:
+        raise ValueError(f"{window!r} must be one of {', '.join(WINDOWS)} (must be {form})")
+    try:
+        threshold = float(number)
+    except ValueError:
+        raise ValueError(f"{number!r} is not a number (must be {form})") from None
+    if not 0 <= threshold < 100:
+        raise ValueError(f"the threshold is a percentage of time, 0 to below 100, not {number}")
+    return PressureRule(resource, kind, window, threshold, " ".join(parts))
+
+
 #: the keys of the main file's [hostd] table
 HOSTD_KEYS: dict[str, Key] = {
     "listen": Key(_listen, (("127.0.0.1", 8080),), "addresses the front ends bind"),
@@ -619,6 +656,7 @@ HOSTD_KEYS: dict[str, Key] = {
     "identity_range": Key(_identity_range, (2100000000, 2100065535), "uids/gids hostd gives to pools with identity = \"dynamic\" (\"FIRST-LAST\")"),
     "frontend_identity": Key(_frontend_identity, "dynamic", "who the front ends run as once their sockets are set up: \"dynamic\" (a uid of their own from identity_range), \"user:NAME\", or \"root\""),
     "private_network": Key(_private_network, "10.213.0.0/16", "addresses of network = \"private\" pools, a /30 each"),
+    "idle_pressure": Key(_pressure, None, "above this memory pressure (PSI, e.g. \"memory some avg10 > 10\") idle workers are stopped, oldest-idle first, ahead of their idle_timeout; \"\" = off"),
 }
 
 MAIN_KEYS: dict[str, Table] = {
@@ -731,6 +769,7 @@ class MainConfig:
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
     max_connections: int = 10000
+    idle_pressure: "PressureRule | None" = None
     min_request_bytes_per_second: int = 240
     send_timeout: float = 60.0
     max_body_size: int = 100 << 20

@@ -286,6 +286,11 @@ class CgroupTree:
         cg._create(inner=True)
         return cg
 
+    def pressure_file(self, resource: str) -> str | None:
+        """The pressure file of hostd's subtree for `resource` (kernel.psi), or None:
+        v1 cgroups have none (v2 overrides)."""
+        return None
+
     def pools(self) -> list[Cgroup]:
         """Returns the pool cgroups that exist below the base (also from an earlier run)."""
         d = next(iter(self.dirs.values()))
@@ -359,6 +364,11 @@ class _V2Tree(CgroupTree):
     def supervisor(self) -> Cgroup:
         """The supervisor's leaf (v2)."""
         return self._base.child("supervisor")
+
+    def pressure_file(self, resource: str) -> str | None:
+        """The base's <resource>.pressure: the stalls of hostd and all its pools (the
+        supervisor itself sits in a leaf below it)."""
+        return posixpath.join(self._base.dir, f"{resource}.pressure")
 
 
 class _V1Tree(CgroupTree):

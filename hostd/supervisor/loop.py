@@ -74,7 +74,7 @@ class Supervisor:
         self.registry = reg = Registry(main, self.pid)
         self.reactor = r = Reactor()
         self.placement, self.connections, self.processes, self.frontends = seams(reg, r)
-        self.sizing = Sizing(reg, r, self.processes, self.connections)
+        self.sizing = Sizing(reg, r, self.processes, self.connections, self.placement)
         self.health = Health(reg, r, self.processes, self.placement)
         self.recycling = Recycling(reg, self.processes, self.placement)
         self.views = Views(reg, processes=self.processes, frontends=self.frontends,
@@ -113,6 +113,7 @@ class Supervisor:
             log.warning("no_subreaper", f"cannot become child subreaper: {exc}")
         self._install_signals()
         self.placement.setup_cgroups()
+        self.placement.setup_pressure()
         self.frontends.bind()
         self.main.run_dir.mkdir(parents=True, exist_ok=True)
         self.control = ControlServer(self.main.run_dir / "control.sock", self.commands)
@@ -226,6 +227,7 @@ class Supervisor:
         if second:
             self.next_second = now + 1.0
             self.views.tick_second(now)
+            self.sizing.pressure(now)
         self.connections.tick()
         self.sizing.tick(now, second)
         self.recycling.tick(now, second)

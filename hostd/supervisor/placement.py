@@ -323,6 +323,38 @@ class Placement:
             log.error("identity", f"{store.path}: the pools' identities could not be "
                       f"saved: {exc}; they are given again, the same way, at the next start")
 
+    # ------------------------------------------------------------------ memory pressure
+    def setup_pressure(self) -> None:
+        """[hostd] idle_pressure: finds the pressure file to watch (kernel.psi.source:
+        the v2 cgroup hostd runs in, else /proc/pressure/memory).
+        Raises OSError naming the key when this host has neither."""
+        rule = self.registry.main.idle_pressure
+        self.psi_path = None
+        if rule is None:
+            return
+        from kernel import psi
+        base = self.cgroups.pressure_file(rule.resource) if self.cgroups is not None else None
+        self.psi_path = psi.source(rule.resource, first=base)
+        if self.psi_path is None:
+            raise OSError(f"{self.registry.main.path}: hostd.idle_pressure: this host has no "
+                          f"pressure stall information ({rule.resource}.pressure of hostd's "
+                          f"cgroup v2, or /proc/pressure/{rule.resource}: a kernel with "
+                          "CONFIG_PSI, not booted with psi=0); remove the key")
+        log.info("pressure", f"idle_pressure {rule.text!r}: watching {self.psi_path}",
+                 FILE=self.psi_path)
+
+    def pressure(self) -> float | None:
+        """The watched pressure figure now (the rule's kind and window, in percent), or
+        None when idle_pressure is off or the file cannot be read this time."""
+        rule = self.registry.main.idle_pressure
+        if rule is None or getattr(self, "psi_path", None) is None:
+            return None
+        from kernel import psi
+        try:
+            return psi.read(self.psi_path).get(rule.kind, {}).get(rule.window)
+        except (OSError, ValueError):
+            return None
+
     def identity_store(self) -> isolation.IdentityStore:
         if self.identities is None:
             first, last = self.main.identity_range

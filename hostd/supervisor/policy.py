@@ -206,6 +206,43 @@ def idle_victim(candidates: list[IdleCandidate], alive: int, always_running: boo
     return min(idle, key=lambda c: c.last).key if idle else None
 
 
+@dataclass(frozen=True)
+class PressureCandidate:
+    key: object          # the caller's handle for the worker
+    pool: str
+    last: float          # last activity (monotonic), at least its ready time
+    active: int          # requests running now
+    keep: bool           # the pool's last worker of an always_running pool
+
+
+#: of the idle workers, the share stopped per second while memory pressure lasts (at
+#: least one): quick enough to matter within seconds, slow enough that the pressure's
+#: 10 s average can answer before every idle worker is gone
+PRESSURE_SHARE = 0.2
+#: a worker counts as idle for memory pressure after this long without a request
+PRESSURE_IDLE = 1.0
+
+
+def pressure_victims(candidates: list[PressureCandidate], now: float) -> list:
+    """Memory pressure above [hostd] idle_pressure: the READY workers to stop this
+    second, oldest-idle first, ahead of their idle_timeout. Only idle ones (no request
+    running, none for PRESSURE_IDLE), never an always_running pool's last worker, at
+    most one per pool per turn (its garden shrinks one at a time, as for idle_timeout),
+    and PRESSURE_SHARE of the idle ones (at least one). Returns their keys."""
+    idle = sorted((c for c in candidates if c.active == 0 and not c.keep
+                   and now - c.last >= PRESSURE_IDLE), key=lambda c: c.last)
+    n = max(1, int(len(idle) * PRESSURE_SHARE))
+    out, pools = [], set()
+    for c in idle:
+        if len(out) >= n:
+            break
+        if c.pool in pools:
+            continue
+        pools.add(c.pool)
+        out.append(c.key)
+    return out
+
+
 #: a web garden grows on its queue when two looks, within this many seconds, each found
 #: a connection waiting while every worker was busy: one look can fall in the instant
 #: between a front end's enqueue and a worker's pull (seen: a garden grew while its only

@@ -234,6 +234,11 @@ class Pools:
         if main.run_dir != old_main.run_dir:
             log.warning("reload", "run_dir changed: restart hostd to apply it")
         self.registry.main = main
+        if main.idle_pressure != old_main.idle_pressure:
+            try:
+                self.placement.setup_pressure()
+            except OSError as exc:
+                log.error("config_error", f"{exc}; idle workers are not stopped on pressure")
         running = {n: (p.cfg, p.state) for n, p in self.registry.pools.items()}
         with self.placement.identities_held():
             for step, name, reason in policy.reload_plan(running, pools, broken,

@@ -17,6 +17,7 @@ from hostd.supervisor import policy
 
 if TYPE_CHECKING:
     from hostd.supervisor.connections import Connections
+    from hostd.supervisor.placement import Placement
     from hostd.supervisor.processes import Processes
     from hostd.supervisor.reactor import Reactor
     from hostd.supervisor.records import Registry
@@ -30,6 +31,9 @@ class Sizing:
     reactor: Reactor
     processes: Processes
     connections: Connections
+    placement: Placement
+    #: above [hostd] idle_pressure at the last look (pressure)
+    pressured: bool = False
 
     # ------------------------------------------------------------------ demand
     def update_demand(self, pool) -> None:
@@ -104,6 +108,46 @@ class Sizing:
                      "idle keep-alive connection(s) back for a worker with room",
                      POOL=pool.name, WORKER_PID=w.pid, COUNT=d.shed)
             self.processes.send(w, protocol.shed(d.shed))
+
+    def pressure(self, now: float) -> None:
+        """Duty, once a second: above [hostd] idle_pressure, idle workers are stopped
+        oldest-idle first (policy.pressure_victims), ahead of their idle_timeout; the
+        event says why. Crossing the threshold either way is logged once."""
+        rule = self.registry.main.idle_pressure
+        if rule is None:
+            return
+        value = self.placement.pressure()
+        if value is None:
+            return
+        above = value > rule.threshold
+        if above != self.pressured:
+            self.pressured = above
+            (log.warning if above else log.notice)(
+                "memory_pressure", f"memory pressure {rule.kind} {rule.window} {value:.2f} "
+                f"{'>' if above else '<='} {rule.threshold:g} (idle_pressure): "
+                + ("idle workers are stopped" if above else "idle workers are kept again"),
+                PRESSURE=value, THRESHOLD=rule.threshold)
+        if not above or self.registry.stopping:
+            return
+        candidates = []
+        for pool in self.registry.staffed_pools():
+            if self.registry.pools.get(pool.name) is not pool or pool.state != P.STARTED \
+                    or pool.cfg is None:
+                continue
+            ready = [w for w in pool.workers.values() if w.state == W.READY]
+            last_one = pool.cfg.start_mode == "always_running" and len(pool.alive()) <= 1
+            for w in ready:
+                s = w.stats()
+                candidates.append(policy.PressureCandidate(
+                    w, pool.name, max(s["last_activity"], w.ready_at or 0.0), s["active"],
+                    last_one))
+        for victim in policy.pressure_victims(candidates, now):
+            idle = now - max(victim.stats()["last_activity"], victim.ready_at or 0.0)
+            log.info("idle", f"worker {victim.label} idle for {idle:.0f}s stopped: memory "
+                     f"pressure {rule.kind} {rule.window} {value:.2f} > {rule.threshold:g} "
+                     "(idle_pressure)", POOL=victim.pool.name, WORKER_PID=victim.pid,
+                     REASON="memory_pressure", PRESSURE=value)
+            self.processes.drain(victim, "memory_pressure")
 
     def shrink(self, now: float) -> None:
         """Duty (every 0.5 s): idle timeout, one worker at a time per pool."""

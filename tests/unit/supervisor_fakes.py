@@ -303,6 +303,15 @@ class FakePlacement:
     def setup_cgroups(self) -> None:
         pass
 
+    #: what pressure() reports ([hostd] idle_pressure's figure; None: off/unreadable)
+    pressure_value = None
+
+    def setup_pressure(self) -> None:
+        pass
+
+    def pressure(self):
+        return self.pressure_value
+
     def unsupported(self, cfg) -> str | None:
         return self.unsupported_errors.get(cfg.name)
 

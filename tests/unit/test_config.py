@@ -764,3 +764,17 @@ def test_pool_file_cache_keeps_binding_conflicts(site):
         good, broken = load_pool_files(load_main(site / "hostd.toml"), cache=cache)
         assert list(good) == ["a"] and list(broken) == ["b"]
         assert "already claimed" in str(broken["b"].errors[0])
+
+
+def test_idle_pressure_rule(site):
+    write_main(site, '[hostd]\nidle_pressure = "memory  full avg60 > 2.5"\n')
+    rule = load_main(site / "hostd.toml").idle_pressure
+    assert (rule.resource, rule.kind, rule.window, rule.threshold) == ("memory", "full", "avg60", 2.5)
+    assert rule.text == "memory full avg60 > 2.5"
+    write_main(site, '[hostd]\nidle_pressure = ""\n')
+    assert load_main(site / "hostd.toml").idle_pressure is None
+    for bad, words in [("cpu some avg10 > 1", "only memory"), ("memory some avg10 >= 1", "must be"),
+                       ("memory half avg10 > 1", "some, full"), ("memory some avg5 > 1", "avg10"),
+                       ("memory some avg10 > lots", "not a number"), ("memory some avg10 > 100", "0 to")]:
+        errors = main_errors(site, f'[hostd]\nidle_pressure = "{bad}"\n')
+        assert words in errors["hostd.idle_pressure"].problem, (bad, errors)

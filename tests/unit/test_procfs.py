@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from kernel import procfs
 
 
@@ -53,3 +55,40 @@ def test_unknown_or_falsy_pid_is_zero():
         assert procfs.cpu_seconds(pid) == 0.0
         assert procfs.vmsize(pid) == 0
         assert procfs.rss(pid) == 0
+
+
+# --- kernel/psi.py -----------------------------------------------------------------------
+def test_psi_parse_and_source(tmp_path):
+    from kernel import psi
+    text = ("some avg10=12.50 avg60=3.00 avg300=0.75 total=123456\n"
+            "full avg10=1.00 avg60=0.50 avg300=0.00 total=789\n")
+    d = psi.parse(text)
+    assert d["some"]["avg10"] == 12.5 and d["full"]["avg300"] == 0.0 and d["some"]["total"] == 123456
+    with pytest.raises(ValueError):
+        psi.parse("some avg10 12\n")
+    # a v2 cgroup's memory.pressure wins over the host's file; without either: None
+    proc, root = tmp_path / "proc", tmp_path / "cg"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text("0::/system.slice/hostd.service\n")
+    assert psi.source(root=str(root), proc=str(proc)) is None
+    (proc / "pressure").mkdir()
+    (proc / "pressure" / "memory").write_text(text)
+    assert psi.source(root=str(root), proc=str(proc)) == str(proc / "pressure" / "memory")
+    unit = root / "system.slice" / "hostd.service"
+    unit.mkdir(parents=True)
+    (unit / "memory.pressure").write_text(text)
+    assert psi.source(root=str(root), proc=str(proc)) == str(unit / "memory.pressure")
+    # a hybrid host: the unified hierarchy under root/unified
+    (unit / "memory.pressure").unlink()
+    hy = root / "unified" / "system.slice" / "hostd.service"
+    hy.mkdir(parents=True)
+    (hy / "memory.pressure").write_text(text)
+    assert psi.source(root=str(root), proc=str(proc)) == str(hy / "memory.pressure")
+
+
+def test_psi_on_this_host_is_readable_or_absent():
+    from kernel import psi
+    path = psi.source()
+    if path is None:
+        pytest.skip("no PSI on this host (CONFIG_PSI off or psi=0)")
+    assert "some" in psi.read(path)

@@ -1294,3 +1294,75 @@ def test_the_tick_walks_only_pools_with_workers(make_house):
     for _ in range(12):                  # the 10 s window goes flat: no more samples
         h.tick(1.0)
     assert h.registry.sampled == {} and h.views.counters("a")["pools"][0]["requests_per_second"] == 0
+
+
+# ============================================================================ memory pressure
+def test_memory_pressure_stops_idle_workers_oldest_first_never_active_ones(make_house, logs):
+    """[hostd] idle_pressure: above it (the figure is FakePlacement.pressure_value, what
+    kernel.psi would read), each second the idle READY workers go oldest-idle first,
+    one per pool per turn, ahead of idle_timeout (0 here: never); a busy one stays, and
+    an always_running pool keeps its last. Crossing the threshold is logged once."""
+    from hostd.config import PressureRule
+    from supervisor_fakes import main_config
+    rule = PressureRule("memory", "some", "avg10", 10.0, "memory some avg10 > 10")
+    main = main_config(idle_pressure=rule)
+    cfgs = [pool_config(n, start_mode="on_demand", idle_timeout=0.0) for n in "abc"]
+    h = started(make_house, *cfgs, pool_config("keep"), main=main)
+    for n in "abc":
+        h.processes.spawn(h.pool(n), "demand")
+        (w,) = h.workers(n)
+        h.up(w)
+    h.calls()
+    now = h.clock.now
+    wa, wb, wc = (h.workers(n)[0] for n in "abc")
+    (wk,) = h.workers("keep")
+    wa.board.write(3, 0, 0, now - 50.0, wa.pid)     # idle longest
+    wb.board.write(3, 1, 1, now - 90.0, wb.pid)     # a request running: stays
+    wc.board.write(3, 0, 0, now - 20.0, wc.pid)
+    wk.board.write(3, 0, 0, now - 99.0, wk.pid)     # always_running's last: stays
+    h.placement.pressure_value = 3.0
+    h.tick(1.0)
+    assert h.calls() == [] and logs.events("memory_pressure") == []
+    h.placement.pressure_value = 25.0
+    h.tick(1.0)
+    assert h.calls() == [("drain", "a#1", "memory_pressure")]
+    (ev,) = [e for e in logs.events("idle") if e.get("REASON") == "memory_pressure"]
+    assert ev["POOL"] == "a" and "memory pressure some avg10 25.00 > 10" in ev["MESSAGE"]
+    assert len(logs.events("memory_pressure")) == 1
+    h.tick(1.0)
+    assert h.calls() == [("drain", "c#1", "memory_pressure")]
+    h.tick(1.0)
+    assert h.calls() == [] and wb.state == W.READY and wk.state == W.READY
+    h.placement.pressure_value = 1.0
+    h.tick(1.0)
+    assert len(logs.events("memory_pressure")) == 2      # back below: said once
+
+
+def test_pressure_victims_policy():
+    from hostd.supervisor.policy import PressureCandidate, pressure_victims
+    c = [PressureCandidate(f"{p}{i}", p, 100.0 - i * 10 - ord(p), 0, False)
+         for p in "xyz" for i in range(4)]
+    # 12 idle: a fifth is 2; one per pool; oldest first
+    assert pressure_victims(c, 200.0) == ["z3", "y3"]
+    assert pressure_victims([PressureCandidate("n", "p", 199.5, 0, False)], 200.0) == []
+    assert pressure_victims([PressureCandidate("k", "p", 0.0, 0, True)], 200.0) == []
+    assert pressure_victims([PressureCandidate("b", "p", 0.0, 2, False)], 200.0) == []
+
+
+def test_idle_pressure_refused_where_the_host_has_no_psi(monkeypatch):
+    """A host without pressure files: hostd refuses to start, naming the key (a
+    configured feature that would do nothing); with one, it says which file it reads."""
+    from kernel import psi
+    from hostd.config import PressureRule
+    from hostd.supervisor.placement import Placement
+    from hostd.supervisor.records import Registry
+    from supervisor_fakes import main_config
+    rule = PressureRule("memory", "some", "avg10", 10.0, "memory some avg10 > 10")
+    place = Placement(Registry(main_config(idle_pressure=rule), 1), None)
+    monkeypatch.setattr(psi, "source", lambda resource, first=None: None)
+    with pytest.raises(OSError, match="hostd.idle_pressure: this host has no pressure"):
+        place.setup_pressure()
+    monkeypatch.setattr(psi, "source", lambda resource, first=None: "/x/memory.pressure")
+    monkeypatch.setattr(psi, "read", lambda path: {"some": {"avg10": 12.5}})
+    place.setup_pressure()
+    assert place.pressure() == 12.5
