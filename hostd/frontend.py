@@ -558,6 +558,8 @@ class FrontEnd:
                 self._adopt_fds(msg["names"], fds, msg.get("conn_sems") or [])
             elif kind == protocol.POOLS:
                 self._set_pools(msg["pools"], msg["routes"])
+            elif kind == protocol.POOL_STATES:
+                self._set_states(msg["pools"])
             elif kind == protocol.STOP:
                 self._stop()
 
@@ -602,6 +604,16 @@ class FrontEnd:
             self.listening = True
             for fd in self.listeners:
                 self.ep.register(fd, _EPOLLIN | select.EPOLLEXCLUSIVE)
+
+    def _set_states(self, states: dict) -> None:
+        """Only these pools' entries changed (protocol.POOL_STATES): the routes, and
+        every other pool, stay as they are."""
+        for name, info in states.items():
+            pool = self.pools.get(name)
+            if pool is not None:
+                pool.state = info["state"]
+                pool.lb = info["lb"]
+                pool.max_body = info.get("max_body", -1)
 
     def _stop(self) -> None:
         """Stop accepting; heads being read are still finished and handed off; then exit

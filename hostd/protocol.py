@@ -27,7 +27,7 @@ has a constructor here that returns the encoded message, e.g. `drain(reason)`):
                             MEMORY_FENCE
   supervisor -> worker      DRAIN, ROUTES, SHED, PING, REQUESTS, ORPHAN, ACCESS_LOG,
                             MEMORY_FENCE
-  supervisor -> front end   POOL_FDS, POOLS, STOP
+  supervisor -> front end   POOL_FDS, POOLS, POOL_STATES, STOP
   front end -> supervisor   COUNTERS, and the PARK frame (PARK_TAG)
   supervisor -> zygote      SPAWN
   zygote -> supervisor      SPAWNED, SPAWN_FAILED
@@ -98,6 +98,8 @@ POOL_FDS = "pool_fds"              # {"names": [pool, ...], "conn_sems": [bool, 
                                    #   per pool its queue `in` end, its queue eventfd and, where
                                    #   conn_sems says so, its max_connections eventfd
 POOLS = "pools"                    # {"pools": {name: {"state", "lb", "max_body"}}, "routes": table}
+POOL_STATES = "pool_states"        # {"pools": {name: {"state", "lb", "max_body"}}}: only these
+                                   # pools changed (their descriptors and every binding did not)
 STOP = "stop"                      # stop accepting, finish what was read, exit 0
 # front end -> supervisor
 COUNTERS = "counters"              # {"queue_full": {pool: n}}: rejections since the last report
@@ -189,6 +191,10 @@ def pool_fds(names: list[str], conn_sems: list[bool]) -> bytes:
 
 def pools(table: dict, routes: list) -> bytes:
     return encode({"t": POOLS, "pools": table, "routes": routes})
+
+
+def pool_states(table: dict) -> bytes:
+    return encode({"t": POOL_STATES, "pools": table})
 
 
 def stop() -> bytes:

@@ -32,6 +32,14 @@ POOL_FDS_BATCH = 64
 OWNER = "frontend"
 
 
+def _entry(p) -> dict:
+    """A pool's entry in the front ends' table."""
+    return {"state": p.state.value,
+            "lb": p.cfg.load_balancer_capabilities if p.cfg else "http_503",
+            "max_body": p.cfg.max_body_size if p.cfg and p.cfg.max_body_size is not None
+            else -1}
+
+
 @dataclass(eq=False)
 class FrontEnds:
     registry: Registry
@@ -131,21 +139,27 @@ class FrontEnds:
             except OSError:
                 return   # it died; reaping restarts it and sends everything again
             fe.known_fds.update((p.name, id(p.queue_in)) for p in batch)
-        table = {p.name: {"state": p.state.value,
-                          "lb": p.cfg.load_balancer_capabilities if p.cfg else "http_503",
-                          "max_body": p.cfg.max_body_size if p.cfg and
-                          p.cfg.max_body_size is not None else -1}
-                 for p in pools}
+        table = {p.name: _entry(p) for p in pools}
         try:
             fe.ctl.sendall(protocol.pools(table, self.registry.router_table()))
         except OSError:
             pass
         fe.known_fds &= {(p.name, id(p.queue_in)) for p in pools}
 
-    def broadcast(self) -> None:
-        """Every front end gets the current pool table."""
+    def broadcast(self, changed=None) -> None:
+        """Every front end gets the current pool table. changed: the pools whose state
+        alone changed (no pool added or removed, no binding changed): a front end that
+        knows their queues gets just their entries (protocol.POOL_STATES), so stopping
+        500 of 1,000 pools does not send the whole table 500 times."""
         for fe in self.by_slot.values():
-            self.send_pools(fe)
+            if changed is not None and all((p.name, id(p.queue_in)) in fe.known_fds
+                                           for p in changed):
+                try:
+                    fe.ctl.sendall(protocol.pool_states({p.name: _entry(p) for p in changed}))
+                except OSError:
+                    pass    # it died; reaping restarts it and sends everything again
+            else:
+                self.send_pools(fe)
 
     def read(self, fe: FrontEndProc) -> None:
         """A front end's channel is readable: parked connections and counters."""

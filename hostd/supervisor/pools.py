@@ -115,7 +115,7 @@ class Pools:
             self.processes.drain(w, "pool failed")
         self.connections.fail_queue(pool)
         self.sizing.update_demand(pool)
-        self.frontends.broadcast()
+        self.frontends.broadcast([pool])
 
     def start_pool(self, name: str) -> tuple[bool, str]:
         """`hostctl pool start`: brings a stopped or failed pool back, resets rapid-fail."""
@@ -136,7 +136,7 @@ class Pools:
         pool.error = None
         pool.life.on("start", "hostctl pool start")
         self._begin(pool)
-        self.frontends.broadcast()
+        self.frontends.broadcast([pool])
         return True, f"pool {name} started"
 
     def stop_pool(self, name: str) -> tuple[bool, str]:
@@ -151,14 +151,14 @@ class Pools:
             self.processes.drain(w, "pool stop")
         self.connections.fail_queue(pool)
         self.sizing.update_demand(pool)
-        self.frontends.broadcast()
+        self.frontends.broadcast([pool])
         self._maybe_stopped(pool)
         return True, f"pool {name} stopping"
 
     def _maybe_stopped(self, pool) -> None:
         if pool.state == P.STOPPING and all(w.state == W.EXITED for w in pool.workers.values()):
             pool.life.on("stopped", "all workers exited")
-            self.frontends.broadcast()
+            self.frontends.broadcast([pool])
 
     # ------------------------------------------------------------------ worker events
     def on_worker_ready(self, worker) -> None:
@@ -167,7 +167,7 @@ class Pools:
         pool = worker.pool
         if pool.state == P.STARTING:
             pool.life.on("worker_ready", f"worker {worker.id} ready")
-            self.frontends.broadcast()
+            self.frontends.broadcast([pool])
         if not self.recycling.replacement_ready(worker) and worker.generation == pool.generation:
             # an overlapping replacement: the oldest worker of an older generation goes
             old = [w for w in pool.workers.values()

@@ -427,7 +427,7 @@ class FakeFrontEnds:
     def send_pools(self, fe) -> None:
         pass
 
-    def broadcast(self) -> None:
+    def broadcast(self, changed=None) -> None:
         self.broadcasts += 1
 
     def stop_all(self) -> None:

@@ -63,3 +63,22 @@ def test_c_path_and_httptools_route_alike(data, monkeypatch):
     slow._set_pools({}, table)
     slow._first_bytes(_Sock(), 80, data)
     assert fe.seen == slow.seen and fe.seen[0][0] == "pool"
+
+
+def test_a_state_change_updates_only_those_pools_and_keeps_the_routes():
+    """protocol.POOL_STATES (a pool stopped, started or failed): its entry changes, the
+    router and every other pool stay, and the next request sees the new state."""
+    fe = _front_end()
+    table = [["shop", "a.test/shop/"], ["blog", "b.test"]]
+    entry = {"state": "started", "lb": "http_503", "max_body": -1}
+    fe._set_pools({"shop": dict(entry), "blog": dict(entry)}, table)
+    router = fe.router
+    fe._set_states({"shop": {"state": "stopped", "lb": "tcp_reset", "max_body": 5}})
+    assert fe.router is router
+    assert (fe.pools["shop"].state, fe.pools["shop"].lb, fe.pools["shop"].max_body) == \
+        ("stopped", "tcp_reset", 5)
+    assert fe.pools["blog"].state == "started"
+    fe._first_bytes(_Sock(), 80, REQ)
+    assert fe.seen[-1] == ("pool", "shop")      # refused: the pool is stopped
+    fe._set_states({"gone": entry})             # an unknown name changes nothing
+    assert set(fe.pools) == {"shop", "blog"}

@@ -1366,3 +1366,28 @@ def test_idle_pressure_refused_where_the_host_has_no_psi(monkeypatch):
     monkeypatch.setattr(psi, "read", lambda path: {"some": {"avg10": 12.5}})
     place.setup_pressure()
     assert place.pressure() == 12.5
+
+
+def test_a_state_change_sends_front_ends_only_the_changed_pools(make_house):
+    """Density: stopping one pool of a thousand sends the front ends that pool's entry
+    (protocol.POOL_STATES), not the whole table; a front end missing the pool's queue
+    (a new one, a restarted front end) gets everything."""
+    from types import SimpleNamespace
+
+    from hostd import protocol
+    from hostd.supervisor.frontends import FrontEnds
+    h = started(make_house, pool_config("a"), pool_config("b"))
+    a = h.pool("a")
+    sent = []
+    knows = SimpleNamespace(ctl=SimpleNamespace(sendall=sent.append),
+                            known_fds={(a.name, id(a.queue_in))})
+    blank = SimpleNamespace(ctl=SimpleNamespace(sendall=sent.append), known_fds=set())
+    full = []
+    fake = SimpleNamespace(by_slot={0: knows, 1: blank}, send_pools=full.append)
+    FrontEnds.broadcast(fake, [a])
+    (msg,) = [protocol.decode(m) for m in sent]
+    assert msg["t"] == protocol.POOL_STATES and list(msg["pools"]) == ["a"]
+    assert full == [blank]
+    sent.clear(), full.clear()
+    FrontEnds.broadcast(fake)                    # no list: the whole table to each
+    assert sent == [] and full == [knows, blank]
