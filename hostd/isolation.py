@@ -258,15 +258,47 @@ def pool_dirs(cfg) -> list[str]:
     return out
 
 
+#: hidden sites under one parent from which the parent itself is hidden instead (when
+#: it holds nothing but sites): one mount instead of hundreds
+COLLAPSE_AT = 8
+
+
+def _collapse(hide: set[str], mine: list[str], pool_dirs_all: set[str], listdir) -> set[str]:
+    """Replaces the hidden sites under a parent by the parent itself when that parent
+    holds nothing but pools' directories (this pool's own are shown inside it again,
+    fsview crossing the hidden parent): with a thousand sites in /srv/sites a worker's
+    view had a thousand mounts, 7 ms of its start. A parent holding anything else (a
+    shared directory, a file) is left as it is, so nothing visible before is hidden."""
+    groups: dict[str, list[str]] = {}
+    for d in hide:
+        parent = os.path.dirname(d.rstrip("/"))
+        if parent not in ("", "/"):
+            groups.setdefault(parent, []).append(d)
+    for parent, children in groups.items():
+        if len(children) < COLLAPSE_AT or any(h != parent and parent.startswith(h.rstrip("/") + "/")
+                                              for h in hide):
+            continue
+        try:
+            entries = listdir(parent)
+        except OSError:
+            continue
+        if all(os.path.join(parent, e) in pool_dirs_all for e in entries):
+            hide.difference_update(children)
+            hide.add(parent)
+    return hide
+
+
 def build_view(cfg, main, others: list, runtime: list[str] | None = None,
-               tmp: dict[str, str] | None = None) -> View:
+               tmp: dict[str, str] | None = None, listdir=os.listdir) -> View:
     """Takes: the pool's config, the MainConfig, the other pools' configs. Returns: the
     View of filesystem = "site": system read-only; the pool's directory (writable
     unless read_only) and virtualenv, the runtime and [isolation] show visible;
     /tmp, /var/tmp, /dev/shm private; /root, /home, hostd's config, state and run
     directories, the access log's directory and the other pools' directories hidden.
     `tmp` maps those private directories to host directories of the pool's own (so its
-    workers share them, across recycles); without it each worker gets fresh tmpfs."""
+    workers share them, across recycles); without it each worker gets fresh tmpfs.
+    Many sites under one parent that holds nothing else hide as that parent (_collapse;
+    listdir: how a parent is listed)."""
     iso = cfg.isolation
     mine = pool_dirs(cfg)
     hide = set(HIDDEN_DIRS)
@@ -280,6 +312,11 @@ def build_view(cfg, main, others: list, runtime: list[str] | None = None,
             if not any(m == d or m.startswith(d.rstrip("/") + "/") for m in mine):
                 hide.add(d)
     hide.discard("/")
+    if len(others) >= COLLAPSE_AT:
+        every = set(mine)
+        for other in others:
+            every.update(pool_dirs(other))
+        hide = _collapse(hide, mine, every, listdir)
     show = [(mine[0], not iso.read_only)] + [(d, False) for d in mine[1:]]
     for d in (runtime if runtime is not None else runtime_dirs()) + list(iso.show):
         if d not in dict(show):

@@ -45,6 +45,13 @@ def wanted(limits: Limits) -> list[str]:
     return [f"limits.{k}" for k in POOL_KEYS if getattr(limits, k) != getattr(_DEFAULT, k)]
 
 
+def _pool_wide_default(limits: Limits) -> bool:
+    """No limit of the pool's own cgroup is set (worker_memory_max is per worker)."""
+    return all(getattr(limits, k) == getattr(_DEFAULT, k)
+               for k in ("cpus", "memory_high", "memory_max", "pids_max")) \
+        and not _quota(limits) and not limits.cpu_max
+
+
 def _quota(limits: Limits) -> int:
     """The CFS quota in µs per period (0 = none): cpu_max, with cpu_action throttle only."""
     if not limits.cpu_max or limits.cpu_action != "throttle":
@@ -68,7 +75,12 @@ class PoolLimits:
     def apply(self, limits: Limits, file) -> None:
         """Creates the pool's cgroup if needed and writes every limit that is set or was
         set before (a key back at its default is switched off again).
-        Raises LimitError naming `file`, the key and the cgroup file."""
+        Raises LimitError naming `file`, the key and the cgroup file.
+        A pool that sets no pool-wide limit gets its cgroup with its first worker
+        (CgroupTree.worker makes it): a thousand cold pools made four thousand v1
+        cgroups at start, and every worker's join into its own got slower with them."""
+        if self.cg is None and _pool_wide_default(limits) and not self.tree.has_pool(self.name):
+            return
         try:
             self.cg = self.tree.pool(self.name)
         except OSError as exc:

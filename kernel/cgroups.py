@@ -272,6 +272,11 @@ class CgroupTree:
         cg._create(inner=True)
         return cg
 
+    def has_pool(self, name: str) -> bool:
+        """Whether `<base>/pool-<name>` exists (in every hierarchy)."""
+        _check_name(name)
+        return self._base.child(f"pool-{name}").exists()
+
     def worker(self, pool: str, wid: int) -> Cgroup:
         """Creates (if needed) and returns the leaf `<base>/pool-<pool>/worker-<wid>`
         (and the pool if missing). Raises as pool()."""

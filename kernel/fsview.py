@@ -119,11 +119,11 @@ def plan(view: View) -> list[Op]:
                 cover = (p, k)
         hidden = cover is not None and cover[1] in ("hide", "private") and cover[0] != path
         if kind == "hide":
-            if hidden and cover[1] == "hide":
-                continue   # already invisible
-            below = tuple(s for s in shows if s != path and _under(s, path))
             if hidden:
-                ops.append(Op("mkdirs", path))
+                # already invisible: under a hidden directory, or under a private one
+                # (a fresh tmpfs, or the pool's own /tmp), where the host's path is not
+                continue
+            below = tuple(s for s in shows if s != path and _under(s, path))
             ops.append(Op("hide", path, CROSSING_MODE if below else HIDDEN_MODE, below=below))
         elif kind == "private":
             if hidden:

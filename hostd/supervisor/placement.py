@@ -48,6 +48,7 @@ class Placement:
         self.cgroups = None                    # kernel.cgroups tree, when available
         self.identities: isolation.IdentityStore | None = None   # opened when first needed
         self.runtime_dirs: list[str] | None = None
+        self.tmp_mounted: str | None = None    # run_dir/tmp, the pools' /tmp tmpfs
         self.frontend_ids: tuple[int, int] | None = None   # (uid, gid) the front ends drop to
         self.memory_inotify: memevents.Inotify | None = None
         self.memory_wds: dict[int, object] = {}            # v2 watch descriptor -> worker
@@ -118,6 +119,8 @@ class Placement:
         pool = worker.pool
         try:
             worker.cgroup = self.cgroups.worker(pool.name, worker.id)
+            if pool.limits is not None and pool.limits.cg is None:
+                pool.limits.cg = self.cgroups.pool(pool.name)   # made with the first worker
             limit = pool.cfg.limits.worker_memory_max
             high = pool.cfg.recycling.private_memory
             if not limit and not high:
@@ -410,16 +413,20 @@ class Placement:
 
     # ------------------------------------------------------------------ private dirs, network
     def _pool_tmp(self, pool) -> None:
-        """The pool's own /tmp and /dev/shm (a tmpfs of its own in run_dir, which its
-        workers share and which outlives recycles) and /var/tmp (in state_dir, kept
-        across restarts like the host's). Pages a pool writes there are charged to the
-        writer's memory cgroup, so [limits] memory_max bounds them.
-        Raises: OSError."""
+        """The pool's own /tmp and /dev/shm (directories of its own in one tmpfs at
+        run_dir/tmp, shared by every pool: one mount on the host, not one per pool, for
+        each mount is copied into every worker's mount namespace; its workers share them
+        and they outlive recycles) and /var/tmp (in state_dir, kept across restarts like
+        the host's). Pages a pool writes there are charged to the writer's memory cgroup,
+        so [limits] memory_max bounds them. Raises: OSError."""
         from kernel import ns
-        base = self.main.run_dir / "tmp" / pool.name
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not os.path.ismount(base):
-            ns.mount("tmpfs", str(base), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=0711")
+        top = self.main.run_dir / "tmp"
+        top.mkdir(mode=0o711, parents=True, exist_ok=True)
+        if not os.path.ismount(top):
+            ns.mount("tmpfs", str(top), "tmpfs", ns.MS_NOSUID | ns.MS_NODEV, "mode=0711")
+        self.tmp_mounted = str(top)     # (or a killed hostd's, adopted: removed at stop)
+        base = top / pool.name
+        base.mkdir(mode=0o711, exist_ok=True)
         var = self.main.state_dir / "tmp" / pool.name
         var.mkdir(parents=True, exist_ok=True)
         for d in (base / "tmp", base / "shm", var):
@@ -429,14 +436,14 @@ class Placement:
                     "/var/tmp": str(var)}
 
     def drop_tmp(self, pool) -> None:
-        """Unmounts the pool's /tmp tmpfs (its /var/tmp stays, as the host's would)."""
+        """Removes the pool's /tmp and /dev/shm with what is in them (its /var/tmp
+        stays, as the host's would)."""
         if pool.tmp is None:
             return
-        from kernel import ns
+        import shutil
         base = os.path.dirname(pool.tmp["/tmp"])
         try:
-            ns.umount(base, ns.MNT_DETACH)
-            os.rmdir(base)
+            shutil.rmtree(base)
         except OSError as exc:
             log.warning("tmp", f"pool {pool.name}: cannot remove its /tmp: {exc}", POOL=pool.name)
         pool.tmp = None
@@ -513,6 +520,14 @@ class Placement:
     def close(self) -> None:
         if self.memory_inotify is not None:
             self.memory_inotify.close()
+        if self.tmp_mounted:
+            from kernel import ns
+            try:            # the pools' /tmp tmpfs (every pool's was removed before)
+                ns.umount(self.tmp_mounted, ns.MNT_DETACH)
+                os.rmdir(self.tmp_mounted)
+            except OSError as exc:
+                log.warning("tmp", f"cannot remove {self.tmp_mounted}: {exc}")
+            self.tmp_mounted = None
         if self.cgroups is not None:
             try:
                 self.cgroups.teardown()

@@ -207,3 +207,36 @@ def test_identity_store_held_saves_once(tmp_path, monkeypatch):
     assert again.uids == store.uids and again.uids["inner"] not in uids
     store.uid("outside")                # outside held(): saved at once
     assert saves == [1, 1]
+
+
+def test_build_view_collapses_a_parent_of_sites_only():
+    """A thousand sites in /srv/sites: the parent is hidden (one mount), the pool's own
+    directory is shown inside it, and fsview's plan crosses the parent to reach it; a
+    parent that holds anything but sites keeps its per-site hides."""
+    names = [f"s{i}" for i in range(20)]
+    me = cfg("s0", "/srv/sites/s0")
+    others = [cfg(n, f"/srv/sites/{n}") for n in names[1:]]
+    v = isolation.build_view(me, MAIN, others, runtime=[], listdir=lambda p: list(names))
+    assert "/srv/sites" in v.hide and not any(h.startswith("/srv/sites/") for h in v.hide)
+    assert dict(v.show)["/srv/sites/s0"] is True
+    ops = fsview.plan(v)
+    hide = next(o for o in ops if o.kind == "hide" and o.path == "/srv/sites")
+    assert hide.mode == fsview.CROSSING_MODE and "/srv/sites/s0" in hide.below
+    assert [o.path for o in ops if o.kind == "mkdirs"] == ["/srv/sites/s0"]
+    # something else lives there: nothing that was visible becomes hidden
+    v = isolation.build_view(me, MAIN, others, runtime=[],
+                             listdir=lambda p: list(names) + ["shared-assets"])
+    assert "/srv/sites" not in v.hide and "/srv/sites/s7" in v.hide
+    # few sites: per-site hides, as always
+    v = isolation.build_view(me, MAIN, others[:3], runtime=[], listdir=lambda p: list(names))
+    assert "/srv/sites" not in v.hide and "/srv/sites/s1" in v.hide
+
+
+def test_plan_skips_hides_under_a_private_directory():
+    """A site's neighbours under /tmp (private in the view) are invisible already: no
+    mount for each (1,000 sites under /tmp made 1,000 mounts per worker start)."""
+    v = View(hide=tuple(f"/tmp/sites/s{i}" for i in range(1, 50)),
+             show=(("/tmp/sites/s0", True),), private=("/tmp",))
+    ops = plan(v)
+    assert not [o for o in ops if o.kind == "hide"]
+    assert [o.path for o in ops if o.kind == "mkdirs"] == ["/tmp/sites/s0"]
