@@ -93,6 +93,42 @@ def wait_log(h: Hostd, pattern: str, after: int, timeout: float) -> float:
     raise TimeoutError(pattern)
 
 
+def hostd_cgroups(pid: int) -> list[str]:
+    """The base cgroup directories named hostd.<pid> of the supervisor `pid`, in every
+    hierarchy (a walk three levels deep under /sys/fs/cgroup and each v1 hierarchy)."""
+    name, out = f"hostd.{pid}", []
+    for top in ["/sys/fs/cgroup", *sorted(str(p) for p in Path("/sys/fs/cgroup").iterdir()
+                                          if p.is_dir())]:
+        for d, subdirs, _ in os.walk(top):
+            depth = d[len(top):].count("/")
+            if os.path.basename(d) == name:
+                out.append(d)
+                subdirs[:] = []
+            elif depth >= 3:
+                subdirs[:] = []
+    return sorted(set(out))
+
+
+def census(h: Hostd) -> dict:
+    """What hostd holds now: descriptors of the supervisor, front ends and zygote,
+    processes in its process group of descendants, cgroup directories under its base,
+    network namespaces pinned in run_dir, live workers."""
+    st = h.status()
+    fds = 0
+    for pid in [st["pid"], st["zygote"], *[f["pid"] for f in st["frontends"]]]:
+        try:
+            fds += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    kids = subprocess.run(["pgrep", "-f", "hostd: "], capture_output=True, text=True).stdout
+    cgroups = sum(sum(1 for _ in os.walk(base)) for base in hostd_cgroups(st["pid"]))
+    netns = len(list((h.root / "run" / "netns").glob("*"))) \
+        if (h.root / "run" / "netns").exists() else 0
+    workers = sum(len(p["workers"]) for p in st["pools"])
+    return {"fds": fds, "processes": len(kids.split()), "cgroups": cgroups,
+            "netns": netns, "workers": workers}
+
+
 def first_request_ms(h: Hostd, host: str) -> float:
     t0 = time.perf_counter()
     data = h.raw(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
@@ -140,7 +176,9 @@ def main() -> int:
     ap.add_argument("--active", type=int, default=50, help="pools the spread load uses")
     ap.add_argument("--isolation", choices=["default", "off", "none-net"], default="default")
     ap.add_argument("--seconds", type=int, default=6, help="each wrk run")
+    ap.add_argument("--many", type=int, default=200, help="pools made active at once")
     ap.add_argument("--json")
+    ap.add_argument("--log", help="copy hostd's log here")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (cgroups; isolation)", file=sys.stderr)
@@ -239,9 +277,59 @@ def main() -> int:
         t.join()
         res["reload_failed_requests"] = len(failures)
         res["reload_requests_served"] = served[0]
+        # 200 pools active at once: every one answers; what a worker costs
+        many = names[:args.many]
+        answered = sum(h.get(f"{n}.density", "/", timeout=30)[0] == 200 for n in many)
+        res["many_active_pools"] = len(many)
+        res["many_answered"] = answered
+        st = h.status()
+        ws = [w for p in st["pools"] for w in p["workers"] if w["state"] == "ready"]
+        res["worker_private_mib_median"] = round(statistics.median(w["private"] for w in ws)
+                                                 / 1048576, 2)
+        res["worker_pss_mib_median"] = round(statistics.median(w["pss"] for w in ws) / 1048576, 2)
+        res["worker_rss_mib_median"] = round(statistics.median(w["rss"] for w in ws) / 1048576, 2)
+        # leaks: a reload storm (10 in 2 s, a file changed each time) and 500 pools
+        # stopped at once must leave no descriptor, cgroup, netns or process behind
+        before = census(h)
+        for i in range(10):
+            h.write_pool(names[-1 - i], dict(pools[names[-1 - i]], processes=1 + i % 2))
+            h.signal(signal.SIGHUP)
+            time.sleep(0.2)
+        time.sleep(3)
+        from concurrent.futures import ThreadPoolExecutor
+        from hostd import hostctl
+        stopping = names[:500]
+        t_stop = time.monotonic()
+        with ThreadPoolExecutor(32) as ex:
+            codes = list(ex.map(lambda n: hostctl.call(h.socket_path, "POST",
+                                                       f"/pools/{n}/stop")[0], stopping))
+        res["stop_500_calls_ok"] = sum(c == 200 for c in codes)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            left = [p for p in h.status()["pools"] if p["name"] in set(stopping)
+                    and (p["state"] != "stopped" or p["workers"])]
+            if not left:
+                break
+            time.sleep(0.2)
+        res["stop_500_s"] = round(time.monotonic() - t_stop, 2)
+        after = census(h)
+        res["census_before"] = before
+        res["census_after_stop"] = after
+        res["leaked_after_stop"] = {k: after[k] - before[k] for k in before
+                                    if k != "workers" and after[k] > before[k]}
     finally:
+        if args.log:
+            shutil.copy(h.log_path, args.log)
         h.stop(timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
+        if args.log:
+            shutil.copy(h.log_path, args.log)
+    # after hostd's stop: nothing of it left
+    time.sleep(1)
+    kids = subprocess.run(["pgrep", "-f", "hostd: "], capture_output=True, text=True).stdout
+    res["processes_left_after_exit"] = len(kids.split())
+    res["netns_left_after_exit"] = len(list((root / "run" / "netns").glob("*"))) \
+        if (root / "run" / "netns").exists() else 0
+    shutil.rmtree(root, ignore_errors=True)
     width = max(map(len, res))
     for k, v in res.items():
         print(f"{k:<{width}}  {v}")
