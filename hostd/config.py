@@ -320,6 +320,7 @@ POOL_KEYS: dict[str, Key | Table] = {
     "max_connections": Key(_int(0), 0, "open client connections of this pool; beyond → 503 (0 = only the [hostd] limit)"),
     "max_body_size": Key(lambda v, b: parse_size(v), None, "largest request body (→ 413); default: [hostd] max_body_size"),
     "max_bandwidth": Key(lambda v, b: parse_size(v), 0, "response bytes/s per binding, per worker (IIS MaxBandwidth); 0 = unlimited"),
+    "preload": Key(lambda v, b: _bool(v, b), False, "warm tier: a zygote of the pool's own imports the app once (gc.freeze) and forks its workers"),
     # a future table plugs in here, e.g.
     # "limits": Table({"memory": Key(_size(...), None, "...")}, build=Limits),
 }
@@ -867,6 +868,7 @@ class PoolConfig:
     max_connections: int = 0
     max_body_size: int | None = None
     max_bandwidth: int = 0
+    preload: bool = False
     recycling: Recycling = Recycling()
     limits: Limits = Limits()
     isolation: Isolation = Isolation(declared=False)   # no table: the defaults

@@ -18,7 +18,13 @@ Channels (all AF_UNIX SOCK_SEQPACKET, so a message is never split or merged):
   (SCM_RIGHTS). The one exception is the front end's PARK frame, which is not JSON
   (`encode_park`/`decode_park`).
 * **zygote** — one socketpair between the supervisor and the zygote, JSON messages
-  like the control channel's: SPAWN, answered by SPAWNED or SPAWN_FAILED.
+  like the control channel's: SPAWN, answered by SPAWNED or SPAWN_FAILED; SPAWN_ZYGOTE
+  (a pool's own zygote), answered the same way.
+* **pool zygote** — one socketpair between the supervisor and each `preload = true`
+  pool's zygote (hostd.zygote.pool_zygote_main), which imported that pool's app once:
+  ZYGOTE_READY or STARTUP_FAILED once, then SPAWN answered by SPAWNED (with
+  "placing": the worker waits until PLACED says the supervisor put it in its cgroup)
+  or SPAWN_FAILED.
 
 The kinds, by direction (their fields: the comments at the constants below; each kind
 has a constructor here that returns the encoded message, e.g. `drain(reason)`):
@@ -29,8 +35,10 @@ has a constructor here that returns the encoded message, e.g. `drain(reason)`):
                             MEMORY_FENCE
   supervisor -> front end   POOL_FDS, POOLS, POOL_STATES, STOP
   front end -> supervisor   COUNTERS, and the PARK frame (PARK_TAG)
-  supervisor -> zygote      SPAWN
+  supervisor -> zygote      SPAWN, SPAWN_ZYGOTE
   zygote -> supervisor      SPAWNED, SPAWN_FAILED
+  supervisor -> pool zygote SPAWN, PLACED
+  pool zygote -> supervisor ZYGOTE_READY, STARTUP_FAILED, SPAWNED, SPAWN_FAILED
 
 SPAWN's "spec" is a `WorkerSpec` as a dict (`WorkerSpec.to_spec`); the zygote adds keys
 of its own to that dict before the worker reads it ("trace", "host_pid",
@@ -110,8 +118,14 @@ PARK_TAG = b"P"
 # supervisor <-> zygote (the zygote channel)
 SPAWN = "spawn"                    # {"id": n, "spec": WorkerSpec} + descriptors [control, queue out,
                                    #   queue eventfd, reroute in, scoreboard memfd, conn eventfds...]
-SPAWNED = "spawned"                # {"id": n, "pid": p}
+SPAWNED = "spawned"                # {"id": n, "pid": p, "placing": bool (pool zygote only)}
 SPAWN_FAILED = "spawn_failed"      # {"id": n, "error": str}
+SPAWN_ZYGOTE = "spawn_zygote"      # {"id": n, "spec": WorkerSpec with role "zygote"} + descriptors
+                                   #   [the pool zygote's channel]
+# supervisor <-> a pool's zygote (its own channel); SPAWN, SPAWNED, SPAWN_FAILED as above
+ZYGOTE_READY = "zygote_ready"      # {"trace": [[step, monotonic], ...]}: app imported, heap frozen
+PLACED = "placed"                  # {"id": n, "error"?: str}: the worker of spawn n is in its
+                                   #   cgroup: let it run (with "error": kill it)
 
 
 def encode_park(pool: str, data: bytes) -> bytes:
@@ -205,14 +219,37 @@ def counters(queue_full: dict[str, int]) -> bytes:
     return encode({"t": COUNTERS, "queue_full": queue_full})
 
 
-def spawn(id: int, spec: "WorkerSpec | Mapping") -> bytes:
-    """spec: a WorkerSpec, or its dict (WorkerSpec.to_spec)."""
+def spawn(id: int, spec: "WorkerSpec | Mapping", placing: bool = False) -> bytes:
+    """spec: a WorkerSpec, or its dict (WorkerSpec.to_spec). placing (to a pool
+    zygote): hold the worker until PLACED."""
     body = spec.to_spec() if isinstance(spec, WorkerSpec) else dict(spec)
-    return encode({"t": SPAWN, "id": id, "spec": body})
+    msg = {"t": SPAWN, "id": id, "spec": body}
+    if placing:
+        msg["placing"] = True
+    return encode(msg)
 
 
-def spawned(id: int, pid: int) -> bytes:
-    return encode({"t": SPAWNED, "id": id, "pid": pid})
+def spawned(id: int, pid: int, placing: bool = False) -> bytes:
+    msg = {"t": SPAWNED, "id": id, "pid": pid}
+    if placing:
+        msg["placing"] = True
+    return encode(msg)
+
+
+def spawn_zygote(id: int, spec: "WorkerSpec") -> bytes:
+    return encode({"t": SPAWN_ZYGOTE, "id": id, "spec": spec.to_spec()})
+
+
+def zygote_ready(trace: list) -> bytes:
+    return encode({"t": ZYGOTE_READY, "trace": trace})
+
+
+def placed(id: int, error: str | None = None) -> bytes:
+    """error: the worker could not be placed (the pool zygote kills it)."""
+    msg = {"t": PLACED, "id": id}
+    if error:
+        msg["error"] = error
+    return encode(msg)
 
 
 def spawn_failed(id: int | None, error: str) -> bytes:
@@ -278,6 +315,8 @@ class WorkerSpec(ClientLimits):
     access_log: str = _hostd_default("access_log")
     config: dict = field(default_factory=dict)   # PoolConfig.to_spec()
     routes: list = field(default_factory=list)   # the whole binding table (hostd.router)
+    #: "worker", or "zygote": a preload pool's own zygote (hostd.zygote.pool_zygote_main)
+    role: str = "worker"
 
     def pool_value(self, key: str) -> Any:
         """The pool config's `key`; when a (hand-built) config leaves it out, the

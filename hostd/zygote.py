@@ -14,9 +14,23 @@ Answer   (zygote -> supervisor): protocol.SPAWNED {"id": N, "pid": P} or
          protocol.SPAWN_FAILED {"id": N, "error": "..."}.
 The zygote adds keys to the spec dict the worker gets: "trace", "host_pid",
 "access_log_fd", "conn_sems" (workers.runtime reads them beside the WorkerSpec).
+
+A pool with `preload = true` has a zygote of its own (the warm tier): the zygote forks
+it like a worker (protocol.SPAWN_ZYGOTE: same cgroup join, namespaces and identity),
+but it runs `pool_zygote_main` instead of a worker: it imports the pool's app once,
+freezes its heap (gc.freeze: the collector never writes to those objects again, so
+the pages stay shared copy-on-write) and forks that pool's workers on the
+supervisor's SPAWN, double-forked as here, so they too are the supervisor's children.
+It stays in the host's pid namespace (a pid namespace's init would inherit its
+workers); its view's /proc shows only its own uid's processes (hidepid=invisible).
+Its workers cannot join a cgroup themselves (no privilege left): they are in the
+pool zygote's own cgroup, or, when the pool has per-worker memory limits, wait until
+the supervisor has moved them into theirs (SPAWNED "placing", then PLACED).
 """
 from __future__ import annotations
 
+import collections
+import gc
 import os
 import signal
 import socket
@@ -48,6 +62,10 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
     # protocol.WorkerSpec's defaults import hostd.config lazily; an isolated worker
     # may no longer be able to read it
     import hostd.config  # noqa: F401
+    # what is imported now is shared by every worker: the collector must not write to
+    # it (a collection touches every tracked object's header, unsharing its page)
+    gc.collect()
+    gc.freeze()
     while True:
         try:
             data, fds = fdpass.recv_with_fds(chan, protocol.MAX_CONTROL_BYTES, 0, maxfds=8)
@@ -60,9 +78,14 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
         msg = None   # an answer to a request that did not decode says id None
         try:
             msg = protocol.decode(data)
-            if msg["t"] != protocol.SPAWN or len(fds) < 5:
+            wanted = 1 if msg["t"] == protocol.SPAWN_ZYGOTE else 5
+            if msg["t"] not in (protocol.SPAWN, protocol.SPAWN_ZYGOTE) or len(fds) < wanted:
                 raise ValueError(f"unexpected request {msg.get('t')!r} with {len(fds)} fds")
             msg["spec"]["trace"] = [("zygote", time.monotonic())]
+            if msg["t"] == protocol.SPAWN_ZYGOTE:
+                msg["spec"]["role"] = "zygote"
+            elif msg["spec"].get("role") == "zygote":
+                raise ValueError("a SPAWN for a zygote: that is SPAWN_ZYGOTE")
             pid = _spawn(msg["spec"], fds, supervisor_pid, chan.fileno())
             reply = protocol.spawned(msg["id"], pid)
         except Exception as exc:  # report, never die: the zygote serves every pool
@@ -74,7 +97,8 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
         chan.sendall(reply)
 
 
-def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int) -> int:
+def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int,
+           before_go=None) -> int:
     """Double-forks a worker; returns its pid (in the host's pid namespace).
 
     zygote -> intermediate -> worker. With isolation the intermediate first unshares
@@ -83,7 +107,9 @@ def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int) -> int
     CAP_SETUID there, may map a uid other than its own. The worker waits for the
     zygote's "go", sent once the intermediate is reaped, i.e. once the worker has been
     re-parented to the supervisor; only then does it arm PDEATHSIG (set earlier, it
-    would fire at the re-parenting).
+    would fire at the re-parenting). `before_go(pid)`, when given, runs between the
+    two (a pool zygote: the supervisor places the worker in its cgroup); when it
+    raises, the worker is killed and the error goes on.
     Raises: OSError when a fork fails."""
     iso = spec.get("isolation") or {}
     pid_r, pid_w = os.pipe()      # intermediate -> zygote: the worker's pid
@@ -133,10 +159,21 @@ def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int) -> int
         os.close(pid_r)
         os.waitpid(middle, 0)
     try:
+        if data and before_go is not None:
+            try:
+                before_go(int(data))
+            except BaseException:
+                try:
+                    os.kill(int(data), signal.SIGKILL)   # never runs unplaced
+                except OSError:
+                    pass
+                raise
         if data:
             os.write(go_w, data)
     except OSError:
-        pass   # the worker died already; the supervisor reaps it
+        if before_go is not None and data:
+            raise
+        # the worker died already; the supervisor reaps it
     finally:
         os.close(go_w)
     if not data:
@@ -158,7 +195,9 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, sync: tuple)
         trace.append(("cgroup_join", time.monotonic()))
         iso = spec.get("isolation")
         keep = set(fds) | {go_r, up_w, ack_r}
-        if iso and spec.get("access_log") not in (None, "", "journal"):
+        if spec.get("access_log_fd") is not None:
+            keep.add(spec["access_log_fd"])      # a pool zygote's worker: opened by it
+        elif iso and spec.get("access_log") not in (None, "", "journal"):
             # opened while root: the isolated worker cannot see or open the file
             spec["access_log_fd"] = accesslog.open_file(spec["access_log"])
             keep.add(spec["access_log_fd"])
@@ -196,6 +235,10 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, sync: tuple)
         os.setsid()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if spec.get("role") == "zygote":
+            proc.set_title(f"hostd: zygote {spec['pool']}")
+            code = pool_zygote_main(spec, socket.socket(fileno=fds[0]), supervisor_pid)
+            return
         proc.set_title(f"hostd: worker {spec['pool']} #{spec['worker_id']}")
         ctl = socket.socket(fileno=fds[0])
         queue = socket.socket(fileno=fds[1])
@@ -203,7 +246,7 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, sync: tuple)
         board = protocol.Scoreboard(fds[4])
         from workers.runtime import run_worker
         spec["conn_sems"] = fds[5:]   # max_connections semaphores (global, pool's)
-        code = run_worker(spec, ctl, queue, fds[2], reroute, board)
+        code = run_worker(spec, ctl, queue, fds[2], reroute, board, _preloaded_app)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else protocol.EXIT_WORKER_BOOT
     except BaseException:
@@ -218,6 +261,96 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, sync: tuple)
         except Exception:
             pass
         os._exit(code)
+
+
+#: a pool zygote's app (pool_zygote_main): what its workers serve without importing it
+_preloaded_app = None
+
+
+def pool_zygote_main(spec: dict, chan: socket.socket, supervisor_pid: int) -> int:
+    """A preload pool's zygote, already in the pool's cgroup, namespaces and identity
+    (_become_worker did that): imports the app, freezes the heap, says ZYGOTE_READY
+    (or STARTUP_FAILED, exit EXIT_APP_LOAD), then forks a worker for each SPAWN until
+    its channel closes (EXIT_OK) or the supervisor is gone. Returns its exit code."""
+    global _preloaded_app
+    log.set_process(f"zygote {spec.get('pool', '?')}")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    trace = spec.get("trace") or []
+    try:
+        from workers.app import load_app
+        _preloaded_app = load_app(spec.get("config") or {})
+    except BaseException:
+        tb = traceback.format_exc()
+        log.error("startup_failed", f"pool zygote: {tb}", POOL=spec.get("pool"))
+        try:
+            chan.send(protocol.startup_failed(tb))
+        except OSError:
+            pass
+        return protocol.EXIT_APP_LOAD
+    trace.append(("app_import", time.monotonic()))
+    gc.collect()
+    gc.freeze()
+    trace.append(("freeze", time.monotonic()))
+    try:
+        chan.send(protocol.zygote_ready(trace))
+    except OSError:
+        return protocol.EXIT_SUPERVISOR_GONE
+    log_fd = spec.get("access_log_fd")
+    waiting: collections.deque = collections.deque()   # what came while a worker was placed
+
+    def receive():
+        if waiting:
+            return waiting.popleft()
+        return fdpass.recv_with_fds(chan, protocol.MAX_CONTROL_BYTES, 0, maxfds=8)
+
+    while True:
+        try:
+            data, fds = receive()
+        except InterruptedError:
+            continue
+        except (ConnectionResetError, RuntimeError, OSError):
+            return protocol.EXIT_SUPERVISOR_GONE
+        if not data:
+            return protocol.EXIT_OK
+        msg = None
+        try:
+            msg = protocol.decode(data)
+            if msg["t"] != protocol.SPAWN or len(fds) < 5:
+                raise ValueError(f"unexpected request {msg.get('t')!r} with {len(fds)} fds")
+            wspec = msg["spec"]
+            wspec["trace"] = [("zygote", time.monotonic())]
+            wspec["isolation"] = None        # this process is the pool's confinement
+            wspec["cgroup_procs"] = []       # this one's cgroup, or placed (below)
+            wspec["access_log_fd"] = log_fd
+            before_go = None
+            if msg.get("placing"):
+                def before_go(pid, sid=msg["id"]):
+                    chan.sendall(protocol.spawned(sid, pid, placing=True))
+                    while True:   # the supervisor's PLACED; anything else waits its turn
+                        got, more = fdpass.recv_with_fds(chan, protocol.MAX_CONTROL_BYTES, 0,
+                                                         maxfds=8)
+                        if not got:
+                            raise OSError("supervisor gone while placing a worker")
+                        answer = protocol.decode(got)
+                        if answer.get("t") == protocol.PLACED and answer.get("id") == sid:
+                            if answer.get("error"):
+                                raise OSError(str(answer["error"]))
+                            return
+                        waiting.append((got, more))
+            pid = _spawn(wspec, fds, supervisor_pid, chan.fileno(), before_go)
+            reply = None if before_go is not None else protocol.spawned(msg["id"], pid)
+        except Exception as exc:
+            reply = protocol.spawn_failed(msg.get("id") if isinstance(msg, dict) else None,
+                                          f"{type(exc).__name__}: {exc}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if reply is not None:
+            try:
+                chan.sendall(reply)
+            except OSError:
+                return protocol.EXIT_SUPERVISOR_GONE
 
 
 def harden() -> None:

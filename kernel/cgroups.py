@@ -284,6 +284,14 @@ class CgroupTree:
         cg._create(inner=False)
         return cg
 
+    def zygote(self, pool: str, n: int) -> Cgroup:
+        """Creates (if needed) and returns the leaf `<base>/pool-<pool>/zygote-<n>`: a
+        preload pool's zygote (its n-th) and the workers it forks that need no cgroup of
+        their own. Raises as pool()."""
+        cg = self.pool(pool).child(f"zygote-{int(n)}")
+        cg._create(inner=False)
+        return cg
+
     def orphans(self, pool: str) -> Cgroup:
         """Creates (if needed) and returns `<base>/pool-<pool>/orphans`, the parent of the
         leaves of workers hostd no longer supervises (Cgroup.move_to). Raises as pool()."""

@@ -46,19 +46,24 @@ class View:
     new_proc: bool = True
     read_only_system: bool = True
     binds: tuple[tuple[str, str], ...] = ()      # (host source, target), writable
+    #: the new /proc shows only processes of the viewer's own uid (hidepid=invisible):
+    #: for a view whose processes stay in the host's pid namespace (a preload pool's
+    #: zygote and its workers), so they see their pool's processes and no other
+    proc_hidepid: bool = False
 
     def to_spec(self) -> dict:
         return {"hide": list(self.hide), "show": [list(s) for s in self.show],
                 "private": list(self.private), "new_proc": self.new_proc,
                 "read_only_system": self.read_only_system,
-                "binds": [list(b) for b in self.binds]}
+                "binds": [list(b) for b in self.binds], "proc_hidepid": self.proc_hidepid}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "View":
         return cls(tuple(spec["hide"]), tuple((p, bool(w)) for p, w in spec["show"]),
                    tuple(spec["private"]), bool(spec["new_proc"]),
                    bool(spec["read_only_system"]),
-                   tuple((s, t) for s, t in spec.get("binds", ())))
+                   tuple((s, t) for s, t in spec.get("binds", ())),
+                   bool(spec.get("proc_hidepid", False)))
 
     def sources(self) -> list[str]:
         """The host directories bind-mounted into the view, in Op.source order."""
@@ -68,7 +73,8 @@ class View:
 @dataclass(frozen=True)
 class Op:
     """One step of building a view: kind is "slave", "readonly", "hide", "mkdirs",
-    "bind", "private" or "proc"; `mode` for tmpfs; `writable` for bind;
+    "bind", "private" or "proc"; `mode` for tmpfs (for proc: 2 = hidepid=invisible);
+    `writable` for bind;
     `source` indexes the O_PATH descriptors opened by apply()."""
 
     kind: str
@@ -138,7 +144,7 @@ def plan(view: View) -> list[Op]:
             ops.append(Op("bind", path, writable=writable, source=shows.index(path)))
         done.append((path, kind))
     if view.new_proc:
-        ops.append(Op("proc", "/proc"))
+        ops.append(Op("proc", "/proc", mode=2 if view.proc_hidepid else 0))
     return ops
 
 
@@ -187,7 +193,8 @@ def _apply_one(op: Op, sources: list[int]) -> None:
             flags |= ns.MS_RDONLY
         ns.mount(None, op.path, None, flags)
     elif op.kind == "proc":
-        ns.mount("proc", "/proc", "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC)
+        ns.mount("proc", "/proc", "proc", ns.MS_NOSUID | ns.MS_NODEV | ns.MS_NOEXEC,
+                 "hidepid=invisible" if op.mode == 2 else None)
     else:  # pragma: no cover - plan() makes only the kinds above
         raise ValueError(f"unknown view operation {op.kind!r}")
 

@@ -553,10 +553,12 @@ def reap_orphans() -> int:
 
 
 def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int,
-               reroute: socket.socket, scoreboard: protocol.Scoreboard) -> int:
+               reroute: socket.socket, scoreboard: protocol.Scoreboard, app=None) -> int:
     """The worker process's main. Returns the exit code (the caller os._exit()s with it).
 
-    Loads the pool's application (startup_failed + EXIT_APP_LOAD when that fails), says
+    Loads the pool's application unless `app` is given (a preload pool's zygote
+    imported it before forking this worker; startup_failed + EXIT_APP_LOAD when the
+    load fails), says
     "ready" on ctl, then serves until drained (EXIT_OK) or the supervisor goes away
     (EXIT_SUPERVISOR_GONE).
     """
@@ -576,12 +578,13 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
             pass
         return code
 
-    try:
-        app = load_app(spec.get("config") or {})
-    except BaseException:
-        return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
     trace = spec.get("trace") or []
-    trace.append(("app_import", time.monotonic()))
+    if app is None:
+        try:
+            app = load_app(spec.get("config") or {})
+        except BaseException:
+            return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
+        trace.append(("app_import", time.monotonic()))
     try:
         worker = Worker(spec, ctl, queue, sem_fd, reroute, scoreboard, app)
     except BaseException:

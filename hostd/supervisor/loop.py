@@ -229,6 +229,7 @@ class Supervisor:
             self.views.tick_second(now)
             self.sizing.pressure(now)
         self.connections.tick()
+        self.processes.start_zygotes()
         self.sizing.tick(now, second)
         self.recycling.tick(now, second)
         self.health.tick(now)

@@ -170,6 +170,41 @@ class Placement:
         if kinds:
             self.reactor.post(MemoryEvent(worker, kinds))
 
+    def zygote_cgroup(self, rec) -> None:
+        """A preload pool's zygote: its leaf `pool-<name>/zygote-<n>` (kernel.cgroups),
+        where the workers it forks without a cgroup of their own stay too. Without
+        cgroups it does nothing. Raises: OSError (the zygote is not started)."""
+        if self.cgroups is None:
+            return
+        pool = rec.pool
+        rec.cgroup = self.cgroups.zygote(pool.name, rec.n)
+        if pool.limits is not None and pool.limits.cg is None:
+            pool.limits.cg = self.cgroups.pool(pool.name)
+
+    def release_zygote_cgroup(self, rec) -> None:
+        """Removes a pool zygote's leaf once it and the workers in it are gone, killing
+        what they left behind there."""
+        cg = rec.cgroup
+        if cg is None or not rec.exited or rec.users > 0:
+            return
+        try:
+            if cg.pids():
+                log.info("cgroup_leftovers", f"killing what {rec.label} and its workers "
+                         "left behind", POOL=rec.pool.name)
+                cg.kill()
+            cg.remove()
+        except OSError as exc:
+            log.warning("cgroup_remove", str(exc), POOL=rec.pool.name)
+        rec.cgroup = None
+
+    def needs_worker_cgroup(self, pool) -> bool:
+        """A worker forked by its pool's zygote gets a cgroup of its own (a move that
+        costs a few ms on the spawn's path) only for what needs one: worker_memory_max
+        or private_memory recycling (the kernel's per-worker memory events)."""
+        cfg = pool.cfg
+        return self.cgroups is not None and bool(cfg.limits.worker_memory_max
+                                                 or cfg.recycling.private_memory)
+
     def fence_fd(self, worker) -> int | None:
         """v1: a new descriptor the kernel signals when the worker passes its memory
         threshold (its own copy of the notification), or None (v2, no watch)."""
@@ -389,6 +424,19 @@ class Placement:
                 "userns": iso.user_namespace, "pidns": iso.filesystem == "site",
                 "view": view.to_spec() if view is not None else None,
                 "netns": pool.netns}
+
+    def zygote_isolation(self, pool) -> dict | None:
+        """The pool zygote's "isolation": its workers' (worker_isolation) without a pid
+        namespace of its own (it must stay in the supervisor's, so that the workers it
+        double-forks are re-parented to the supervisor, not to it), so its view's /proc
+        shows only the pool's uid's processes (hidepid=invisible)."""
+        iso = self.worker_isolation(pool)
+        if iso is None:
+            return None
+        iso = dict(iso, pidns=False)
+        if iso.get("view") and iso["view"].get("new_proc"):
+            iso["view"] = dict(iso["view"], proc_hidepid=True)
+        return iso
 
     def identity_doc(self, pool) -> tuple[bool, dict]:
         """`hostctl pool identity NAME`: the uid/gid the pool's workers run as."""

@@ -88,6 +88,7 @@ class Pools:
             self.processes.spawn(pool, "always_running")   # STARTED when it is ready
         else:
             pool.life.on("on_demand", "on_demand: a worker starts with the first request")
+        self.processes.want_zygote(pool)     # preload: its own zygote (the warm tier)
         self.sizing.update_demand(pool)
 
     def add_broken(self, bad: "hconfig.BrokenPool") -> Pool:
@@ -113,6 +114,7 @@ class Pools:
         log.error(event, f"pool {pool.name} failed: {reason}", POOL=pool.name, REASON=reason)
         for w in list(pool.workers.values()):
             self.processes.drain(w, "pool failed")
+        self.processes.want_zygote(pool)     # failed: its zygote, if any, retires
         self.connections.fail_queue(pool)
         self.sizing.update_demand(pool)
         self.frontends.broadcast([pool])
@@ -147,6 +149,7 @@ class Pools:
         if pool.state in (P.STOPPED, P.STOPPING):
             return True, f"pool {name} is already {pool.state.value}"
         pool.life.on("stop", "hostctl pool stop")
+        self.processes.want_zygote(pool)     # stopping: its zygote, if any, retires
         for w in list(pool.workers.values()):
             self.processes.drain(w, "pool stop")
         self.connections.fail_queue(pool)
@@ -240,9 +243,11 @@ class Pools:
             except OSError as exc:
                 log.error("config_error", f"{exc}; idle workers are not stopped on pressure")
         running = {n: (p.cfg, p.state) for n, p in self.registry.pools.items()}
+        added = False
         with self.placement.identities_held():
             for step, name, reason in policy.reload_plan(running, pools, broken,
                                                          self.placement.unsupported):
+                added = added or step in (ReloadStep.ADD, ReloadStep.REPLACE)
                 if step == ReloadStep.CHANGE:
                     self._change(self.registry.pools[name], pools[name])
                     continue
@@ -254,6 +259,14 @@ class Pools:
                     self.add_broken(broken[name])
                 elif step in (ReloadStep.ADD, ReloadStep.REPLACE):
                     self.add(name, pools[name])
+        if added:
+            # a pool zygote's view was made at its start: one that hides other sites
+            # is replaced, so its next workers hide the new ones too
+            for name, rec in list(self.processes.pool_zygotes.items()):
+                pool = self.registry.pools.get(name)
+                if pool is rec.pool and pool.cfg is not None and \
+                        pool.cfg.isolation.filesystem == "site" and rec.state != "failed":
+                    self.processes.renew_zygote(pool, "pools added: a view that hides them")
         tables = self.registry.worker_tables()
         for pool in self.registry.staffed_pools():
             if self.registry.pools.get(pool.name) is not pool:
@@ -283,6 +296,7 @@ class Pools:
         pool.rapid.max_failures = cfg.health.rapid_fail_max_crashes
         pool.rapid.interval = cfg.health.rapid_fail_interval
         pool.generation += 1
+        self.processes.want_zygote(pool)     # a new generation: a new zygote (or none)
         if cfg.queue_length != pool.queue_len:
             self._resize_queue(pool, cfg.queue_length)
         if pool.state not in (P.STARTED, P.STARTING):
@@ -319,6 +333,7 @@ class Pools:
         workers drain, waiting connections are routed again."""
         if pool.life.triggers("stop"):
             pool.life.on("stop", reason)
+        self.processes.retire_zygote(pool, reason)
         self.sizing.forget_demand(pool)
         for w in list(pool.workers.values()):
             self.processes.drain(w, reason)

@@ -8,7 +8,12 @@ MemoryFence, UNHEALTHY -> WorkerUnhealthy, REQUESTS_REPLY -> RequestsReply, an e
 WorkerExited with policy.exit_verdict's reason. This room never decides what an event
 means for the pool.
 
-Owns: the zygote (its channel closed and the process reaped here), every worker's
+Preload pools (`preload = true`) have a zygote of their own (the warm tier: records.
+PoolZygote), started here one or two at a time (`start_zygotes`, a duty), replaced
+with their pool's generation, retired when the pool stops; a worker of such a pool is
+asked of it when it is ready for the pool's generation, of the zygote otherwise.
+
+Owns: the zygote and every pool zygote (channels closed and processes reaped here), every worker's
 control channel and scoreboard until it is reaped (released in `_release`), the
 spawn requests in flight, and the reaping of every child, including those other rooms
 `track` (front ends, orphan actions).
@@ -32,7 +37,7 @@ from hostd.supervisor import policy
 from hostd.supervisor.events import (ChildExited, MemoryFence, Pong, RequestsReply,
                                      SpawnRefused, WorkerExited, WorkerReady,
                                      WorkerUnhealthy, ZygoteRestarted)
-from hostd.supervisor.records import Worker, exit_text
+from hostd.supervisor.records import PoolZygote, Worker, exit_text
 from kernel import fdpass, proc, sockets
 
 if TYPE_CHECKING:
@@ -44,6 +49,11 @@ if TYPE_CHECKING:
 W = WorkerState
 #: pids reaped before the zygote named them (kept for the "spawned" reply; bounded)
 _EARLY_EXITS_MAX = 4096
+#: pool zygotes importing their app at once (the rest wait their turn: a thousand
+#: preload pools must not fork a thousand imports at hostd's start)
+ZYGOTES_BOOTING_MAX = 2
+#: a pool zygote that dies sooner after its ready is not restarted for this generation
+ZYGOTE_MIN_LIFE = 3.0
 
 
 def kill_tree(worker) -> None:
@@ -86,6 +96,11 @@ class Processes:
         self.workers_by_pid: dict[int, Worker] = {}
         self.early_exits: collections.OrderedDict = collections.OrderedDict()
         self.tracked: dict[int, str] = {}            # pid -> owner ("frontend", ...)
+        self.pool_zygotes: dict[str, PoolZygote] = {}   # pool -> its current zygote
+        self.zygotes_by_pid: dict[int, PoolZygote] = {}  # every pool zygote not reaped
+        self.zygote_spawning: dict[int, PoolZygote] = {}  # spawn id -> pool zygote asked for
+        self.zygotes_wanted: dict[str, object] = {}      # pool name -> Pool, in order
+        self.zygote_numbers: dict[str, itertools.count] = {}
 
     # ------------------------------------------------------------------ zygote
     def start_zygote(self) -> None:
@@ -114,13 +129,23 @@ class Processes:
             if not data:
                 return   # nothing more now, or the zygote died: reaping restarts it
             msg = protocol.decode(data)
-            worker = self.spawning.pop(msg.get("id"), None)
-            if worker is None:
+            rec = self.zygote_spawning.pop(msg.get("id"), None)
+            if rec is not None:
+                self._pool_zygote_spawned(rec, msg)
                 continue
-            if msg["t"] == protocol.SPAWNED:
-                self._spawned(worker, msg["pid"])
-            else:
-                self._spawn_failed(worker, str(msg.get("error")))
+            self._spawn_answer(msg)
+
+    def _spawn_answer(self, msg: dict) -> None:
+        """SPAWNED / SPAWN_FAILED for a worker, from the zygote or a pool zygote."""
+        worker = self.spawning.pop(msg.get("id"), None)
+        if worker is None:
+            return
+        if msg["t"] == protocol.SPAWNED:
+            self._spawned(worker, msg["pid"])
+            if msg.get("placing"):
+                self._place(worker, msg["id"])
+        else:
+            self._spawn_failed(worker, str(msg.get("error")))
 
     def _spawn_failed(self, worker: Worker, error: str) -> None:
         """The zygote could not fork the worker: SPAWNING -> EXITED, a failure."""
@@ -132,9 +157,14 @@ class Processes:
         self._drop_zygote_channel()
         self.zygote_pid = None
         for sid, worker in list(self.spawning.items()):
+            if worker.via is not None:
+                continue
             del self.spawning[sid]
             worker.life.on("spawn_failed", "zygote died before spawning")
             self._gone(worker, "zygote died", False)
+        for sid, rec in list(self.zygote_spawning.items()):
+            del self.zygote_spawning[sid]
+            self._pool_zygote_failed(rec, "the zygote died before forking it")
         if self.registry.stopping:
             return
         log.error("zygote_crash", f"zygote exited ({exit_text(os.waitstatus_to_exitcode(status))}); "
@@ -157,8 +187,13 @@ class Processes:
         worker.recycle.at, worker.recycle.request_limit = policy.recycle_plan(
             pool.cfg.recycling, pool.cfg.processes, worker.slot,
             not reason.startswith("recycle"), worker.spawned_at)
+        rec = self.pool_zygotes.get(pool.name)
+        if rec is not None and rec.state == "ready" and rec.generation == pool.generation \
+                and rec.chan is not None:
+            worker.via = rec       # the warm tier: forked from the pool's own zygote
         try:
-            self.placement.worker_cgroup(worker)
+            if worker.via is None or self.placement.needs_worker_cgroup(pool):
+                self.placement.worker_cgroup(worker)
         except OSError as exc:
             log.error("cgroup_failed", f"worker cgroup of pool {pool.name}: {exc}", POOL=pool.name)
             worker.close()
@@ -174,6 +209,9 @@ class Processes:
             worker.close()
             return None
         worker.ctl = ctl
+        if worker.via is not None and worker.cgroup is None:
+            worker.via.users += 1     # in the pool zygote's cgroup until it exits
+            worker.in_zygote_cgroup = True
         pool.workers[wid] = worker
         self.registry.staff(pool)
         self.spawning[sid] = worker
@@ -204,7 +242,12 @@ class Processes:
         if pool.csem >= 0:
             fds.append(pool.csem)
         try:
-            fdpass.send_with_fds(self.zygote, protocol.spawn(sid, spec), fds)
+            if worker.via is not None:
+                # its zygote holds it until PLACED when it gets a cgroup of its own
+                fdpass.send_with_fds(worker.via.chan, protocol.spawn(
+                    sid, spec, placing=worker.cgroup is not None), fds)
+            else:
+                fdpass.send_with_fds(self.zygote, protocol.spawn(sid, spec), fds)
         except OSError as exc:
             ctl_mine.close()
             log.error("spawn_failed", f"cannot reach the zygote: {exc}", POOL=pool.name)
@@ -243,6 +286,207 @@ class Processes:
             self.drain(worker, worker.drain_reason)        # drained while it had no pid
         elif worker.ready_early:
             self._ready(worker)
+
+    def _place(self, worker: Worker, sid: int) -> None:
+        """A pool zygote forked `worker` and holds it: into its own cgroup, then
+        PLACED (with the error when it cannot be placed: the pool zygote kills it and
+        its exit is reaped as any other)."""
+        rec, error = worker.via, None
+        try:
+            worker.cgroup.attach(worker.pid)
+        except (OSError, AttributeError) as exc:
+            error = f"cgroup: {exc}"
+            log.error("cgroup_failed", f"worker {worker.label}: {error}", POOL=worker.pool.name)
+        if rec is not None and rec.chan is not None:
+            try:
+                rec.chan.sendall(protocol.placed(sid, error))
+            except OSError:
+                pass     # the pool zygote is gone: it killed the worker, reaping follows
+
+    # ------------------------------------------------------------------ pool zygotes
+    def want_zygote(self, pool) -> None:
+        """A preload pool that is started or starting gets a zygote of its own for its
+        generation (started by start_zygotes, a duty); an older one is retired.
+        Anything else: its zygote, if any, is retired."""
+        cfg = pool.cfg
+        wanted = cfg is not None and cfg.preload and not self.registry.stopping and \
+            pool.state.value in ("started", "starting")
+        rec = self.pool_zygotes.get(pool.name)
+        if rec is not None and (not wanted or rec.generation != pool.generation):
+            self.retire_zygote(pool, "replaced" if wanted else "pool not running")
+            rec = None
+        if wanted and rec is None:
+            self.zygotes_wanted[pool.name] = pool
+        elif not wanted:
+            self.zygotes_wanted.pop(pool.name, None)
+
+    def renew_zygote(self, pool, reason: str) -> None:
+        """Replaces a preload pool's zygote (hostctl pool recycle, pools added to the
+        view it hides): what spawns until the new one is ready imports the app anew."""
+        if pool.name in self.pool_zygotes:
+            self.retire_zygote(pool, reason)
+        self.want_zygote(pool)
+
+    def start_zygotes(self) -> None:
+        """Duty: starts wanted pool zygotes, ZYGOTES_BOOTING_MAX at a time."""
+        if not self.zygotes_wanted or self.zygote is None:
+            return
+        booting = sum(1 for r in self.pool_zygotes.values()
+                      if r.state in ("spawning", "starting"))
+        while self.zygotes_wanted and booting < ZYGOTES_BOOTING_MAX:
+            name = next(iter(self.zygotes_wanted))
+            pool = self.zygotes_wanted.pop(name)
+            if self.registry.pools.get(name) is not pool or pool.cfg is None \
+                    or not pool.cfg.preload or name in self.pool_zygotes:
+                continue
+            if self._start_pool_zygote(pool):
+                booting += 1
+
+    def _start_pool_zygote(self, pool) -> bool:
+        """Asks the zygote for the pool's own zygote (protocol.SPAWN_ZYGOTE). Returns
+        False when it cannot be asked (logged)."""
+        n = next(self.zygote_numbers.setdefault(pool.name, itertools.count(1)))
+        rec = PoolZygote(pool, n)
+        try:
+            self.placement.zygote_cgroup(rec)
+        except OSError as exc:
+            log.error("cgroup_failed", f"zygote cgroup of pool {pool.name}: {exc}",
+                      POOL=pool.name)
+            return False
+        spec = protocol.WorkerSpec(
+            pool=pool.name, worker_id=0, generation=pool.generation, role="zygote",
+            cgroup_procs=rec.cgroup.procs_files() if rec.cgroup else [],
+            isolation=self.placement.zygote_isolation(pool),
+            access_log=self.registry.main.access_log, config=pool.cfg.to_spec())
+        mine, theirs = sockets.seqpacket_pair()
+        sid = next(self.spawn_ids)
+        try:
+            fdpass.send_with_fds(self.zygote, protocol.spawn_zygote(sid, spec),
+                                 [theirs.fileno()])
+        except OSError as exc:
+            mine.close()
+            log.error("spawn_failed", f"cannot reach the zygote: {exc}", POOL=pool.name)
+            rec.exited = True
+            self.placement.release_zygote_cgroup(rec)
+            return False
+        finally:
+            theirs.close()
+        rec.chan = mine
+        self.pool_zygotes[pool.name] = rec
+        self.zygote_spawning[sid] = rec
+        self.reactor.watch(mine.fileno(), lambda ev, r=rec: self._pool_zygote_readable(r))
+        log.info("zygote", f"starting the zygote of pool {pool.name} (preload)",
+                 POOL=pool.name)
+        return True
+
+    def _pool_zygote_spawned(self, rec: PoolZygote, msg: dict) -> None:
+        if msg["t"] != protocol.SPAWNED:
+            self._pool_zygote_failed(rec, f"spawn failed: {msg.get('error')}")
+            rec.exited = True
+            self.placement.release_zygote_cgroup(rec)
+            return
+        rec.pid = msg["pid"]
+        self.zygotes_by_pid[rec.pid] = rec
+        if rec.state == "spawning":
+            rec.state = "starting"
+        if rec.pid in self.early_exits:
+            self._pool_zygote_exited(rec, self.early_exits.pop(rec.pid))
+
+    def _pool_zygote_readable(self, rec: PoolZygote) -> None:
+        while rec.chan is not None:
+            data = _recv(rec.chan)
+            if data is None:
+                return
+            if not data:
+                self.reactor.unwatch(rec.chan.fileno())
+                rec.close()
+                if self.pool_zygotes.get(rec.pool.name) is rec and rec.state == "ready":
+                    rec.state = "retired"    # exiting: reaping says why
+                return
+            try:
+                msg = protocol.decode(data)
+            except ValueError:
+                continue
+            kind = msg["t"]
+            if kind == protocol.ZYGOTE_READY:
+                if rec.state in ("spawning", "starting"):
+                    rec.state = "ready"
+                    now = time.monotonic()
+                    rec.ready_at = now
+                    rec.boot = _trace_ms(rec.started_at, msg.get("trace") or [], now)
+                    log.info("zygote_ready", f"zygote of pool {rec.pool.name} ready "
+                             f"(pid {rec.pid}, {rec.boot.get('total', 0):.0f} ms)",
+                             POOL=rec.pool.name, CHILD_PID=rec.pid)
+            elif kind == protocol.STARTUP_FAILED:
+                lines = str(msg.get("error", "")).strip().splitlines()
+                self._pool_zygote_failed(rec, lines[-1] if lines else "app import failed")
+            elif kind in (protocol.SPAWNED, protocol.SPAWN_FAILED):
+                self._spawn_answer(msg)
+
+    def _pool_zygote_failed(self, rec: PoolZygote, error: str) -> None:
+        """It cannot start: its pool's workers come from the zygote (each imports the
+        app and reports its own failure); no retry until the pool's next generation."""
+        if rec.state == "failed":
+            return
+        rec.state, rec.error = "failed", error
+        log.error("zygote_failed", f"zygote of pool {rec.pool.name} failed: {error}; its "
+                  "workers import the app themselves", POOL=rec.pool.name, REASON=error[:200])
+
+    def retire_zygote(self, pool, reason: str) -> None:
+        """Its channel closes: the pool zygote exits (reaped here); the workers it
+        forked are the supervisor's children and go on."""
+        rec = self.pool_zygotes.pop(pool.name, None)
+        self.zygotes_wanted.pop(pool.name, None)
+        if rec is None:
+            return
+        if rec.state != "failed":
+            rec.state = "retired"
+        log.info("zygote_retired", f"zygote of pool {pool.name} retired ({reason})",
+                 POOL=pool.name, REASON=reason)
+        self._drop_pool_zygote_channel(rec)
+        if rec.pid is None and rec not in self.zygote_spawning.values():
+            rec.exited = True
+            self.placement.release_zygote_cgroup(rec)
+
+    def _drop_pool_zygote_channel(self, rec: PoolZygote) -> None:
+        if rec.chan is not None:
+            self.reactor.unwatch(rec.chan.fileno())
+            rec.close()
+        # spawns it had not answered: failed (a worker it forked and named is reaped)
+        for sid, worker in list(self.spawning.items()):
+            if worker.via is rec:
+                del self.spawning[sid]
+                worker.life.on("spawn_failed", "pool zygote gone before spawning")
+                self._gone(worker, "pool zygote gone", False)
+
+    def _pool_zygote_exited(self, rec: PoolZygote, status: int) -> None:
+        rec.exited = True
+        self.zygotes_by_pid.pop(rec.pid, None)
+        self._drop_pool_zygote_channel(rec)
+        self.placement.release_zygote_cgroup(rec)
+        pool = rec.pool
+        if self.pool_zygotes.get(pool.name) is not rec:
+            return                        # retired: an expected exit
+        del self.pool_zygotes[pool.name]
+        code = os.waitstatus_to_exitcode(status)
+        lived = time.monotonic() - (rec.ready_at or time.monotonic())
+        if rec.state in ("ready", "retired") and lived >= ZYGOTE_MIN_LIFE:
+            log.error("zygote_crash", f"zygote of pool {pool.name} exited "
+                      f"({exit_text(code)}); restarting it", POOL=pool.name, CHILD_PID=rec.pid)
+            self.want_zygote(pool)
+        else:
+            self._pool_zygote_failed(rec, rec.error or f"exited while starting ({exit_text(code)})")
+            self.pool_zygotes[pool.name] = rec   # kept, failed: no retry this generation
+
+    def zygote_doc(self, pool) -> dict | None:
+        """Status of a pool's zygote: {"pid", "state", "generation", "boot_ms",
+        "started", "error"} or None (no preload, or none yet)."""
+        rec = self.pool_zygotes.get(pool.name)
+        if rec is None:
+            return {"state": "waiting"} if pool.name in self.zygotes_wanted else None
+        return {"pid": rec.pid, "state": rec.state, "generation": rec.generation,
+                "boot_ms": rec.boot.get("total"), "started": rec.started_wall,
+                "workers_forked_in_its_cgroup": rec.users, "error": rec.error}
 
     # ------------------------------------------------------------------ talking
     def read(self, worker: Worker) -> None:
@@ -325,6 +569,11 @@ class Processes:
     def kill_all(self) -> None:
         for worker in self.registry.every_worker():
             self._kill_tree(worker)
+        for pid in self.zygotes_by_pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _kill_tree(self, worker: Worker) -> None:
         kill_tree(worker)
@@ -350,6 +599,8 @@ class Processes:
                 self.reactor.post(ChildExited(pid, status, self.tracked.pop(pid)))
             elif pid == self.zygote_pid:
                 self._zygote_exited(status)
+            elif pid in self.zygotes_by_pid:
+                self._pool_zygote_exited(self.zygotes_by_pid[pid], status)
             else:
                 self.early_exits[pid] = status
                 while len(self.early_exits) > _EARLY_EXITS_MAX:
@@ -388,21 +639,29 @@ class Processes:
             self.reactor.unwatch(worker.ctl.fileno())
         worker.close()
         self.placement.release_worker(worker)
+        rec = worker.via
+        if rec is not None and worker.in_zygote_cgroup:
+            worker.in_zygote_cgroup = False
+            rec.users -= 1
+            self.placement.release_zygote_cgroup(rec)
+        worker.via = None
         pool.workers.pop(worker.id, None)
         self.registry.unstaff(pool)
 
     # ------------------------------------------------------------------ stop
     def children(self) -> set[int]:
         """Every child process still known (workers, tracked children, the zygote)."""
-        kids = set(self.workers_by_pid) | set(self.tracked)
+        kids = set(self.workers_by_pid) | set(self.tracked) | set(self.zygotes_by_pid)
         if self.zygote_pid:
             kids.add(self.zygote_pid)
         return kids
 
     def close_zygote(self) -> None:
-        """At the stop: the zygote's channel closes, so it exits (reaped by
-        wait_children)."""
+        """At the stop: the zygote's and every pool zygote's channel closes, so they
+        exit (reaped by wait_children)."""
         self._drop_zygote_channel()
+        for name in list(self.pool_zygotes):
+            self.retire_zygote(self.pool_zygotes[name].pool, "hostd stopping")
 
     def _drop_zygote_channel(self) -> None:
         if self.zygote is not None:
@@ -438,6 +697,16 @@ def _recv(sock: socket.socket) -> bytes | None:
         return None
     except OSError:
         return b""
+
+
+def _trace_ms(start: float, trace: list, now: float) -> dict[str, float]:
+    """{step: ms} of a pool zygote's boot (as boot_steps)."""
+    steps, last = {}, start
+    for name, t in [tuple(x) for x in trace] + [("ready_msg", now)]:
+        steps[str(name)] = round((t - last) * 1000, 2)
+        last = t
+    steps["total"] = round((now - start) * 1000, 2)
+    return steps
 
 
 def boot_steps(worker: Worker, trace: list, now: float) -> dict[str, float]:

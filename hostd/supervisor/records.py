@@ -46,6 +46,41 @@ class RecyclePlan:
     replaces: "Worker | None" = None     # the unhealthy/recycled worker it replaces
 
 
+class PoolZygote:
+    """The supervisor's record of a preload pool's own zygote (hostd.zygote.
+    pool_zygote_main): the warm tier. Owns its channel (closed by close()). `users`
+    counts the live workers it forked into its own cgroup (`cgroup`, removed once the
+    zygote and they are gone)."""
+
+    #: states: spawning (asked the zygote) -> starting (importing the app) -> ready;
+    #: failed (it could not start: not retried for this generation); retired (replaced
+    #: or its pool stopped: its channel closed, it exits)
+    def __init__(self, pool: "Pool", n: int, now: float | None = None):
+        self.pool = pool
+        self.n = n
+        self.generation = pool.generation
+        self.state = "spawning"
+        self.pid: int | None = None
+        self.chan: socket.socket | None = None
+        self.cgroup = None
+        self.users = 0
+        self.started_at = time.monotonic() if now is None else now
+        self.started_wall = time.time()
+        self.ready_at: float | None = None
+        self.boot: dict[str, float] = {}
+        self.error: str | None = None
+        self.exited = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.pool.name} zygote-{self.n}"
+
+    def close(self) -> None:
+        if self.chan is not None:
+            self.chan.close()
+            self.chan = None
+
+
 class Worker:
     """The supervisor's record of one worker process (the process itself is
     workers/runtime.py). Owns its control channel and scoreboard (closed by close())."""
@@ -82,6 +117,8 @@ class Worker:
         self.busy_frac = 0.0                # at full capacity, share of the last second
         self.health = HealthState()
         self.recycle = RecyclePlan()
+        self.via: "PoolZygote | None" = None   # forked by its pool's zygote (preload)
+        self.in_zygote_cgroup = False          # ... and left in that zygote's cgroup
 
     @property
     def state(self) -> WorkerState:

@@ -193,6 +193,8 @@ class Recycling:
         pool = self.registry.pools.get(name)
         if pool is None:
             return False, f"no pool named {name}"
+        # a preload pool's zygote first: the replacements import the app anew
+        self.processes.renew_zygote(pool, "hostctl pool recycle")
         workers = [w for w in pool.workers.values() if w.state == W.READY]
         for w in workers:
             self.recycle(w, "on_demand")

@@ -83,7 +83,8 @@ class Views:
                                 "last_recycle_reason": w.spawn_reason[len("recycle: "):]
                                 if w.spawn_reason.startswith("recycle: ") else None,
                                 "recycling": w.recycle.reason or None,
-                                "boot_ms": w.boot or None})
+                                "boot_ms": w.boot or None,
+                                "preloaded": w.via is not None})
             cfg = pool.cfg
             decision = self.placement.decide(pool) if cfg else None
             pools.append({"name": pool.name, "state": pool.state.value,
@@ -100,6 +101,8 @@ class Views:
                           "isolated": decision.isolated if decision else None,
                           "isolation_reason": decision.why if decision else None,
                           "identity": pool.identity.to_dict() if pool.identity else None,
+                          "preload": cfg.preload if cfg else False,
+                          "zygote": self._zygote(pool),
                           "file": str(cfg.file) if cfg else None})
         ids = self.placement.frontend_ids
         return {"pid": self.registry.pid, "started": round(self.started_at, 3),
@@ -108,6 +111,14 @@ class Views:
                               sorted(self.frontends.by_slot.values(), key=lambda f: f.slot)],
                 "zygote": self.processes.zygote_pid, "pools": pools,
                 "frontend_uid": ids[0] if ids else os.geteuid()}
+
+    def _zygote(self, pool) -> dict | None:
+        """A preload pool's own zygote (the warm tier), with its memory."""
+        doc = self.processes.zygote_doc(pool)
+        if doc is not None and doc.get("pid"):
+            doc["rss"] = procfs.rss(doc["pid"])
+            doc["pss"], doc["private"] = procfs.pss_private(doc["pid"])
+        return doc
 
     # ------------------------------------------------------------------ counters
     def tick_second(self, now: float) -> None:

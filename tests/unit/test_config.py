@@ -517,7 +517,7 @@ def test_to_spec_is_json_and_round_trips(site):
         "directory": str(site / "srv"), "virtualenv": None, "bindings": ["p.localhost"],
         "start_mode": "on_demand", "processes": 1, "threads": 1, "queue_length": 1000,
         "idle_timeout": 90.0, "load_balancer_capabilities": "http_503", "env": {"A": "1"},
-        "max_connections": 0, "max_body_size": None, "max_bandwidth": 0,
+        "max_connections": 0, "max_body_size": None, "max_bandwidth": 0, "preload": False,
         "health": {"ping_interval": 30.0, "ping_timeout": 90.0, "request_timeout": 0.0,
                    "startup_limit": 90.0, "shutdown_limit": 90.0, "rapid_fail_max_crashes": 5,
                    "rapid_fail_interval": 300.0, "unhealthy_action": "recycle",

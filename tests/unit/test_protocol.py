@@ -56,6 +56,12 @@ KINDS = {
                  {"t": "counters", "queue_full": {"alpha": 3}}),
     "SPAWN": (lambda: protocol.spawn(12, SPEC), {"t": "spawn", "id": 12, "spec": SPEC}),
     "SPAWNED": (lambda: protocol.spawned(12, 4321), {"t": "spawned", "id": 12, "pid": 4321}),
+    "SPAWN_ZYGOTE": (lambda: protocol.spawn_zygote(13, protocol.WorkerSpec.from_spec(SPEC)),
+                     {"t": "spawn_zygote", "id": 13,
+                      "spec": protocol.WorkerSpec.from_spec(SPEC).to_spec()}),
+    "ZYGOTE_READY": (lambda: protocol.zygote_ready([["app_import", 1.5]]),
+                     {"t": "zygote_ready", "trace": [["app_import", 1.5]]}),
+    "PLACED": (lambda: protocol.placed(12), {"t": "placed", "id": 12}),
     "SPAWN_FAILED": (lambda: protocol.spawn_failed(12, "OSError: no"),
                      {"t": "spawn_failed", "id": 12, "error": "OSError: no"}),
 }
@@ -160,7 +166,7 @@ def test_fields():
                           "cgroup_procs", "isolation", "max_header_bytes", "conn_sem",
                           "header_timeout", "keepalive_timeout", "send_timeout",
                           "min_request_bytes_per_second", "max_body_size", "access_log",
-                          "config", "routes"}
+                          "config", "routes", "role"}
     assert {f.name for f in dataclasses.fields(protocol.FrontEndSettings)} == {
         *LIMITS, "conn_sem", "identity", "supervisor_pid"}
 

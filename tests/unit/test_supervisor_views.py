@@ -9,10 +9,10 @@ from supervisor_fakes import as_broken, make_house, pool_config  # noqa: F401
 STATUS_KEYS = {"pid", "started", "listen", "frontends", "zygote", "pools", "frontend_uid"}
 STATUS_POOL_KEYS = {"name", "state", "bindings", "workers", "queued", "processes",
                     "start_mode", "error", "recycles", "limits", "isolation", "identity",
-                    "file", "isolated", "isolation_reason"}
+                    "file", "isolated", "isolation_reason", "preload", "zygote"}
 STATUS_WORKER_KEYS = {"pid", "id", "state", "requests", "active", "connections", "busy",
                       "rss", "pss", "private", "cpu_seconds", "generation", "started", "start_reason",
-                      "last_recycle_reason", "recycling", "boot_ms"}
+                      "last_recycle_reason", "recycling", "boot_ms", "preloaded"}
 COUNTERS_POOL_KEYS = {"name", "state", "requests", "requests_per_second", "active", "queued",
                       "responses", "bytes_in", "bytes_out", "workers", "memory",
                       "cpu_seconds", "recycles", "crashes", "rapid_fail_stops", "queue_full",
