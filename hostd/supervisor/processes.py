@@ -358,19 +358,12 @@ class Processes:
             cgroup_procs=rec.cgroup.procs_files() if rec.cgroup else [],
             isolation=self.placement.zygote_isolation(pool),
             access_log=self.registry.main.access_log, config=pool.cfg.to_spec())
-        mine, theirs = sockets.seqpacket_pair()
         sid = next(self.spawn_ids)
-        try:
-            fdpass.send_with_fds(self.zygote, protocol.spawn_zygote(sid, spec),
-                                 [theirs.fileno()])
-        except OSError as exc:
-            mine.close()
-            log.error("spawn_failed", f"cannot reach the zygote: {exc}", POOL=pool.name)
+        mine = self._ask_for_pool_zygote(sid, spec)
+        if mine is None:
             rec.exited = True
             self.placement.release_zygote_cgroup(rec)
             return False
-        finally:
-            theirs.close()
         rec.chan = mine
         self.pool_zygotes[pool.name] = rec
         self.zygote_spawning[sid] = rec
@@ -378,6 +371,21 @@ class Processes:
         log.info("zygote", f"starting the zygote of pool {pool.name} (preload)",
                  POOL=pool.name)
         return True
+
+    def _ask_for_pool_zygote(self, sid: int, spec) -> socket.socket | None:
+        """The OS half: SPAWN_ZYGOTE with the new channel's other end. Returns the
+        supervisor's end, or None when the zygote cannot be reached (logged)."""
+        mine, theirs = sockets.seqpacket_pair()
+        try:
+            fdpass.send_with_fds(self.zygote, protocol.spawn_zygote(sid, spec),
+                                 [theirs.fileno()])
+        except OSError as exc:
+            mine.close()
+            log.error("spawn_failed", f"cannot reach the zygote: {exc}", POOL=spec.pool)
+            return None
+        finally:
+            theirs.close()
+        return mine
 
     def _pool_zygote_spawned(self, rec: PoolZygote, msg: dict) -> None:
         if msg["t"] != protocol.SPAWNED:

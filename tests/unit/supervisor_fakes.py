@@ -40,7 +40,7 @@ from hostd.supervisor.events import ChildExited
 from hostd.supervisor.loop import Supervisor
 from hostd.supervisor import processes as processes_mod
 from hostd.supervisor.processes import Processes
-from hostd.supervisor.records import FrontEndProc, Worker
+from hostd.supervisor.records import FrontEndProc, PoolZygote, Worker  # noqa: F401
 
 W = WorkerState
 #: fake pids: above PID_MAX_LIMIT (2**22), so /proc never has them (procfs answers 0)
@@ -131,6 +131,7 @@ class FakeProcesses(Processes):
         self.peers: dict[int, socket.socket] = {}   # id(worker) -> the worker's end
         self._zygote_peer: socket.socket | None = None
         self._next_pid = PID_BASE
+        self.zygote_peers: dict[str, socket.socket] = {}   # pool -> its pool zygote's end
 
     # ------------------------------------------------------------ helpers for tests
     def take(self) -> list[tuple]:
@@ -158,6 +159,12 @@ class FakeProcesses(Processes):
     def _ask_zygote(self, sid: int, worker: Worker, isolation):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.peers[id(worker)] = theirs
+        return mine
+
+    def _ask_for_pool_zygote(self, sid: int, spec):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.calls.append(("spawn_zygote", spec.pool, spec.generation))
+        self.zygote_peers[spec.pool] = theirs
         return mine
 
     def _kill_tree(self, worker: Worker) -> None:
@@ -224,6 +231,25 @@ class FakeProcesses(Processes):
         zygote runs, ZygoteRestarted is posted."""
         self._zygote_exited(_wait_status(-signal.SIGKILL))
 
+    def pool_zygote_up(self, name: str, pid: int | None = None) -> "PoolZygote":
+        """The zygote forked pool `name`'s zygote (SPAWNED) and it says ZYGOTE_READY."""
+        rec = self.pool_zygotes[name]
+        sid = next(sid for sid, r in self.zygote_spawning.items() if r is rec)
+        del self.zygote_spawning[sid]
+        self._pool_zygote_spawned(rec, {"t": protocol.SPAWNED, "id": sid,
+                                        "pid": pid or self.new_pid()})
+        self.pool_zygote_says(name, {"t": protocol.ZYGOTE_READY, "trace": []})
+        return rec
+
+    def pool_zygote_says(self, name: str, msg: dict) -> None:
+        """Pool `name`'s zygote writes `msg` on its channel."""
+        self.zygote_peers[name].send(protocol.encode(msg))
+        self._pool_zygote_readable(self.pool_zygotes[name])
+
+    def pool_zygote_exit(self, rec, code: int = 0) -> None:
+        """A pool zygote's process was reaped."""
+        self._pool_zygote_exited(rec, _wait_status(code))
+
     def message(self, worker: Worker, msg: dict) -> None:
         """The worker writes `msg` on its control channel; read() takes it."""
         self.peers[id(worker)].send(protocol.encode(msg))
@@ -264,9 +290,12 @@ class FakeProcesses(Processes):
             peer.close()
 
     def close(self) -> None:
-        for peer in self.peers.values():
+        for peer in list(self.peers.values()) + list(self.zygote_peers.values()):
             peer.close()
         self.peers.clear()
+        self.zygote_peers.clear()
+        for rec in list(self.pool_zygotes.values()) + list(self.zygotes_by_pid.values()):
+            rec.close()
         for sock in (self.zygote, self._zygote_peer):
             if sock is not None:
                 sock.close()
@@ -348,6 +377,19 @@ class FakePlacement:
                                               cfg.limits.worker_memory_max)
 
     def worker_isolation(self, pool):
+        return None
+
+    def zygote_cgroup(self, rec) -> None:
+        self.calls.append(("zygote_cgroup", rec.label))
+
+    def release_zygote_cgroup(self, rec) -> None:
+        if rec.exited and rec.users == 0:
+            self.calls.append(("release_zygote_cgroup", rec.label))
+
+    def needs_worker_cgroup(self, pool) -> bool:
+        return False      # as Placement's without cgroups
+
+    def zygote_isolation(self, pool):
         return None
 
     def fence_fd(self, worker):
