@@ -6,6 +6,7 @@ Entry point: `run_worker`, called by the zygote in the forked worker process.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import queue as _queue
 import select
@@ -61,7 +62,9 @@ class Worker(ControlChannel):
         self.app = app
         self.ctl = ctl
         self.queue = queue
-        self.qbuf = bytearray(protocol.MAX_HANDOFF_BYTES)   # reused by every dequeue
+        # reused by every dequeue; an anonymous mapping, so only the pages a handoff
+        # fills are ever made (a bytearray is zeroed: 256 KiB private at once)
+        self.qbuf = mmap.mmap(-1, protocol.MAX_HANDOFF_BYTES)
         self.qview = memoryview(self.qbuf)
         self.sem_fd = sem_fd
         self.reroute = reroute
