@@ -38,7 +38,7 @@ has a constructor here that returns the encoded message, e.g. `drain(reason)`):
   supervisor -> zygote      SPAWN, SPAWN_ZYGOTE
   zygote -> supervisor      SPAWNED, SPAWN_FAILED
   supervisor -> pool zygote SPAWN, PLACED
-  pool zygote -> supervisor ZYGOTE_READY, STARTUP_FAILED, SPAWNED, SPAWN_FAILED
+  pool zygote -> supervisor ZYGOTE_READY, STARTUP_FAILED, SPARE, SPAWNED, SPAWN_FAILED
 
 SPAWN's "spec" is a `WorkerSpec` as a dict (`WorkerSpec.to_spec`); the zygote adds keys
 of its own to that dict before the worker reads it ("trace", "host_pid",
@@ -124,6 +124,8 @@ SPAWN_ZYGOTE = "spawn_zygote"      # {"id": n, "spec": WorkerSpec with role "zyg
                                    #   [the pool zygote's channel]
 # supervisor <-> a pool's zygote (its own channel); SPAWN, SPAWNED, SPAWN_FAILED as above
 ZYGOTE_READY = "zygote_ready"      # {"trace": [[step, monotonic], ...]}: app imported, heap frozen
+SPARE = "spare"                    # {"pid": p}: a worker process forked ahead of time, waiting
+                                   #   for its SPAWN (a SPAWNED may name it); reap it if it exits
 PLACED = "placed"                  # {"id": n, "error"?: str}: the worker of spawn n is in its
                                    #   cgroup: let it run (with "error": kill it)
 
@@ -242,6 +244,10 @@ def spawn_zygote(id: int, spec: "WorkerSpec") -> bytes:
 
 def zygote_ready(trace: list) -> bytes:
     return encode({"t": ZYGOTE_READY, "trace": trace})
+
+
+def spare(pid: int) -> bytes:
+    return encode({"t": SPARE, "pid": pid})
 
 
 def placed(id: int, error: str | None = None) -> bytes:

@@ -20,7 +20,8 @@ it like a worker (protocol.SPAWN_ZYGOTE: same cgroup join, namespaces and identi
 but it runs `pool_zygote_main` instead of a worker: it imports the pool's app once,
 freezes its heap (gc.freeze: the collector never writes to those objects again, so
 the pages stay shared copy-on-write) and forks that pool's workers on the
-supervisor's SPAWN, double-forked as here, so they too are the supervisor's children.
+supervisor's SPAWN, double-forked as here, so they too are the supervisor's children;
+it keeps one of them forked ahead of time, waiting for its SPAWN (_Spare).
 It stays in the host's pid namespace (a pid namespace's init would inherit its
 workers); its view's /proc shows only its own uid's processes (hidepid=invisible).
 Its workers cannot join a cgroup themselves (no privilege left): they are in the
@@ -98,7 +99,7 @@ def zygote_main(chan: socket.socket, supervisor_pid: int) -> int:
 
 
 def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int,
-           before_go=None) -> int:
+           before_go=None, become=None) -> int:
     """Double-forks a worker; returns its pid (in the host's pid namespace).
 
     zygote -> intermediate -> worker. With isolation the intermediate first unshares
@@ -109,7 +110,8 @@ def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int,
     re-parented to the supervisor; only then does it arm PDEATHSIG (set earlier, it
     would fire at the re-parenting). `before_go(pid)`, when given, runs between the
     two (a pool zygote: the supervisor places the worker in its cgroup); when it
-    raises, the worker is killed and the error goes on.
+    raises, the worker is killed and the error goes on. `become(sync)`, when given,
+    is what the new process runs instead of _become_worker (a pool zygote's spare).
     Raises: OSError when a fork fails."""
     iso = spec.get("isolation") or {}
     pid_r, pid_w = os.pipe()      # intermediate -> zygote: the worker's pid
@@ -134,6 +136,8 @@ def _spawn(spec: dict, fds: list[int], supervisor_pid: int, chan_fd: int,
                 os.close(pid_w)
                 os.close(up_r)
                 os.close(ack_w)
+                if become is not None:
+                    become((go_r, up_w, ack_r))                               # never returns
                 _become_worker(spec, fds, supervisor_pid, (go_r, up_w, ack_r))  # never returns
             os.close(up_w)
             os.close(ack_r)
@@ -298,6 +302,9 @@ def pool_zygote_main(spec: dict, chan: socket.socket, supervisor_pid: int) -> in
         return protocol.EXIT_SUPERVISOR_GONE
     log_fd = spec.get("access_log_fd")
     waiting: collections.deque = collections.deque()   # what came while a worker was placed
+    pool = spec.get("pool", "?")
+    spare = _Spare(pool, supervisor_pid, chan, log_fd)
+    spare.fork()
 
     def receive():
         if waiting:
@@ -338,7 +345,9 @@ def pool_zygote_main(spec: dict, chan: socket.socket, supervisor_pid: int) -> in
                                 raise OSError(str(answer["error"]))
                             return
                         waiting.append((got, more))
-            pid = _spawn(wspec, fds, supervisor_pid, chan.fileno(), before_go)
+            pid = spare.take(data, fds, before_go)
+            if pid is None:     # no spare (it died): fork one for this spawn
+                pid = _spawn(wspec, fds, supervisor_pid, chan.fileno(), before_go)
             reply = None if before_go is not None else protocol.spawned(msg["id"], pid)
         except Exception as exc:
             reply = protocol.spawn_failed(msg.get("id") if isinstance(msg, dict) else None,
@@ -351,6 +360,133 @@ def pool_zygote_main(spec: dict, chan: socket.socket, supervisor_pid: int) -> in
                 chan.sendall(reply)
             except OSError:
                 return protocol.EXIT_SUPERVISOR_GONE
+        if spare.pid is None:
+            spare.fork()       # the next worker's, off the spawn's path
+
+
+class _Spare:
+    """A pool zygote's spare: a worker process forked ahead of time, already
+    re-parented to the supervisor, hardened and in its session, waiting on a socket for
+    its SPAWN (spec and descriptors). A spawn then costs no fork: the zygote forwards
+    the SPAWN, names the spare's pid, and forks the next spare after answering.
+    The supervisor is told each spare's pid (protocol.SPARE), so that it reaps one that
+    never served (the zygote retired: the spare's socket closes and it exits)."""
+
+    def __init__(self, pool: str, supervisor_pid: int, chan: socket.socket, log_fd):
+        self.pool, self.supervisor_pid, self.chan, self.log_fd = pool, supervisor_pid, chan, log_fd
+        self.pid: int | None = None
+        self.sock: socket.socket | None = None
+
+    def fork(self) -> None:
+        """Forks a new spare (double fork, as _spawn); on failure there is none (the
+        next spawn forks its worker itself)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = _spawn({"isolation": None}, [], self.supervisor_pid, self.chan.fileno(),
+                         become=lambda sync: _become_spare(self, theirs.fileno(), sync))
+        except OSError:
+            mine.close()
+            return
+        finally:
+            theirs.close()
+        self.pid, self.sock = pid, mine
+        try:
+            self.chan.sendall(protocol.spare(pid))
+        except OSError:
+            pass
+
+    def take(self, data: bytes, fds: list[int], before_go) -> int | None:
+        """Hands the SPAWN (its bytes as they came) to the spare, after `before_go(pid)`,
+        which may place it in its cgroup first. Returns its pid, or None when there is
+        no live spare."""
+        pid, sock = self.pid, self.sock
+        self.pid, self.sock = None, None
+        if pid is None:
+            return None
+        try:
+            if before_go is not None:
+                before_go(pid)
+            fdpass.send_with_fds(sock, data, fds)
+            return pid
+        except OSError:
+            if before_go is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                raise
+            return None      # it died waiting: the caller forks a worker instead
+        finally:
+            sock.close()
+
+
+def _become_spare(spare: _Spare, sock_fd: int, sync: tuple) -> None:
+    """The spare's life: everything of _become_worker that needs no spec (descriptors
+    closed, hardened, re-parented, its own session), then the SPAWN forwarded by its
+    zygote, then the worker (run_worker with the zygote's app)."""
+    code = protocol.EXIT_WORKER_BOOT
+    go_r, up_w, ack_r = sync
+    try:
+        keep = {sock_fd, go_r, up_w, ack_r}
+        if spare.log_fd is not None:
+            keep.add(spare.log_fd)
+        proc.close_fds_except(keep)
+        harden()
+        os.close(up_w)
+        os.close(ack_r)
+        go = os.read(go_r, 32)
+        os.close(go_r)
+        if not go:
+            os._exit(protocol.EXIT_SUPERVISOR_GONE)
+        host_pid = int(go)
+        try:
+            proc.set_pdeathsig(signal.SIGKILL)
+        except OSError:
+            pass
+        if os.getppid() != spare.supervisor_pid:
+            os._exit(protocol.EXIT_SUPERVISOR_GONE)
+        os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        proc.set_title(f"hostd: spare {spare.pool}")
+        sock = socket.socket(fileno=sock_fd)
+        while True:
+            try:
+                data, fds = fdpass.recv_with_fds(sock, protocol.MAX_CONTROL_BYTES, 0, maxfds=8)
+                t_got = time.monotonic()
+                break
+            except InterruptedError:
+                continue
+        sock.close()
+        if not data or len(fds) < 5:
+            os._exit(protocol.EXIT_OK)     # its zygote retired before it was needed
+        msg = protocol.decode(data)
+        spec = msg["spec"]
+        spec["trace"] = [("spare", t_got)]
+        spec["host_pid"] = host_pid
+        spec["access_log_fd"] = spare.log_fd
+        proc.set_title(f"hostd: worker {spec['pool']} #{spec['worker_id']}")
+        ctl = socket.socket(fileno=fds[0])
+        queue = socket.socket(fileno=fds[1])
+        reroute = socket.socket(fileno=fds[3])
+        board = protocol.Scoreboard(fds[4])
+        from workers.runtime import run_worker
+        spec["conn_sems"] = fds[5:]
+        code = run_worker(spec, ctl, queue, fds[2], reroute, board, _preloaded_app)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else protocol.EXIT_WORKER_BOOT
+    except BaseException:
+        try:
+            log.error("worker_boot_failed", traceback.format_exc(), POOL=spare.pool)
+        except Exception:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(code)
 
 
 def harden() -> None:

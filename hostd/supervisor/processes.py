@@ -101,6 +101,7 @@ class Processes:
         self.zygote_spawning: dict[int, PoolZygote] = {}  # spawn id -> pool zygote asked for
         self.zygotes_wanted: dict[str, object] = {}      # pool name -> Pool, in order
         self.zygote_numbers: dict[str, itertools.count] = {}
+        self.spares: dict[int, PoolZygote] = {}          # pid -> the pool zygote it waits for
 
     # ------------------------------------------------------------------ zygote
     def start_zygote(self) -> None:
@@ -428,8 +429,23 @@ class Processes:
             elif kind == protocol.STARTUP_FAILED:
                 lines = str(msg.get("error", "")).strip().splitlines()
                 self._pool_zygote_failed(rec, lines[-1] if lines else "app import failed")
+            elif kind == protocol.SPARE:
+                pid = msg.get("pid")
+                if isinstance(pid, int) and pid > 0:
+                    if pid in self.early_exits:
+                        continue      # it died before we heard of it: reaped already
+                    self.spares[pid] = rec
+                    rec.users += 1    # in its zygote's cgroup
             elif kind in (protocol.SPAWNED, protocol.SPAWN_FAILED):
+                pid = msg.get("pid")
+                if pid in self.spares:
+                    self._spare_gone(pid)   # it is that worker now
                 self._spawn_answer(msg)
+
+    def _spare_gone(self, pid: int) -> None:
+        rec = self.spares.pop(pid)
+        rec.users -= 1
+        self.placement.release_zygote_cgroup(rec)
 
     def _pool_zygote_failed(self, rec: PoolZygote, error: str) -> None:
         """It cannot start: its pool's workers come from the zygote (each imports the
@@ -577,7 +593,7 @@ class Processes:
     def kill_all(self) -> None:
         for worker in self.registry.every_worker():
             self._kill_tree(worker)
-        for pid in self.zygotes_by_pid:
+        for pid in list(self.zygotes_by_pid) + list(self.spares):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -609,6 +625,11 @@ class Processes:
                 self._zygote_exited(status)
             elif pid in self.zygotes_by_pid:
                 self._pool_zygote_exited(self.zygotes_by_pid[pid], status)
+            elif pid in self.spares:
+                # a spare that never served (its zygote retired), or one a SPAWNED we
+                # have not read yet names: kept for it
+                self._spare_gone(pid)
+                self.early_exits[pid] = status
             else:
                 self.early_exits[pid] = status
                 while len(self.early_exits) > _EARLY_EXITS_MAX:
@@ -659,7 +680,8 @@ class Processes:
     # ------------------------------------------------------------------ stop
     def children(self) -> set[int]:
         """Every child process still known (workers, tracked children, the zygote)."""
-        kids = set(self.workers_by_pid) | set(self.tracked) | set(self.zygotes_by_pid)
+        kids = set(self.workers_by_pid) | set(self.tracked) | set(self.zygotes_by_pid) | \
+            set(self.spares)
         if self.zygote_pid:
             kids.add(self.zygote_pid)
         return kids

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -43,6 +44,12 @@ def uid_of(pid):
         return int(re.search(r"^Uid:\s+(\d+)", f.read(), re.M).group(1))
 
 
+def spares(pool):
+    out = subprocess.run(["pgrep", "-f", f"^hostd: spare {pool}$"], capture_output=True,
+                         text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def events(h, name):
     return [l for l in h.log().splitlines() if re.match(rf"<\d>{name} ", l)]
 
@@ -58,8 +65,12 @@ def two(tmp_path):
 def test_workers_come_from_the_pools_zygote_and_share_its_heap(two):
     h = two
     z = wait_zygote(h, "p")
+    h.wait_for(lambda: spares("p"), 10, what="a spare of pool p")
+    [spare] = spares("p")
     a = answer(h, "p.test")
     assert a["import_pid"] == z["pid"] != a["pid"]     # imported once, in the zygote
+    assert a["pid"] == spare                           # the spare became the worker
+    assert uid_of(spare) != 0
     assert a["frozen"] > 10000                          # gc.freeze() ran after the import
     q = answer(h, "q.test")
     assert q["import_pid"] == q["pid"]                  # no preload: the worker imports
@@ -167,8 +178,11 @@ def test_stopping_the_pool_retires_its_zygote(two):
     h = two
     z = wait_zygote(h, "p")
     answer(h, "p.test")
+    # a spare (a worker forked ahead of time, waiting for its spawn) is there
+    h.wait_for(lambda: spares("p"), 10, what="a spare of pool p")
     assert h.ctl("pool", "stop", "p").returncode == 0
     h.wait_for(lambda: not os.path.exists(f"/proc/{z['pid']}"), 15, what="zygote gone")
+    h.wait_for(lambda: not spares("p"), 10, what="its spare gone (reaped)")
     h.wait_for(lambda: h.pool("p")["state"] == "stopped", 15)
     assert zygote(h, "p") == {}
     assert h.ctl("pool", "start", "p").returncode == 0

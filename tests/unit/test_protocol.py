@@ -62,6 +62,7 @@ KINDS = {
     "ZYGOTE_READY": (lambda: protocol.zygote_ready([["app_import", 1.5]]),
                      {"t": "zygote_ready", "trace": [["app_import", 1.5]]}),
     "PLACED": (lambda: protocol.placed(12), {"t": "placed", "id": 12}),
+    "SPARE": (lambda: protocol.spare(4321), {"t": "spare", "pid": 4321}),
     "SPAWN_FAILED": (lambda: protocol.spawn_failed(12, "OSError: no"),
                      {"t": "spawn_failed", "id": 12, "error": "OSError: no"}),
 }

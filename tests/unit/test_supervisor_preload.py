@@ -150,3 +150,25 @@ def test_pool_zygote_answers_spawns_on_its_own_channel(make_house):
     sid2 = next(s for s, x in h.processes.spawning.items() if x is w2)
     h.processes.pool_zygote_says("a", {"t": protocol.SPAWN_FAILED, "id": sid2, "error": "no"})
     assert w2.state == W.EXITED and rec.users == 1
+
+
+def test_a_spare_is_reaped_quietly_or_becomes_the_worker_it_is_named_for(make_house):
+    h = make_house(preload())
+    h.tick()
+    rec = h.processes.pool_zygote_up("a")
+    h.processes.pool_zygote_says("a", {"t": protocol.SPARE, "pid": 5001})
+    assert h.processes.spares == {5001: rec} and rec.users == 1
+    assert 5001 in h.processes.children()
+    w = h.processes.spawn(h.pool("a"), "demand")
+    sid = next(s for s, x in h.processes.spawning.items() if x is w)
+    h.processes.pool_zygote_says("a", {"t": protocol.SPAWNED, "id": sid, "pid": 5001})
+    assert w.pid == 5001 and h.processes.spares == {}
+    assert rec.users == 1                 # the worker in the zygote's cgroup, not the spare
+    # a spare that exits unused: reaped without a worker record, kept as an early exit
+    h.processes.pool_zygote_says("a", {"t": protocol.SPARE, "pid": 5002})
+    h.processes._spare_gone(5002)
+    h.processes.early_exits[5002] = 0
+    assert rec.users == 1 and 5002 not in h.processes.children()
+    # a SPARE message read after that spare's exit is dropped
+    h.processes.pool_zygote_says("a", {"t": protocol.SPARE, "pid": 5002})
+    assert 5002 not in h.processes.spares
