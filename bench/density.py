@@ -3,6 +3,7 @@
 
     sudo .venv/bin/python bench/density.py [--pools 1000] [--active 50] [--json out.json]
                                            [--isolation default|off|none-net]
+                                           [--app hello|flask] [--no-preload]
 
 Writes N pool files (pool pNNNN answers pNNNN.density, the hello app of bench/app.py in
 a directory of its own, start_mode on_demand, idle_timeout 0), starts hostd (from this checkout, with the test
@@ -16,7 +17,9 @@ harness) and measures, in one run:
 - a reload after one pool file changed: SIGHUP to the `reloaded` event, while a client
   keeps requesting other (active) pools, counting failed requests;
 - demand start of cold pools: the first request to 30 pools that have no worker
-  (median and p90 to the last byte);
+  (median and p90 to the last byte), and to 30 warm ones (`preload = true`, their own
+  zygote ready: the worker is forked from it), with the private memory of the workers
+  of each kind and of the pool zygotes;
 - throughput with 50 connections spread over --active pools (wrk with a Lua script that
   rotates the Host header) against the same 50 connections on one pool.
 
@@ -72,9 +75,14 @@ def timed(fn, n=5):
     return statistics.median(times), out
 
 
-def pool_doc(site: Path, name: str, isolation: str) -> dict:
+def pool_doc(site: Path, name: str, isolation: str, preload: bool = False,
+             venv: Path | None = None) -> dict:
     doc = {"app": "app:application", "directory": str(site), "bindings": [f"{name}.density"],
            "start_mode": "on_demand", "idle_timeout": "0"}
+    if preload:
+        doc["preload"] = True
+    if venv is not None:
+        doc["virtualenv"] = str(venv)
     if isolation == "off":
         doc["isolation"] = {"enabled": False}
     elif isolation == "none-net":
@@ -129,6 +137,15 @@ def census(h: Hostd) -> dict:
             "netns": netns, "workers": workers}
 
 
+def boot_medians(workers: list) -> dict:
+    """{step: median ms} of the workers' boot_ms (hostctl status)."""
+    steps: dict = {}
+    for w in workers:
+        for k, v in (w.get("boot_ms") or {}).items():
+            steps.setdefault(k, []).append(v)
+    return {k: round(statistics.median(v), 2) for k, v in steps.items()}
+
+
 def first_request_ms(h: Hostd, host: str) -> float:
     t0 = time.perf_counter()
     data = h.raw(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
@@ -170,6 +187,27 @@ def wrk_rps(port: int, hosts: list[str], seconds: int, tmp: Path) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+FLASK_APP = """from flask import Flask
+
+application = Flask(__name__)
+
+
+@application.route("/")
+def hello():
+    return "Hello, world!"
+"""
+
+
+def flask_venv(root: Path) -> Path:
+    """A virtualenv with Flask, for --app flask (pip from the configured index)."""
+    venv = root / "flask-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "flask"], check=True)
+    for d, _, files in os.walk(venv):
+        os.chmod(d, 0o755)
+    return venv
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pools", type=int, default=1000)
@@ -177,24 +215,49 @@ def main() -> int:
     ap.add_argument("--isolation", choices=["default", "off", "none-net"], default="default")
     ap.add_argument("--seconds", type=int, default=6, help="each wrk run")
     ap.add_argument("--many", type=int, default=200, help="pools made active at once")
+    ap.add_argument("--no-preload", action="store_true",
+                    help="no preload pools (by default the --many pools and 30 of the "
+                         "cold-start pools have preload = true)")
+    ap.add_argument("--app", choices=["hello", "flask"], default="hello",
+                    help="each site's app: bench/app.py's hello, or a Flask hello app "
+                         "(Flask in a virtualenv made for the run)")
     ap.add_argument("--json")
     ap.add_argument("--log", help="copy hostd's log here")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (cgroups; isolation)", file=sys.stderr)
         return 2
+    if not shutil.which("wrk"):      # as bench/run does: Debian's package
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+                       stdout=subprocess.DEVNULL)
+        if not shutil.which("wrk"):
+            print("wrk is not installed and could not be installed (apt-get install wrk)",
+                  file=sys.stderr)
+            return 2
     root = Path(tempfile.mkdtemp(prefix="hostd-density-"))
     root.chmod(0o755)
     names = [f"p{i:04d}" for i in range(args.pools)]
     sites = root / "sites"
     sites.mkdir(mode=0o755)
+    venv = flask_venv(root) if args.app == "flask" else None
     for n in names:             # each site its own directory, as on a shared host
         d = sites / n
         d.mkdir(mode=0o755)
-        shutil.copy(REPO / "bench" / "app.py", d / "app.py")
+        if args.app == "flask":
+            (d / "app.py").write_text(FLASK_APP)
+        else:
+            shutil.copy(REPO / "bench" / "app.py", d / "app.py")
         (d / "app.py").chmod(0o644)
-    pools = {n: pool_doc(sites / n, n, args.isolation) for n in names}
-    res: dict = {"pools": args.pools, "isolation": args.isolation}
+    # preload: the pools made active at once (their private memory) and 30 of the
+    # demand-start pools (first request of a warm pool); the last 30 stay cold
+    cold, cold_warm = names[-30:], names[-60:-30]
+    preloaded = set() if args.no_preload else set(names[:args.many]) | set(cold_warm)
+    # every pool starts cold (on_demand, no preload): the figures of "nothing running";
+    # then a reload turns preload on for those pools (an operator warming 230 sites)
+    pools = {n: pool_doc(sites / n, n, args.isolation, False, venv) for n in names}
+    res: dict = {"pools": args.pools, "isolation": args.isolation, "app": args.app,
+                 "preload_pools": len(preloaded)}
     from hostd_harness import free_port
     mport = free_port()
     h = Hostd(root, pools=pools, hostd={"frontends": 2,
@@ -231,10 +294,50 @@ def main() -> int:
         time.sleep(10)
         res["idle_supervisor_pct"] = round((cpu_ticks(sup) - c0) / os.sysconf("SC_CLK_TCK")
                                            / (time.monotonic() - w0) * 100, 2)
+        if preloaded:
+            # preload on for the --many pools and 30 demand-start pools: one reload;
+            # their zygotes import their apps in the background, two at a time
+            for n in sorted(preloaded):
+                pools[n] = pool_doc(sites / n, n, args.isolation, True, venv)
+                h.write_pool(n, pools[n])
+            mark = len(h.log())
+            t_z = time.monotonic()
+            h.signal(signal.SIGHUP)
+            wait_log(h, r"configuration reloaded", mark, 120)
+            res["reload_preload_on_ms"] = round((time.monotonic() - t_z) * 1000, 1)
+            ms, _ = timed(lambda: h.ctl("status", "--json").stdout, 1)
+            res["status_json_ms_while_zygotes_start"] = round(ms, 1)
+            while time.monotonic() - t_z < 600:
+                doc = json.loads(h.ctl("status", "--json").stdout)
+                zs = [p.get("zygote") or {} for p in doc["pools"] if p["name"] in preloaded]
+                if all(z.get("state") in ("ready", "failed") for z in zs):
+                    break
+                time.sleep(0.5)
+            res["preload_zygotes_ready"] = sum(z.get("state") == "ready" for z in zs)
+            res["preload_zygotes_all_ready_s"] = round(time.monotonic() - t_z, 1)
+            res["zygote_private_mib_median"] = round(statistics.median(
+                z.get("private", 0) for z in zs) / 1048576, 2)
+            res["zygote_pss_mib_median"] = round(statistics.median(
+                z.get("pss", 0) for z in zs) / 1048576, 2)
+            res["zygote_boot_ms_median"] = round(statistics.median(
+                z.get("boot_ms") or 0 for z in zs), 1)
         # demand start of 30 cold pools
-        cold = [first_request_ms(h, f"{n}.density") for n in names[-30:]]
-        res["cold_start_ms_median"] = round(statistics.median(cold), 1)
-        res["cold_start_ms_p90"] = round(sorted(cold)[int(0.9 * (len(cold) - 1))], 1)
+        times = [first_request_ms(h, f"{n}.density") for n in cold]
+        res["cold_start_ms_median"] = round(statistics.median(times), 1)
+        res["cold_start_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
+        ws = [w for n in cold for w in h.pool(n)["workers"] if w["state"] == "ready"]
+        res["worker_private_mib_median_no_preload"] = round(
+            statistics.median(w["private"] for w in ws) / 1048576, 2)
+        res["cold_boot_steps_ms_median"] = boot_medians(ws)
+        if preloaded:
+            # warm pools (preload = true): their zygotes are ready (above); the first
+            # request forks a worker from one
+            times = [first_request_ms(h, f"{n}.density") for n in cold_warm]
+            res["preload_start_ms_median"] = round(statistics.median(times), 1)
+            res["preload_start_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
+            ws = [w for n in cold_warm for w in h.pool(n)["workers"] if w["state"] == "ready"]
+            res["preload_boot_steps_ms_median"] = boot_medians(ws)
+            res["preload_workers_forked_from_zygote"] = sum(w["preloaded"] for w in ws)
         # start the active pools, then the spread against one pool
         active = names[:args.active]
         for n in active:
@@ -283,7 +386,11 @@ def main() -> int:
         res["many_active_pools"] = len(many)
         res["many_answered"] = answered
         st = h.status()
-        ws = [w for p in st["pools"] for w in p["workers"] if w["state"] == "ready"]
+        ws = [w for p in st["pools"] if p["name"] in set(many) for w in p["workers"]
+              if w["state"] == "ready"]
+        res["many_preloaded_workers"] = sum(w["preloaded"] for w in ws)
+        ms, _ = timed(lambda: h.ctl("status", "--json").stdout)
+        res["status_json_ms_busy"] = round(ms, 1)   # with every worker and zygote up
         res["worker_private_mib_median"] = round(statistics.median(w["private"] for w in ws)
                                                  / 1048576, 2)
         res["worker_pss_mib_median"] = round(statistics.median(w["pss"] for w in ws) / 1048576, 2)
