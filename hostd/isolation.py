@@ -263,31 +263,6 @@ def pool_dirs(cfg) -> list[str]:
 COLLAPSE_AT = 8
 
 
-def _collapse(hide: set[str], mine: list[str], pool_dirs_all: set[str], listdir) -> set[str]:
-    """Replaces the hidden sites under a parent by the parent itself when that parent
-    holds nothing but pools' directories (this pool's own are shown inside it again,
-    fsview crossing the hidden parent): with a thousand sites in /srv/sites a worker's
-    view had a thousand mounts, 7 ms of its start. A parent holding anything else (a
-    shared directory, a file) is left as it is, so nothing visible before is hidden."""
-    groups: dict[str, list[str]] = {}
-    for d in hide:
-        parent = os.path.dirname(d.rstrip("/"))
-        if parent not in ("", "/"):
-            groups.setdefault(parent, []).append(d)
-    for parent, children in groups.items():
-        if len(children) < COLLAPSE_AT or any(h != parent and parent.startswith(h.rstrip("/") + "/")
-                                              for h in hide):
-            continue
-        try:
-            entries = listdir(parent)
-        except OSError:
-            continue
-        if all(os.path.join(parent, e) in pool_dirs_all for e in entries):
-            hide.difference_update(children)
-            hide.add(parent)
-    return hide
-
-
 def build_view(cfg, main, others: list, runtime: list[str] | None = None,
                tmp: dict[str, str] | None = None, listdir=os.listdir) -> View:
     """Takes: the pool's config, the MainConfig, the other pools' configs. Returns: the
@@ -297,38 +272,92 @@ def build_view(cfg, main, others: list, runtime: list[str] | None = None,
     directories, the access log's directory and the other pools' directories hidden.
     `tmp` maps those private directories to host directories of the pool's own (so its
     workers share them, across recycles); without it each worker gets fresh tmpfs.
-    Many sites under one parent that holds nothing else hide as that parent (_collapse;
-    listdir: how a parent is listed)."""
-    iso = cfg.isolation
-    mine = pool_dirs(cfg)
-    hide = set(HIDDEN_DIRS)
-    hide.update(str(p) for p in (main.state_dir, main.run_dir, main.pools_dir,
-                                 main.path.parent))
-    if main.access_log not in ("", "journal"):
-        hide.add(os.path.dirname(main.access_log))
-    for other in others:
-        for d in pool_dirs(other):
-            # never hide what leads to this pool's own files (a site inside another's)
-            if not any(m == d or m.startswith(d.rstrip("/") + "/") for m in mine):
-                hide.add(d)
-    hide.discard("/")
-    if len(others) >= COLLAPSE_AT:
-        every = set(mine)
-        for other in others:
-            every.update(pool_dirs(other))
-        hide = _collapse(hide, mine, every, listdir)
-    show = [(mine[0], not iso.read_only)] + [(d, False) for d in mine[1:]]
-    for d in (runtime if runtime is not None else runtime_dirs()) + list(iso.show):
-        if d not in dict(show):
-            show.append((d, False))
-    # a hidden directory that is also the pool's or the runtime's is shown, not hidden
-    shown = {p for p, _ in show}
-    hide = {h for h in hide if h not in shown}
-    tmp = tmp or {}
-    return View(hide=tuple(sorted(hide)), show=tuple(show),
-                private=tuple(d for d in PRIVATE_DIRS if d not in tmp),
-                new_proc=True, read_only_system=True,
-                binds=tuple((tmp[d], d) for d in PRIVATE_DIRS if d in tmp))
+    Many sites under one parent that holds nothing else (COLLAPSE_AT or more) hide as
+    that parent, one mount instead of hundreds (this pool's own are shown inside it
+    again, fsview crossing the hidden parent); a parent holding anything else (a shared
+    directory, a file) is left as it is, so nothing visible before is hidden (listdir:
+    how a parent is listed). (ViewIndex.view, with an index of these pools.)"""
+    return ViewIndex([cfg, *others], listdir).view(cfg, main, runtime, tmp)
+
+
+class ViewIndex:
+    """What every pool's view needs to know of all the pools, made once for a set of
+    pools (the supervisor keeps one until the pools' directories change): each pool's
+    directories, and which parents of many sites hold nothing but sites (listed once).
+    A view is then made in time that does not grow with the other pools' number beyond
+    one pass over their directories (with a thousand pools: ~5 ms -> well under 1)."""
+
+    def __init__(self, cfgs: list, listdir=os.listdir):
+        self.dirs = [(c.name, pool_dirs(c)) for c in cfgs]
+        self.count = len(cfgs)
+        every = {d for _, ds in self.dirs for d in ds}
+        self.every = every
+        groups: dict[str, list[str]] = {}
+        for d in every:
+            parent = os.path.dirname(d.rstrip("/"))
+            if parent not in ("", "/"):
+                groups.setdefault(parent, []).append(d)
+        #: parent -> its sites, for parents that hold nothing but pools' directories
+        self.collapsible: dict[str, list[str]] = {}
+        for parent, children in groups.items():
+            if len(children) < COLLAPSE_AT:
+                continue
+            try:
+                entries = listdir(parent)
+            except OSError:
+                continue
+            if all(os.path.join(parent, e) in every for e in entries):
+                self.collapsible[parent] = children
+
+    def view(self, cfg, main, runtime: list[str] | None = None,
+             tmp: dict[str, str] | None = None) -> View:
+        """build_view for `cfg`, one of the indexed pools (by name)."""
+        iso = cfg.isolation
+        mine = pool_dirs(cfg)
+        # a directory that leads to this pool's own files is never hidden
+        leads: set[str] = set()
+        for m in mine:
+            p = m.rstrip("/")
+            while p not in ("", "/"):
+                leads.add(p)
+                p = os.path.dirname(p)
+        hide = set(HIDDEN_DIRS)
+        hide.update(str(p) for p in (main.state_dir, main.run_dir, main.pools_dir,
+                                     main.path.parent))
+        if main.access_log not in ("", "journal"):
+            hide.add(os.path.dirname(main.access_log))
+        name = cfg.name
+        for other, ds in self.dirs:
+            if other != name:
+                for d in ds:
+                    if d.rstrip("/") not in leads:
+                        hide.add(d)
+        hide.discard("/")
+        if self.count - 1 >= COLLAPSE_AT:
+            for parent, children in self.collapsible.items():
+                inside = [c for c in children if c in hide]
+                if len(inside) < COLLAPSE_AT:
+                    continue
+                p, covered = os.path.dirname(parent), False
+                while not covered and p not in ("", "/"):
+                    covered = p in hide
+                    p = os.path.dirname(p)
+                if covered:
+                    continue
+                hide.difference_update(inside)
+                hide.add(parent)
+        show = [(mine[0], not iso.read_only)] + [(d, False) for d in mine[1:]]
+        for d in (runtime if runtime is not None else runtime_dirs()) + list(iso.show):
+            if d not in dict(show):
+                show.append((d, False))
+        # a hidden directory that is also the pool's or the runtime's is shown, not hidden
+        shown = {p for p, _ in show}
+        hide = {h for h in hide if h not in shown}
+        tmp = tmp or {}
+        return View(hide=tuple(sorted(hide)), show=tuple(show),
+                    private=tuple(d for d in PRIVATE_DIRS if d not in tmp),
+                    new_proc=True, read_only_system=True,
+                    binds=tuple((tmp[d], d) for d in PRIVATE_DIRS if d in tmp))
 
 
 def runtime_view(identity: Identity, runtime: list[str]) -> View | None:

@@ -15,12 +15,16 @@ from typing import TYPE_CHECKING
 import contextlib
 import ipaddress
 import os
+import time
 
 from hostd import isolation, log, poollimits, protocol
 from hostd.supervisor import policy
 from hostd.supervisor.events import MemoryEvent
 from kernel import cgroups as kcgroups
 from kernel import fdpass, memevents
+
+#: seconds an index of the pools' views is kept (isolation.ViewIndex lists directories)
+VIEW_INDEX_AGE = 10.0
 
 #: v1: each supervisor's base cgroup is BASE_PREFIX + its pid, beside its own cgroup
 BASE_PREFIX = "hostd."
@@ -52,6 +56,7 @@ class Placement:
         self.frontend_ids: tuple[int, int] | None = None   # (uid, gid) the front ends drop to
         self.memory_inotify: memevents.Inotify | None = None
         self.memory_wds: dict[int, object] = {}            # v2 watch descriptor -> worker
+        self.view_index = None      # (key, made at, isolation.ViewIndex): _view's cache
 
     @property
     def main(self):
@@ -406,10 +411,18 @@ class Placement:
         return self.runtime_dirs
 
     def _view(self, pool):
-        others = [p.cfg for p in self.registry.pools.values()
-                  if p is not pool and p.cfg is not None]
-        return isolation.build_view(pool.cfg, self.main, others, self._runtime_dirs(),
-                                    pool.tmp)
+        """The pool's view (isolation.ViewIndex.view), from an index of every pool that
+        is made again when a pool's config changes, or after VIEW_INDEX_AGE seconds (it
+        lists the parents of many sites: what is in them may change)."""
+        pools = [p for p in self.registry.pools.values() if p.cfg is not None]
+        if pool not in pools:
+            pools.append(pool)
+        key = tuple(id(p.cfg) for p in pools)
+        now = time.monotonic()
+        cached = self.view_index
+        if cached is None or cached[0] != key or now - cached[1] > VIEW_INDEX_AGE:
+            cached = self.view_index = (key, now, isolation.ViewIndex([p.cfg for p in pools]))
+        return cached[2].view(pool.cfg, self.main, self._runtime_dirs(), pool.tmp)
 
     def worker_isolation(self, pool) -> dict | None:
         """The spawn spec's "isolation": what the zygote applies (hostd/zygote.py)."""
