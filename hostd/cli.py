@@ -12,7 +12,7 @@ from pathlib import Path
 from hostd import config as hconfig
 from hostd import log, protocol
 
-DEFAULT_CONFIG = "/etc/hostd/hostd.toml"
+from hostd import DEFAULT_CONFIG  # noqa: E402  (re-exported: hostd.cli.DEFAULT_CONFIG)
 
 
 def main(argv: list[str] | None = None) -> int:
