@@ -243,6 +243,15 @@ def pressure_victims(candidates: list[PressureCandidate], now: float) -> list:
     return out
 
 
+def zygote_victims(candidates: list[tuple], share: float = PRESSURE_SHARE) -> list:
+    """Memory pressure and no idle worker left to stop this second: the warm tier goes
+    next. Takes (key, ready_at) of the ready pool zygotes whose pools have no live
+    worker; returns the keys of PRESSURE_SHARE of them (at least one), the longest
+    ready first (the least likely to be wanted soon: they have waited longest)."""
+    ordered = sorted(candidates, key=lambda c: c[1])
+    return [k for k, _ in ordered[:max(1, int(len(ordered) * share))]] if ordered else []
+
+
 #: a web garden grows on its queue when two looks, within this many seconds, each found
 #: a connection waiting while every worker was busy: one look can fall in the instant
 #: between a front end's enqueue and a worker's pull (seen: a garden grew while its only

@@ -102,6 +102,7 @@ class Processes:
         self.zygotes_wanted: dict[str, object] = {}      # pool name -> Pool, in order
         self.zygote_numbers: dict[str, itertools.count] = {}
         self.spares: dict[int, PoolZygote] = {}          # pid -> the pool zygote it waits for
+        self.zygotes_evicted: dict[str, object] = {}     # pool name -> Pool, memory pressure
 
     # ------------------------------------------------------------------ zygote
     def start_zygote(self) -> None:
@@ -316,7 +317,7 @@ class Processes:
         if rec is not None and (not wanted or rec.generation != pool.generation):
             self.retire_zygote(pool, "replaced" if wanted else "pool not running")
             rec = None
-        if wanted and rec is None:
+        if wanted and rec is None and pool.name not in self.zygotes_evicted:
             self.zygotes_wanted[pool.name] = pool
         elif not wanted:
             self.zygotes_wanted.pop(pool.name, None)
@@ -327,6 +328,19 @@ class Processes:
         if pool.name in self.pool_zygotes:
             self.retire_zygote(pool, reason)
         self.want_zygote(pool)
+
+    def evict_zygote(self, pool) -> None:
+        """Memory pressure: the pool's zygote is retired and not wanted again until
+        unevict_zygotes (the pressure is gone); its workers are forked cold meanwhile."""
+        self.retire_zygote(pool, "memory_pressure")
+        self.zygotes_evicted[pool.name] = pool
+
+    def unevict_zygotes(self) -> None:
+        """The pressure is gone: every zygote evicted for it is wanted again."""
+        evicted, self.zygotes_evicted = self.zygotes_evicted, {}
+        for name, pool in evicted.items():
+            if self.registry.pools.get(name) is pool:
+                self.want_zygote(pool)
 
     def start_zygotes(self) -> None:
         """Duty: starts wanted pool zygotes, ZYGOTES_BOOTING_MAX at a time."""
@@ -507,6 +521,8 @@ class Processes:
         "started", "error"} or None (no preload, or none yet)."""
         rec = self.pool_zygotes.get(pool.name)
         if rec is None:
+            if pool.name in self.zygotes_evicted:
+                return {"state": "evicted"}      # memory pressure: back once it is gone
             return {"state": "waiting"} if pool.name in self.zygotes_wanted else None
         return {"pid": rec.pid, "state": rec.state, "generation": rec.generation,
                 "boot_ms": rec.boot.get("total"), "started": rec.started_wall,

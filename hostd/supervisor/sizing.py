@@ -111,10 +111,14 @@ class Sizing:
 
     def pressure(self, now: float) -> None:
         """Duty, once a second: above [hostd] idle_pressure, idle workers are stopped
-        oldest-idle first (policy.pressure_victims), ahead of their idle_timeout; the
-        event says why. Crossing the threshold either way is logged once."""
+        oldest-idle first (policy.pressure_victims), ahead of their idle_timeout; when
+        none is left to stop, warm pool zygotes of pools without workers go
+        (policy.zygote_victims), wanted again once the pressure is gone. The event says
+        why. Crossing the threshold either way is logged once."""
         rule = self.registry.main.idle_pressure
         if rule is None:
+            if self.processes.zygotes_evicted:    # idle_pressure taken out by a reload
+                self.processes.unevict_zygotes()
             return
         value = self.placement.pressure()
         if value is None:
@@ -125,8 +129,11 @@ class Sizing:
             (log.warning if above else log.notice)(
                 "memory_pressure", f"memory pressure {rule.kind} {rule.window} {value:.2f} "
                 f"{'>' if above else '<='} {rule.threshold:g} (idle_pressure): "
-                + ("idle workers are stopped" if above else "idle workers are kept again"),
+                + ("idle workers (then warm zygotes) are stopped" if above
+                   else "idle workers and warm zygotes are kept again"),
                 PRESSURE=value, THRESHOLD=rule.threshold)
+            if not above:
+                self.processes.unevict_zygotes()   # the warm tier comes back
         if not above or self.registry.stopping:
             return
         candidates = []
@@ -141,13 +148,30 @@ class Sizing:
                 candidates.append(policy.PressureCandidate(
                     w, pool.name, max(s["last_activity"], w.ready_at or 0.0), s["active"],
                     last_one))
-        for victim in policy.pressure_victims(candidates, now):
+        victims = policy.pressure_victims(candidates, now)
+        for victim in victims:
             idle = now - max(victim.stats()["last_activity"], victim.ready_at or 0.0)
             log.info("idle", f"worker {victim.label} idle for {idle:.0f}s stopped: memory "
                      f"pressure {rule.kind} {rule.window} {value:.2f} > {rule.threshold:g} "
                      "(idle_pressure)", POOL=victim.pool.name, WORKER_PID=victim.pid,
                      REASON="memory_pressure", PRESSURE=value)
             self.processes.drain(victim, "memory_pressure")
+        if not victims:
+            self._evict_zygotes(value, rule)
+
+    def _evict_zygotes(self, value: float, rule) -> None:
+        """No idle worker left to stop: warm pool zygotes of pools without a live
+        worker are retired (policy.zygote_victims), until the pressure is gone."""
+        warm = [(rec.pool.name, rec.ready_at or 0.0)
+                for rec in self.processes.pool_zygotes.values()
+                if rec.state == "ready" and not rec.pool.alive()]
+        for name in policy.zygote_victims(warm):
+            pool = self.registry.pools[name]
+            log.info("idle", f"zygote of pool {name} retired: memory pressure {rule.kind} "
+                     f"{rule.window} {value:.2f} > {rule.threshold:g} (idle_pressure); it "
+                     "starts again once the pressure is gone", POOL=name,
+                     REASON="memory_pressure", PRESSURE=value)
+            self.processes.evict_zygote(pool)
 
     def shrink(self, now: float) -> None:
         """Duty (every 0.5 s): idle timeout, one worker at a time per pool."""

@@ -172,3 +172,38 @@ def test_a_spare_is_reaped_quietly_or_becomes_the_worker_it_is_named_for(make_ho
     # a SPARE message read after that spare's exit is dropped
     h.processes.pool_zygote_says("a", {"t": protocol.SPARE, "pid": 5002})
     assert 5002 not in h.processes.spares
+
+
+def test_memory_pressure_retires_warm_zygotes_once_no_idle_worker_is_left(make_house, logs):
+    from hostd.config import PressureRule
+    from supervisor_fakes import main_config
+    rule = PressureRule("memory", "some", "avg10", 10.0, "memory some avg10 > 10")
+    h = make_house(preload("a"), preload("b"), main=main_config(idle_pressure=rule))
+    h.tick()
+    a = h.processes.pool_zygote_up("a")
+    h.clock.advance(5)
+    b = h.processes.pool_zygote_up("b")
+    w = h.processes.spawn(h.pool("b"), "demand")      # b has a worker: its zygote stays
+    h.up(w)
+    w.board.write(3, 1, 1, h.clock.now, w.pid)        # busy: not an idle victim either
+    h.placement.pressure_value = 25.0
+    h.tick(1.0)
+    assert a.state == "retired" and b.state == "ready"
+    (ev,) = [e for e in logs.events("idle") if e.get("REASON") == "memory_pressure"]
+    assert ev["POOL"] == "a" and "zygote of pool a retired" in ev["MESSAGE"]
+    assert h.views.status("a")["pools"][0]["zygote"] == {"state": "evicted"}
+    h.tick(1.0)
+    assert "a" not in h.processes.zygotes_wanted       # not while the pressure lasts
+    assert h.processes.spawn(h.pool("a"), "demand").via is None
+    h.placement.pressure_value = 1.0
+    h.calls()
+    h.tick(1.0)                                        # wanted again, and started
+    assert ("spawn_zygote", "a", 1) in h.calls() and h.processes.zygotes_evicted == {}
+    assert h.processes.pool_zygotes["a"].state == "spawning"
+
+
+def test_zygote_victims_policy():
+    from hostd.supervisor.policy import zygote_victims
+    assert zygote_victims([]) == []
+    assert zygote_victims([("a", 5.0), ("b", 1.0)]) == ["b"]
+    assert zygote_victims([(str(i), float(10 - i)) for i in range(10)]) == ["9", "8"]
