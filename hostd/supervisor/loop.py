@@ -229,6 +229,8 @@ class Supervisor:
             self.views.tick_second(now)
             self.sizing.pressure(now)
         self.connections.tick()
+        for pool, problem in self.placement.prepare_networks():
+            self.pools.fail(pool, problem, "isolation_failed")
         self.processes.start_zygotes()
         self.sizing.tick(now, second)
         self.recycling.tick(now, second)

@@ -193,6 +193,12 @@ class Processes:
         if rec is not None and rec.state == "ready" and rec.generation == pool.generation \
                 and rec.chan is not None:
             worker.via = rec       # the warm tier: forked from the pool's own zygote
+        problem = self.placement.ensure_network(pool)
+        if problem is not None:
+            log.error("isolation_failed", problem, POOL=pool.name)
+            worker.close()
+            self.reactor.post(SpawnRefused(worker, problem))
+            return None
         try:
             if worker.via is None or self.placement.needs_worker_cgroup(pool):
                 self.placement.worker_cgroup(worker)
@@ -360,6 +366,8 @@ class Processes:
     def _start_pool_zygote(self, pool) -> bool:
         """Asks the zygote for the pool's own zygote (protocol.SPAWN_ZYGOTE). Returns
         False when it cannot be asked (logged)."""
+        if self.placement.ensure_network(pool) is not None:
+            return False     # its first spawn says why (and fails the pool)
         n = next(self.zygote_numbers.setdefault(pool.name, itertools.count(1)))
         rec = PoolZygote(pool, n)
         try:

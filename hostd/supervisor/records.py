@@ -203,6 +203,7 @@ class Pool:
         # [isolation] as resolved at pool start (hostd/isolation.py)
         self.identity = None
         self.netns: str | None = None           # its pinned network namespace
+        self.netns_pending: str | None = None   # ... still to be made (network = "none")
         self.tmp: dict[str, str] | None = None  # its /tmp, /dev/shm, /var/tmp on the host
         self.link: str | None = None            # host side of its veth (network = "private")
         # isolated workers hand connections back through a channel of their pool's,

@@ -325,6 +325,7 @@ class FakePlacement:
         self.isolate_errors: dict[str, str] = {}
         self.limits_errors: dict[str, str] = {}
         self.cgroup_error: str | None = None
+        self.network_errors: dict[str, str] = {}
         self.near_max = False
         self.oom = False
         self.calls: list[tuple] = []
@@ -391,6 +392,12 @@ class FakePlacement:
 
     def zygote_isolation(self, pool):
         return None
+
+    def ensure_network(self, pool):
+        return self.network_errors.get(pool.name)
+
+    def prepare_networks(self) -> list:
+        return []
 
     def fence_fd(self, worker):
         return None
