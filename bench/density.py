@@ -60,6 +60,14 @@ def pss_kib(pid: int) -> int:
     return int(m.group(1)) if m else 0
 
 
+def kernel_kib() -> int:
+    """The kernel's own memory now (/proc/meminfo Slab + Percpu + KernelStack +
+    PageTables, KiB): what namespaces, cgroups and processes cost it."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return sum(int(fields.get(k, "0 kB").split()[0])
+               for k in ("Slab", "Percpu", "KernelStack", "PageTables"))
+
+
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
@@ -262,6 +270,7 @@ def main() -> int:
     mport = free_port()
     h = Hostd(root, pools=pools, hostd={"frontends": 2,
                                         "metrics_listen": f"127.0.0.1:{mport}"})
+    kernel_before = kernel_kib()
     t0 = time.monotonic()
     h.start(timeout=120)
     res["control_up_s"] = round(time.monotonic() - t0, 3)
@@ -287,6 +296,14 @@ def main() -> int:
         ms, body = timed(lambda: h.ctl("counters", "--json").stdout)
         res["counters_json_ms"] = round(ms, 1)
         res["counters_json_kib"] = round(len(body) / 1024, 1)
+        if args.isolation == "none-net":
+            # their network namespaces are made in the background after the start
+            netns_dir = h.root / "run" / "netns"
+            while time.monotonic() - t0 < 120 and \
+                    len(list(netns_dir.glob("*"))) < args.pools:
+                time.sleep(0.2)
+            res["netns_all_made_s"] = round(time.monotonic() - t0, 1)
+        res["kernel_mib_for_hostd_cold"] = round((kernel_kib() - kernel_before) / 1024, 1)
         # the idle supervisor, every pool cold
         sup = st["pid"]
         time.sleep(1)
@@ -322,6 +339,15 @@ def main() -> int:
             res["zygote_boot_ms_median"] = round(statistics.median(
                 z.get("boot_ms") or 0 for z in zs), 1)
             time.sleep(3)     # their spares fork right after: let the box settle
+            spares = subprocess.run(["pgrep", "-f", "^hostd: spare "], capture_output=True,
+                                    text=True).stdout.split()
+            res["spares"] = len(spares)
+            if spares:
+                from kernel import procfs
+                res["spare_private_mib_median"] = round(statistics.median(
+                    procfs.pss_private(int(p))[1] for p in spares) / 1048576, 2)
+                res["spare_pss_mib_median"] = round(statistics.median(
+                    procfs.pss_private(int(p))[0] for p in spares) / 1048576, 2)
         # demand start of 30 cold pools
         times = [first_request_ms(h, f"{n}.density") for n in cold]
         res["cold_start_ms_median"] = round(statistics.median(times), 1)
