@@ -3,7 +3,7 @@
 
     sudo .venv/bin/python bench/density.py [--pools 1000] [--active 50] [--json out.json]
                                            [--isolation default|off|none-net]
-                                           [--app hello|flask] [--no-preload]
+                                           [--app hello|flask] [--no-preload] [--no-emperor]
 
 Writes N pool files (pool pNNNN answers pNNNN.density, the hello app of bench/app.py in
 a directory of its own, start_mode on_demand, idle_timeout 0), starts hostd (from this checkout, with the test
@@ -21,7 +21,9 @@ harness) and measures, in one run:
   zygote ready: the worker is forked from it), with the private memory of the workers
   of each kind and of the pool zygotes;
 - throughput with 50 connections spread over --active pools (wrk with a Lua script that
-  rotates the Host header) against the same 50 connections on one pool.
+  rotates the Host header) against the same 50 connections on one pool, with hostd's CPU
+  per request; in the same run (unless --no-emperor) the same for uWSGI's Emperor running
+  the same --active sites as vassals behind its HTTP router (bench/emperor.py).
 
 Isolation: `default` (no [isolation] table: isolated when root), `off` ([isolation]
 enabled = false) or `none-net` (isolated with network = "none": a network namespace per
@@ -46,6 +48,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from hostd_harness import Hostd  # noqa: E402  (a real hostd, as the tests run it)
@@ -183,16 +186,43 @@ end
 
 
 def wrk_rps(port: int, hosts: list[str], seconds: int, tmp: Path) -> float:
+    return wrk_run(port, hosts, seconds, tmp)[0]
+
+
+def cpu_of(pids) -> int:
+    """utime + stime ticks of these processes, summed (the gone ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += cpu_ticks(pid)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def wrk_cpu(port: int, hosts: list[str], seconds: int, tmp: Path, pids_fn) -> tuple:
+    """(rps, server CPU µs per request): wrk_run, with the CPU of pids_fn()'s processes
+    over it."""
+    pids = pids_fn()
+    c0 = cpu_of(pids)
+    rps, n = wrk_run(port, hosts, seconds, tmp)
+    used = (cpu_of(pids) - c0) / os.sysconf("SC_CLK_TCK")
+    return rps, round(used * 1e6 / n, 1) if n else 0.0
+
+
+def wrk_run(port: int, hosts: list[str], seconds: int, tmp: Path) -> tuple[float, int]:
+    """(requests/s, requests) of one wrk run, 50 connections, one host per connection."""
     script = tmp / f"hosts{len(hosts)}.lua"
     script.write_text(WRK_LUA % ", ".join(f'"{h}"' for h in hosts))
     out = subprocess.run(["wrk", "-t50", "-c50", f"-d{seconds}s", "-s", str(script),
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    n = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if bad:
         raise RuntimeError(f"wrk saw {bad.group(1)} non-2xx responses:\n{out}")
-    return float(m.group(1)) if m else 0.0
+    return (float(m.group(1)) if m else 0.0), (int(n.group(1)) if n else 0)
 
 
 FLASK_APP = """from flask import Flask
@@ -229,6 +259,8 @@ def main() -> int:
     ap.add_argument("--app", choices=["hello", "flask"], default="hello",
                     help="each site's app: bench/app.py's hello, or a Flask hello app "
                          "(Flask in a virtualenv made for the run)")
+    ap.add_argument("--no-emperor", action="store_true",
+                    help="skip uWSGI's Emperor (bench/emperor.py) beside the spread figures")
     ap.add_argument("--json")
     ap.add_argument("--log", help="copy hostd's log here")
     args = ap.parse_args()
@@ -369,12 +401,43 @@ def main() -> int:
         active = names[:args.active]
         for n in active:
             first_request_ms(h, f"{n}.density")
-        one = wrk_rps(h.port, [f"{active[0]}.density"], args.seconds, root)
-        spread = wrk_rps(h.port, [f"{n}.density" for n in active], args.seconds, root)
-        one2 = wrk_rps(h.port, [f"{active[0]}.density"], args.seconds, root)
+        hosts = [f"{n}.density" for n in active]
+
+        def hostd_pids():
+            doc = h.status()
+            return [doc["pid"], *[f["pid"] for f in doc["frontends"]],
+                    *[w["pid"] for p in doc["pools"] if p["name"] in set(active)
+                      for w in p["workers"] if w["pid"]]]
+        one, one_cpu = wrk_cpu(h.port, hosts[:1], args.seconds, root, hostd_pids)
+        spread, spread_cpu = wrk_cpu(h.port, hosts, args.seconds, root, hostd_pids)
+        emperor = None
+        if not args.no_emperor:
+            # uWSGI's Emperor, the same apps as vassals behind its HTTP router, in the
+            # same run, interleaved with hostd's (hostd idles meanwhile, and the
+            # Emperor is gone before hostd's last run)
+            from emperor import Emperor
+            t_e = time.monotonic()
+            with Emperor({f"{n}.density": sites / n for n in active}) as em:
+                res["emperor_start_s"] = round(time.monotonic() - t_e, 2)
+                e_one, e_one_cpu = wrk_cpu(em.port, hosts[:1], args.seconds, root, em.pids)
+                e_spread, e_spread_cpu = wrk_cpu(em.port, hosts, args.seconds, root, em.pids)
+                e_one2, _ = wrk_cpu(em.port, hosts[:1], args.seconds, root, em.pids)
+                emperor = (e_one, e_one2, e_spread, e_one_cpu, e_spread_cpu, len(em.pids()))
+        one2, _ = wrk_cpu(h.port, hosts[:1], args.seconds, root, hostd_pids)
         res["rps_one_pool"] = round((one + one2) / 2)
         res["rps_spread"] = round(spread)
         res["spread_ratio"] = round(spread / ((one + one2) / 2), 2)
+        res["cpu_us_per_request_one_pool"] = one_cpu
+        res["cpu_us_per_request_spread"] = spread_cpu
+        if emperor is not None:
+            e_one, e_one2, e_spread, e_one_cpu, e_spread_cpu, e_procs = emperor
+            res["emperor_rps_one"] = round((e_one + e_one2) / 2)
+            res["emperor_rps_spread"] = round(e_spread)
+            res["emperor_spread_ratio"] = round(e_spread / ((e_one + e_one2) / 2), 2)
+            res["emperor_cpu_us_per_request_one"] = e_one_cpu
+            res["emperor_cpu_us_per_request_spread"] = e_spread_cpu
+            res["emperor_processes"] = e_procs
+            res["hostd_vs_emperor_spread"] = round(spread / e_spread, 2) if e_spread else None
         # a reload after one file changed, with a client on the active pools meanwhile
         failures, served = [], [0]
         stop = threading.Event()
