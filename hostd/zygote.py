@@ -243,14 +243,7 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, sync: tuple)
             proc.set_title(f"hostd: zygote {spec['pool']}")
             code = pool_zygote_main(spec, socket.socket(fileno=fds[0]), supervisor_pid)
             return
-        proc.set_title(f"hostd: worker {spec['pool']} #{spec['worker_id']}")
-        ctl = socket.socket(fileno=fds[0])
-        queue = socket.socket(fileno=fds[1])
-        reroute = socket.socket(fileno=fds[3])
-        board = protocol.Scoreboard(fds[4])
-        from workers.runtime import run_worker
-        spec["conn_sems"] = fds[5:]   # max_connections semaphores (global, pool's)
-        code = run_worker(spec, ctl, queue, fds[2], reroute, board, _preloaded_app)
+        code = _serve(spec, fds)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else protocol.EXIT_WORKER_BOOT
     except BaseException:
@@ -465,14 +458,7 @@ def _become_spare(spare: _Spare, sock_fd: int, sync: tuple) -> None:
         spec["trace"] = [("spare", t_got)]
         spec["host_pid"] = host_pid
         spec["access_log_fd"] = spare.log_fd
-        proc.set_title(f"hostd: worker {spec['pool']} #{spec['worker_id']}")
-        ctl = socket.socket(fileno=fds[0])
-        queue = socket.socket(fileno=fds[1])
-        reroute = socket.socket(fileno=fds[3])
-        board = protocol.Scoreboard(fds[4])
-        from workers.runtime import run_worker
-        spec["conn_sems"] = fds[5:]
-        code = run_worker(spec, ctl, queue, fds[2], reroute, board, _preloaded_app)
+        code = _serve(spec, fds)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else protocol.EXIT_WORKER_BOOT
     except BaseException:
@@ -487,6 +473,20 @@ def _become_spare(spare: _Spare, sock_fd: int, sync: tuple) -> None:
         except Exception:
             pass
         os._exit(code)
+
+
+def _serve(spec: dict, fds: list[int]) -> int:
+    """The worker's life once it is confined and re-parented (_become_worker, or a
+    pool zygote's spare that got its SPAWN): the SPAWN's descriptors as sockets, then
+    run_worker (with the pool zygote's app, if any). Returns the exit code."""
+    proc.set_title(f"hostd: worker {spec['pool']} #{spec['worker_id']}")
+    ctl = socket.socket(fileno=fds[0])
+    queue = socket.socket(fileno=fds[1])
+    reroute = socket.socket(fileno=fds[3])
+    board = protocol.Scoreboard(fds[4])
+    from workers.runtime import run_worker
+    spec["conn_sems"] = fds[5:]   # max_connections semaphores (global, pool's)
+    return run_worker(spec, ctl, queue, fds[2], reroute, board, _preloaded_app)
 
 
 def harden() -> None:
