@@ -105,8 +105,11 @@ ACCESS_LOG = "access_log"          # {} + one descriptor: the reopened access lo
 POOL_FDS = "pool_fds"              # {"names": [pool, ...], "conn_sems": [bool, ...]} + descriptors:
                                    #   per pool its queue `in` end, its queue eventfd and, where
                                    #   conn_sems says so, its max_connections eventfd
-POOLS = "pools"                    # {"pools": {name: {"state", "lb", "max_body"}}, "routes": table}
-POOL_STATES = "pool_states"        # {"pools": {name: {"state", "lb", "max_body"}}}: only these
+POOLS = "pools"                    # {"pools": {name: {"state", "lb", "max_body", "tls", "redirect"}},
+                                   #  "routes": table, "tls_default": pool name or ""}
+                                   #   tls: the pool has a [tls] table (it takes TLS listeners'
+                                   #   connections); redirect: [tls] redirect_http (plain → 308)
+POOL_STATES = "pool_states"        # {"pools": {name: {"state", "lb", "max_body", ...}}}: only these
                                    # pools changed (their descriptors and every binding did not)
 STOP = "stop"                      # stop accepting, finish what was read, exit 0
 # front end -> supervisor
@@ -323,6 +326,13 @@ class WorkerSpec(ClientLimits):
     routes: list = field(default_factory=list)   # the whole binding table (hostd.router)
     #: "worker", or "zygote": a preload pool's own zygote (hostd.zygote.pool_zygote_main)
     role: str = "worker"
+    #: the pool's TLS (None: it has no [tls] table): {"pairs": [[certificate, key], ...]
+    #: (the files the worker loads while still root: the supervisor's snapshot copies,
+    #: hostd/tlsconf.py), "names": [[dns name or wildcard, ...] per pair, from the
+    #: certificate], "min_version": "1.2" | "1.3"}
+    tls: dict | None = None
+    #: the ports of hostd's TLS listeners: a connection to one of them is TLS
+    tls_ports: list = field(default_factory=list)
 
     def pool_value(self, key: str) -> Any:
         """The pool config's `key`; when a (hand-built) config leaves it out, the
@@ -368,14 +378,24 @@ class Scoreboard:
     and 48 the web garden's saturation signal: seconds spent at full capacity so far (d)
     and since when it has been at full capacity (d, CLOCK_MONOTONIC; 0 = it has room);
     at offset 64, the global connection slots an isolated worker has released (Q: it
-    holds no descriptor of the global semaphore, the supervisor gives them back).
+    holds no descriptor of the global semaphore, the supervisor gives them back); at
+    offset 72, TLS_FIELDS (Q each: a TLS pool's handshakes, versions and failures by
+    reason); at _COUNTS_AT, bytes received and the per-binding counters.
     """
 
     _FMT = struct.Struct("<QQQdQ")
     SIZE = 8192
     #: per-binding counters: requests, responses 1xx..5xx, bytes sent
     COUNT_FIELDS = 7
-    _COUNTS_AT = 128
+    #: TLS counters (workers/tls.py counts them, the loop's tick stores them): completed
+    #: handshakes, of which TLS 1.2 / 1.3; failed handshakes by reason: not done within
+    #: header_timeout, peer closed, no common protocol version, the client refused our
+    #: certificate (its alert), any other TLS error; requests answered 421 (Host not one
+    #: of the connection's pool)
+    TLS_FIELDS = ("handshakes", "tls1_2", "tls1_3", "failed_timeout", "failed_closed",
+                  "failed_version", "failed_certificate", "failed_protocol", "misdirected")
+    _TLS_AT = 72
+    _COUNTS_AT = 192
     MAX_BINDINGS = (SIZE - _COUNTS_AT - 8) // (COUNT_FIELDS * 8)
 
     def __init__(self, fd: int):
@@ -434,6 +454,15 @@ class Scoreboard:
 
     def read_released(self) -> int:
         return struct.unpack_from("<Q", self._map, self._RELEASED_AT)[0]
+
+    def write_tls(self, values: list[int]) -> None:
+        """The worker's TLS counters, len(TLS_FIELDS) values in that order."""
+        struct.pack_into(f"<{len(self.TLS_FIELDS)}Q", self._map, self._TLS_AT, *values)
+
+    def read_tls(self) -> dict[str, int]:
+        """Returns {TLS_FIELDS name: count} (all 0 for a worker without TLS)."""
+        values = struct.unpack_from(f"<{len(self.TLS_FIELDS)}Q", self._map, self._TLS_AT)
+        return dict(zip(self.TLS_FIELDS, values))
 
     def read_counts(self, nbindings: int) -> tuple[int, list[list[int]]]:
         """Returns (bytes received, [[requests, 1xx, 2xx, 3xx, 4xx, 5xx, bytes sent] per
