@@ -1,11 +1,13 @@
 """The access log: one line per request, off the request path.
 
-Format: NCSA combined, then pool, worker pid and duration in microseconds:
+Format: NCSA combined, then pool, worker pid and duration in microseconds, and for a
+request that came over TLS the word https:
 
     127.0.0.1 - - [25/Nov/2026:09:19:43 +0000] "GET /x HTTP/1.1" 200 12 "-" "curl/8" alpha 1234 187
+    127.0.0.1 - - [25/Nov/2026:09:19:44 +0000] "GET /x HTTP/1.1" 200 12 "-" "curl/8" alpha 1234 203 https
 
 Target (`[hostd] access_log`): "" = off, "journal" = journald (EVENT=access, one entry
-per line, MESSAGE= the line, plus POOL=, WORKER_PID=, STATUS=, DURATION_US=), or a file
+per line, MESSAGE= the line, plus POOL=, WORKER_PID=, STATUS=, DURATION_US=, SCHEME=), or a file
 path: every worker opens it with O_APPEND and writes batches of whole lines.
 
 The request path only formats the line and appends it to a buffer (no syscall); the
@@ -119,7 +121,8 @@ class AccessLog:
                     f'{status[:3] if status else "-"} {nbytes if nbytes else "-"} '
                     f'"{_escape(env.get("HTTP_REFERER", "-"))}" '
                     f'"{_escape(env.get("HTTP_USER_AGENT", "-"))}"'
-                    f'{self.tail}{duration_us}\n')
+                    f'{self.tail}{duration_us}'
+                    f'{" https" if "HTTPS" in env else ""}\n')
         except Exception:
             return
         self.lines.append(line)
@@ -159,8 +162,11 @@ class AccessLog:
             log.error("access_log", f"cannot write {self.target}: {exc}", POOL=self.pool)
 
     def _journal(self, line: str) -> None:
-        parts = line.rsplit(" ", 3)
-        fields = {"POOL": self.pool, "WORKER_PID": self.pid, "DURATION_US": parts[-1].strip()}
+        parts = line.rstrip("\n").rsplit(" ", 4)
+        https = parts[-1] == "https"
+        fields = {"POOL": self.pool, "WORKER_PID": self.pid,
+                  "DURATION_US": parts[-2] if https else parts[-1],
+                  "SCHEME": "https" if https else "http"}
         q = line.split('"', 2)
         if len(q) == 3:
             fields["STATUS"] = q[2].split(" ", 2)[1]

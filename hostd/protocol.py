@@ -176,6 +176,15 @@ def memory_fence() -> bytes:
     return encode({"t": MEMORY_FENCE})
 
 
+class DrainReason:
+    """DRAIN reasons a worker acts on."""
+
+    #: hostd itself stops (hostd/supervisor/shutdown.py): a worker's TLS connections,
+    #: which cannot be handed back, get only a short grace (workers/runtime.py
+    #: Worker._tls_drain); for any other reason (a recycle) they are served on
+    HOSTD_STOPPING = "hostd stopping"
+
+
 def drain(reason: str) -> bytes:
     return encode({"t": DRAIN, "reason": reason})
 
@@ -356,6 +365,9 @@ class FrontEndSettings(ClientLimits):
 
     identity: tuple[int, int] | None = None   # (uid, gid) to drop to; None: stay
     supervisor_pid: int | None = None    # exit at once when the parent is not it
+    #: the ports of the TLS listeners among those lent to it ([hostd] listen_tls): their
+    #: connections' ClientHellos are peeked and routed by SNI, nothing is read
+    tls_ports: frozenset[int] = frozenset()
 
 
 # --- exit codes (gunicorn's arbiter names its exits; so do we) ----------------------

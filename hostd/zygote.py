@@ -197,6 +197,8 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, sync: tuple)
             with open(path, "w") as f:
                 f.write("0")
         trace.append(("cgroup_join", time.monotonic()))
+        if spec.get("tls"):
+            _load_tls(spec)     # while root and before the view: the key is ours alone
         iso = spec.get("isolation")
         keep = set(fds) | {go_r, up_w, ack_r}
         if spec.get("access_log_fd") is not None:
@@ -262,6 +264,36 @@ def _become_worker(spec: dict, fds: list[int], supervisor_pid: int, sync: tuple)
 
 #: a pool zygote's app (pool_zygote_main): what its workers serve without importing it
 _preloaded_app = None
+#: the pool's TLS server context (workers/tls.make_context), made by _load_tls in this
+#: process (a worker, or a preload pool's zygote, whose workers inherit it); or why it
+#: could not be made (reported as a startup failure, which counts for rapid-fail)
+_tls_context = None
+_tls_error: str | None = None
+
+
+def _load_tls(spec: dict) -> None:
+    """Loads the pool's certificates and keys (spec["tls"]: WorkerSpec.tls), as root,
+    before the worker is confined: an isolated pool need not see its key files, and only
+    this process (and what it forks for the same pool) ever holds the key."""
+    global _tls_context, _tls_error
+    from workers import tls
+    try:
+        _tls_context = tls.make_context(spec["tls"])
+    except tls.TLSLoadError as exc:
+        _tls_error = str(exc)
+    spec["trace"].append(("tls_load", time.monotonic()))
+
+
+def _tls_failed(pool: str, chan: socket.socket) -> int:
+    """The pool's TLS did not load: logs tls_load_failed, tells the supervisor
+    (STARTUP_FAILED: it counts for rapid-fail). Returns EXIT_APP_LOAD."""
+    msg = f"pool {pool}: TLS certificate not loaded: {_tls_error}"
+    log.error("tls_load_failed", msg, POOL=pool)
+    try:
+        chan.send(protocol.startup_failed(msg))
+    except OSError:
+        pass
+    return protocol.EXIT_APP_LOAD
 
 
 def pool_zygote_main(spec: dict, chan: socket.socket, supervisor_pid: int) -> int:
@@ -274,6 +306,8 @@ def pool_zygote_main(spec: dict, chan: socket.socket, supervisor_pid: int) -> in
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     trace = spec.get("trace") or []
+    if _tls_error is not None:
+        return _tls_failed(spec.get("pool", "?"), chan)
     try:
         from workers.app import load_app
         _preloaded_app = load_app(spec.get("config") or {})
@@ -486,7 +520,10 @@ def _serve(spec: dict, fds: list[int]) -> int:
     board = protocol.Scoreboard(fds[4])
     from workers.runtime import run_worker
     spec["conn_sems"] = fds[5:]   # max_connections semaphores (global, pool's)
-    return run_worker(spec, ctl, queue, fds[2], reroute, board, _preloaded_app)
+    if _tls_error is not None:
+        return _tls_failed(spec["pool"], ctl)
+    return run_worker(spec, ctl, queue, fds[2], reroute, board, _preloaded_app,
+                      _tls_context)
 
 
 def harden() -> None:

@@ -162,8 +162,11 @@ class ControlChannel:
             t = msg["t"]
             if t == CTL_EOF:
                 self.ctl_open = False
+                self.drain_reason = protocol.DrainReason.HOSTD_STOPPING
                 self.begin_drain(protocol.EXIT_SUPERVISOR_GONE)
             elif t == protocol.DRAIN:
+                if not self.draining:
+                    self.drain_reason = msg.get("reason") or ""
                 self.begin_drain(protocol.EXIT_OK)
             elif t == protocol.SHED:
                 self.shed(int(msg.get("n") or 0))

@@ -257,6 +257,11 @@ class ResponseWriter:
         count = size if self.clen is None else min(self.clen, size)
         if self.clen is not None and self.clen > size:
             self.close_after = True
+        if self.tls:            # encrypted here: read and send (workers/tls.py)
+            if self.sock.sendfile_from(fd, offset, count) < count:
+                self.close_after = True  # file shrank
+            self.body_sent = self.clen if self.clen is not None else size
+            return True
         sockfd = self.fd
         send_timeout = self.worker.send_timeout
         deadline = time.monotonic() + send_timeout

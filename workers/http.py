@@ -25,10 +25,12 @@ from threading import get_ident as _get_ident
 from hostd import limits, log
 from hostd.protocol import MAX_HANDOFF_BYTES, WorkerSpec
 
-from .h1 import R421, _BODY500, _ONE, Request, _date, _Gone, _monotonic
+from .h1 import R408, R421, _BODY500, _ONE, Request, _date, _Gone, _monotonic
 from .h1 import _hkey, message_offset  # noqa: F401 (tests import them from here)
 from .h1read import RequestReader
 from .h1write import SCATTER_AT, ResponseWriter
+from .tls import HANDSHAKES as TLS_HANDSHAKES, MISDIRECTED as TLS_MISDIRECTED, TLS1_2, TLS1_3
+from .tls import F_TIMEOUT as TLS_F_TIMEOUT, TLSSocket, failure_field as tls_failure_field
 from .wsgi import EMPTY_INPUT, BadRequestBody, ClientDisconnected, FileWrapper, HeaderError, Input
 
 
@@ -92,6 +94,7 @@ class Connection(RequestReader, ResponseWriter):
     nserved = 0
     throttle = None
     handed = False
+    tls = False                 # a TLSConnection: never handed back, 421 instead
     # per-response state
     status = None
     headers = None
@@ -147,7 +150,7 @@ class Connection(RequestReader, ResponseWriter):
                 self.nserved += 1
                 if worker.inline:
                     worker.request_done()
-                if (worker.draining or worker.shed_left) and not self.closed:
+                if (worker.draining or worker.shed_left) and not self.closed and not self.tls:
                     if not worker.draining:
                         worker.shed_left -= 1   # given back at its idle point (shed)
                     self.handoff()
@@ -190,7 +193,7 @@ class Connection(RequestReader, ResponseWriter):
             return
         worker.request_done()
         self.last = worker.last_activity
-        if (worker.draining or worker.shed_left) and not self.closed:
+        if (worker.draining or worker.shed_left) and not self.closed and not self.tls:
             if not worker.draining:
                 worker.shed_left -= 1   # given back at its idle point (shed)
             self.handoff()
@@ -207,7 +210,7 @@ class Connection(RequestReader, ResponseWriter):
             hit = worker.resolve(host, self.local_port, req.url)
         route, update, at = hit
         if update is None:          # another pool's (or no) route: the front end routes it
-            self.handoff()
+            self.misdirected()
             return False
         if worker.max_bandwidth:
             self.throttle = worker.throttles.get(route.binding.text)
@@ -233,7 +236,8 @@ class Connection(RequestReader, ResponseWriter):
         self.body_sent = 0
         # after an upgrade nothing more can be read: close; after a malformed request
         # behind this one, its 400 follows this response and closes
-        self.close_after = not keep_alive or (self.stopped and self.broken is None)
+        self.close_after = not keep_alive or (self.stopped and self.broken is None) \
+            or self.tls and worker.tls_closing
         self.head_req = self.nobody = env["REQUEST_METHOD"] == "HEAD"
         self.http11 = http11
         self.req = req
@@ -359,6 +363,15 @@ class Connection(RequestReader, ResponseWriter):
             return None
         return buf[off:]
 
+    def misdirected(self) -> None:
+        """The first pending request is not this pool's: the front end routes it."""
+        self.handoff()
+
+    def head_timeout(self) -> None:
+        """The head under way was not whole within header_timeout: 408, close."""
+        self._send_quietly(R408)
+        self.close()
+
     def handoff(self) -> None:
         """Sends the connection and its unanswered bytes back to the front end
         (through reroute), then forgets it. Answers 421 when the bytes are unknown."""
@@ -396,3 +409,64 @@ class Connection(RequestReader, ResponseWriter):
             self.sock.close()
         except OSError:
             pass
+
+
+class TLSConnection(Connection):
+    """A connection from a TLS listener: the worker terminates TLS on it (workers/tls.py)
+    and then serves it as a Connection. It holds TLS state only this process has, so it
+    is never handed back to the front end: a request for a host the pool does not bind
+    gets 421 (Misdirected Request); a draining worker keeps serving it for a while and
+    then closes it (Worker._tls_drain)."""
+
+    tls = True
+    handshaking = True
+
+    def __init__(self, worker, sock):
+        super().__init__(worker, sock)
+        self.sock = TLSSocket(sock, worker.tls_context, worker.send_timeout)
+        env = self.base_env
+        env["wsgi.url_scheme"] = "https"
+        env["HTTPS"] = "on"
+        #: header_timeout runs from the handoff until the handshake is done
+        self.head_since = worker.now
+
+    def on_readable(self) -> None:
+        if self.handshaking:
+            self._handshake()
+        else:
+            super().on_readable()
+
+    def _handshake(self) -> None:
+        worker = self.worker
+        counts = worker.tls_counts
+        try:
+            done = self.sock.handshake()
+        except Exception as exc:
+            counts[tls_failure_field(exc)] += 1
+            self.close()
+            return
+        if not done:
+            return
+        self.handshaking = False
+        counts[TLS_HANDSHAKES] += 1
+        counts[TLS1_3 if self.sock.version() == "TLSv1.3" else TLS1_2] += 1
+        self.head_since = None
+        self.last = worker.now
+        super().on_readable()       # a request that came with the client's Finished
+
+    def head_timeout(self) -> None:
+        if self.handshaking:
+            self.worker.tls_counts[TLS_F_TIMEOUT] += 1
+            self.close()
+        else:
+            super().head_timeout()
+
+    def misdirected(self) -> None:
+        """421: the connection's certificate may cover names of other pools (browsers
+        reuse a connection for every name it covers), but its TLS state is ours."""
+        self.worker.tls_counts[TLS_MISDIRECTED] += 1
+        self._send_quietly(R421)
+        self.close()
+
+    def handoff(self) -> None:
+        """Never handed back: the worker's drain closes it (Worker._tls_drain)."""

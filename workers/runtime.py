@@ -27,8 +27,7 @@ from . import h1fast
 from .h1fast import parse as _fast_parse
 from .app import load_app
 from .control import ControlChannel
-from .h1 import R408
-from .http import Connection, configure as configure_limits
+from .http import Connection, TLSConnection, configure as configure_limits
 from .wsgi import ErrorStream, FileWrapper
 
 _SB = protocol.Scoreboard
@@ -42,12 +41,23 @@ _QUEUE_EVENTS = select.EPOLLIN | select.EPOLLEXCLUSIVE
 _ONE = (1).to_bytes(8, "little")
 #: how long a reroute send may wait for the front ends to make room
 REROUTE_TIMEOUT = 5.0
+#: a draining worker's TLS connections (Worker._tls_drain): when hostd stops, how long
+#: they get to move; for a recycle, they are served until shutdown_limit minus
+#: TLS_CLOSE_BEFORE; the last TLS_CLOSE_PHASE of that, responses say Connection: close
+#: and connections idle TLS_IDLE_CLOSE are closed
+TLS_STOP_GRACE = 2.0
+TLS_CLOSE_BEFORE = 5.0
+TLS_CLOSE_PHASE = 2.0
+TLS_IDLE_CLOSE = 0.5
 
 
 class Worker(ControlChannel):
     def __init__(self, spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int,
-                 reroute: socket.socket, scoreboard: protocol.Scoreboard, app):
-        """spec: the spawn spec (WorkerSpec.to_spec) with the zygote's keys added."""
+                 reroute: socket.socket, scoreboard: protocol.Scoreboard, app,
+                 tls_context=None):
+        """spec: the spawn spec (WorkerSpec.to_spec) with the zygote's keys added;
+        tls_context: the pool's ssl.SSLContext (workers/tls.make_context, loaded by the
+        zygote's child while root), None for a pool without [tls]."""
         ws = protocol.WorkerSpec.from_spec(spec)
         self.pool = ws.pool
         self.worker_id = ws.worker_id
@@ -79,6 +89,15 @@ class Worker(ControlChannel):
             if ws.access_log else None
         self.router = Router.from_table(ws.routes)
         self.route_cache: dict = {}
+        # TLS (workers/tls.py): connections to these ports are TLS; their counters
+        # (Scoreboard.TLS_FIELDS); a draining worker's TLS connections (_tls_drain)
+        self.tls_context = tls_context
+        self.tls_ports = frozenset(ws.tls_ports) if tls_context is not None else frozenset()
+        self.tls_counts = [0] * len(protocol.Scoreboard.TLS_FIELDS)
+        self.tls_closing = False
+        self.drain_began = 0.0
+        self.drain_reason = ""
+        self.shutdown_limit = ws.health().shutdown_limit
         self.base_env = {
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
@@ -182,6 +201,8 @@ class Worker(ControlChannel):
         self.board.write(self.served, self.running, len(self.conns), self.last_activity,
                          self.pid)
         self.board.write_counts(self.bytes_in, self.counts)
+        if self.tls_context is not None:
+            self.board.write_tls(self.tls_counts)
 
     def count(self, at: int, status_class: int, sent: int) -> None:
         """One answered request, from a pool thread (threads > 1; an inline worker's
@@ -289,7 +310,7 @@ class Worker(ControlChannel):
             if conn.closed:
                 if self.conns.get(conn.fd) is conn:
                     del self.conns[conn.fd]
-            elif self.draining:
+            elif self.draining and not conn.tls:
                 conn.handoff()
             else:
                 self.ep.register(conn.fd, _IN)
@@ -342,6 +363,15 @@ class Worker(ControlChannel):
         # already O_NONBLOCK (protocol.MAX_HANDOFF_BYTES): Python's own timeout stays
         # "none", so each call is one syscall raising BlockingIOError when it would
         # block, as with setblocking(False); TCP_NODELAY is inherited from the listener
+        if self.tls_ports and not data and self._is_tls(sock):
+            # from a TLS listener: the front end peeked at the ClientHello and consumed
+            # nothing; the handshake runs in this loop (TLSConnection.on_readable)
+            conn = TLSConnection(self, sock)
+            conn.last = self.last_activity = self.now
+            self.conns[conn.fd] = conn
+            self.ep.register(conn.fd, _IN)
+            conn.registered = True
+            return
         conn = Connection(self, sock)
         conn.last = self.last_activity = self.now
         self.conns[conn.fd] = conn
@@ -372,11 +402,44 @@ class Worker(ControlChannel):
         self.ep.register(conn.fd, _IN)
         conn.registered = True
 
+    def _is_tls(self, sock: socket.socket) -> bool:
+        try:
+            return sock.getsockname()[1] in self.tls_ports
+        except OSError:
+            return False
+
+    def _tls_drain(self) -> bool:
+        """Loop thread, draining: what becomes of the TLS connections, which cannot be
+        handed back. For a recycle they are served as before (an open connection keeps
+        its certificate and its worker) until shutdown_limit is near; then, or at once
+        when hostd stops, every response says Connection: close and a connection idle
+        for TLS_IDLE_CLOSE is closed (close_notify), so clients move to new connections
+        between requests, never in the middle of one. Returns True while some are left
+        and there is time."""
+        now = self.now
+        tls = [c for c in self.conns.values() if c.tls]
+        if not tls:
+            return False
+        stopping = self.drain_reason == protocol.DrainReason.HOSTD_STOPPING
+        keep = TLS_STOP_GRACE if stopping else max(1.0, self.shutdown_limit - TLS_CLOSE_BEFORE)
+        elapsed = now - self.drain_began
+        if elapsed < keep - TLS_CLOSE_PHASE:
+            return True
+        self.tls_closing = True
+        final = elapsed >= keep
+        for conn in tls:
+            if final or (conn.registered and not conn.owned and conn.cur is None
+                         and not conn.pending and now - conn.last >= TLS_IDLE_CLOSE):
+                conn.close()
+        return not final and any(c.tls and not c.closed for c in self.conns.values())
+
     def begin_drain(self, code: int) -> None:
         """Stop taking work; hand idle connections back; busy ones follow when done.
         Releases a memory fence's hold: the worker exits once idle."""
         if not self.draining or self.fenced:
             self.exit_code = code
+        if not self.draining:
+            self.drain_began = time.monotonic()
         self.draining = True
         self.fenced = False
         self._queue_off()
@@ -396,6 +459,8 @@ class Worker(ControlChannel):
         for conn in list(self.conns.values()):
             if gone >= n:
                 break
+            if conn.tls:
+                continue        # a TLS connection stays where its session is
             if conn.registered and not conn.owned and conn.cur is None and not conn.pending:
                 conn.handoff()
                 gone += conn.handed
@@ -421,8 +486,7 @@ class Worker(ControlChannel):
         head_limit = now - self.header_timeout
         for conn in [c for c in self.conns.values() if c.registered]:
             if conn.head_since is not None and conn.head_since < head_limit:
-                conn._send_quietly(R408)
-                conn.close()
+                conn.head_timeout()
             elif conn.last < limit:
                 conn.close()
 
@@ -485,6 +549,7 @@ class Worker(ControlChannel):
                     if self.ctl_events:
                         self._on_ctl_events()
                     if self.stop_signal and (self.fenced or not self.draining):
+                        self.drain_reason = protocol.DrainReason.HOSTD_STOPPING   # SIGTERM
                         self.begin_drain(protocol.EXIT_OK)
                 elif fd == self.fence_fd:
                     self._fence()
@@ -498,10 +563,13 @@ class Worker(ControlChannel):
                     self.access.tick(now)
                 if self.ns_init:
                     reap_orphans()
-            if self.draining and self.running == 0 and not self.fenced:
-                # anything left is owned by nobody: hand it back too
+            if self.draining and self.running == 0 and not self.fenced \
+                    and not (self.tls_ports and self._tls_drain()):
+                # anything left is owned by nobody: hand it back too (TLS: close it)
                 for conn in list(conns.values()):
                     conn.handoff()
+                    if not conn.closed:
+                        conn.close()
                 break
         self._shutdown()
         return self.exit_code
@@ -556,9 +624,11 @@ def reap_orphans() -> int:
 
 
 def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int,
-               reroute: socket.socket, scoreboard: protocol.Scoreboard, app=None) -> int:
+               reroute: socket.socket, scoreboard: protocol.Scoreboard, app=None,
+               tls_context=None) -> int:
     """The worker process's main. Returns the exit code (the caller os._exit()s with it).
 
+    tls_context: the pool's TLS context (hostd/zygote.py loaded it while root).
     Loads the pool's application unless `app` is given (a preload pool's zygote
     imported it before forking this worker; startup_failed + EXIT_APP_LOAD when the
     load fails), says
@@ -589,7 +659,7 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
             return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
         trace.append(("app_import", time.monotonic()))
     try:
-        worker = Worker(spec, ctl, queue, sem_fd, reroute, scoreboard, app)
+        worker = Worker(spec, ctl, queue, sem_fd, reroute, scoreboard, app, tls_context)
     except BaseException:
         return startup_failed("worker_boot_failed", protocol.EXIT_WORKER_BOOT)
     try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import time
 
-from hostd import log
+from hostd import log, protocol
 from hostd.lifecycle import PoolState, WorkerState
 from hostd.supervisor import policy
 from hostd.supervisor.policy import StopPhase
@@ -102,7 +102,7 @@ class Shutdown:
             if not pool.alive():
                 self.connections.fail_queue(pool)
             for w in list(pool.workers.values()):
-                self.processes.drain(w, "hostd stopping")
+                self.processes.drain(w, protocol.DrainReason.HOSTD_STOPPING)
 
     def _finish(self) -> None:
         """Workers are gone (or past the deadline, killed): front ends may go (they only

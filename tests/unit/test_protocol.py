@@ -167,7 +167,7 @@ def test_fields():
                           "cgroup_procs", "isolation", "max_header_bytes", "conn_sem",
                           "header_timeout", "keepalive_timeout", "send_timeout",
                           "min_request_bytes_per_second", "max_body_size", "access_log",
-                          "config", "routes", "role"}
+                          "config", "routes", "role", "tls", "tls_ports"}
     assert {f.name for f in dataclasses.fields(protocol.FrontEndSettings)} == {
         *LIMITS, "conn_sem", "identity", "supervisor_pid"}
 
