@@ -440,6 +440,8 @@ class Worker(ControlChannel):
             self.exit_code = code
         if not self.draining:
             self.drain_began = time.monotonic()
+            # hostd stops: TLS connections are told to go from the next response on
+            self.tls_closing = self.drain_reason == protocol.DrainReason.HOSTD_STOPPING
         self.draining = True
         self.fenced = False
         self._queue_off()

@@ -33,7 +33,12 @@ class WorkerHarness:
     def __init__(self, app: str = "worker_basic:app", *, pool: str = "alpha",
                  threads: int = 1, routes=None, keepalive_timeout: float = 75.0,
                  queue_len: int = 16, directory: str = APPS_DIR, env=None,
-                 virtualenv=None, max_header_bytes: int = 16384, worker_id: int = 1):
+                 virtualenv=None, max_header_bytes: int = 16384, worker_id: int = 1,
+                 tls: dict | None = None, header_timeout: float | None = None,
+                 health: dict | None = None):
+        """tls: a WorkerSpec.tls dict: the listener is then a TLS one (its port in
+        tls_ports), the worker loads the context as hostd/zygote.py would, and the
+        harness hands connections over with nothing read, as the front end does."""
         self.pool = pool
         self.queue_len = queue_len
         if routes is None:
@@ -46,6 +51,13 @@ class WorkerHarness:
                        "bindings": [b for p, b in routes if p == pool]},
             "routes": routes,
         }
+        self.tls = tls
+        if tls is not None:
+            self.spec["tls"] = tls
+        if header_timeout is not None:
+            self.spec["header_timeout"] = header_timeout
+        if health is not None:
+            self.spec["config"]["health"] = health
         self.pid = None
         self.exit_code = None
         self.port = None
@@ -62,6 +74,14 @@ class WorkerHarness:
                                                               socket.SOCK_SEQPACKET)
         self.ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.board = protocol.Scoreboard.create()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(512)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        if self.tls is not None:
+            self.spec["tls_ports"] = [self.port]
         self.stderr_file = tempfile.NamedTemporaryFile(prefix="worker-stderr-", delete=False)
         self.stderr_path = self.stderr_file.name
         pid = os.fork()
@@ -73,9 +93,14 @@ class WorkerHarness:
                 self.queue_in.close()
                 self.reroute_out.close()
                 self.ctl.close()
+                self.listener.close()
                 from workers.runtime import run_worker
+                ctx = None
+                if self.tls is not None:
+                    from workers.tls import make_context
+                    ctx = make_context(self.tls)
                 code = run_worker(self.spec, ctl_child, self.queue_out, self.sem_fd,
-                                  self.reroute_in, self.board)
+                                  self.reroute_in, self.board, None, ctx)
             except BaseException:
                 import traceback
                 traceback.print_exc()
@@ -87,12 +112,6 @@ class WorkerHarness:
                 os._exit(code)
         self.pid = pid
         ctl_child.close()
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(512)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
         self._thread = threading.Thread(target=self._front_end, daemon=True)
         self._thread.start()
         if wait_ready:
@@ -166,6 +185,10 @@ class WorkerHarness:
     def _hand_over(self, client: socket.socket) -> None:
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                client.setblocking(False)
+                self.enqueue(client, b"")      # nothing read: the worker does TLS
+                return
             client.settimeout(10)
             buf = b""
             while b"\r\n\r\n" not in buf and len(buf) < 65536:
