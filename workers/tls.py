@@ -155,7 +155,7 @@ class TLSSocket:
     """A TLS server session over `raw` (a non-blocking TCP socket; this object owns it
     and closes it). See the module docstring for what recv/send promise."""
 
-    __slots__ = ("raw", "obj", "inc", "out", "fd", "send_timeout", "done", "eof")
+    __slots__ = ("raw", "obj", "ssl", "inc", "out", "fd", "send_timeout", "done", "eof")
 
     def __init__(self, raw, ctx: ssl.SSLContext, send_timeout: float):
         self.raw = raw
@@ -163,6 +163,9 @@ class TLSSocket:
         self.inc = ssl.MemoryBIO()
         self.out = ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self.inc, self.out, server_side=True)
+        #: the C session under the SSLObject: its read/write/pending without the Python
+        #: wrapper's frame (same semantics), on the per-request path
+        self.ssl = self.obj._sslobj
         self.send_timeout = send_timeout
         self.done = False           # handshake complete
         self.eof = False            # the client's close_notify came
@@ -215,15 +218,16 @@ class TLSSocket:
     def _drain(self) -> bytes | None:
         """All plaintext the buffered records decrypt to (b"" at close_notify); None
         when there is none yet."""
-        if self.eof:
-            return b""
-        obj = self.obj
+        obj = self.ssl
+        inc = self.inc
         chunks = []
-        while True:
+        # read only while something is buffered (a WantRead costs an exception): the
+        # usual request is one record, read by one call
+        while inc.pending or obj.pending():
             try:
                 chunk = obj.read(RECV_RAW)
             except _WantRead:
-                break
+                break               # the rest is a record not whole yet
             except _ZeroReturn:
                 chunk = b""
             if not chunk:           # close_notify (the ssl module reads it as b"")
@@ -241,13 +245,17 @@ class TLSSocket:
     def recv(self, _n: int = RECV_RAW) -> bytes:
         """See the module docstring. Raises BlockingIOError (no whole record yet),
         ssl.SSLError (a broken record: the connection is done), OSError."""
-        data = self._drain()
-        if data is not None:
-            return data
+        if self.eof:
+            return b""
+        inc = self.inc
+        if inc.pending or self.ssl.pending():
+            data = self._drain()
+            if data is not None:
+                return data
         raw = self.raw.recv(RECV_RAW)      # BlockingIOError passes up
         if not raw:
             return b""
-        self.inc.write(raw)
+        inc.write(raw)
         data = self._drain()
         if data is None:
             raise BlockingIOError("a TLS record is incomplete")
@@ -258,7 +266,7 @@ class TLSSocket:
         """Encrypts and writes all of data (bytes-like). Returns len(data). Raises
         ClientDisconnected after send_timeout without progress, OSError."""
         n = len(data)
-        obj = self.obj
+        obj = self.ssl
         if n <= SEND_STEP:
             obj.write(data)
             self._flush()
@@ -272,7 +280,7 @@ class TLSSocket:
     def sendmsg(self, buffers) -> int:
         """send() of the buffers in order (one flush when they are small)."""
         total = 0
-        obj = self.obj
+        obj = self.ssl
         for b in buffers:
             if len(b) > SEND_STEP:
                 self._flush()
@@ -288,7 +296,14 @@ class TLSSocket:
         out = self.out
         if not out.pending:
             return
-        view = memoryview(out.read())
+        data = out.read()
+        try:
+            n = self.raw.send(data)
+        except BlockingIOError:
+            n = 0
+        if n == len(data):
+            return
+        view = memoryview(data)[n:]
         raw = self.raw
         deadline = None
         while view:
