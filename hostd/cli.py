@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         summary, errors = hconfig.check_config(path)
         if errors:
+            for line in summary.splitlines():   # warnings count even beside errors
+                if line.lstrip().startswith("warning:"):
+                    print(line.strip(), file=sys.stderr)
             for e in errors:
                 print(f"error: {e}", file=sys.stderr)
             print(f"{len(errors)} error(s) in the configuration", file=sys.stderr)

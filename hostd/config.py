@@ -17,6 +17,7 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 import sys
 import tomllib
 import types
@@ -302,6 +303,13 @@ def _listen_address(text) -> tuple[str, int]:
     return host, int(port)
 
 
+def _listen_tls(value, base) -> tuple[tuple[str, int], ...]:
+    """[hostd] listen_tls: as listen, but it may be empty (no TLS listener)."""
+    if isinstance(value, list) and not value:
+        return ()
+    return _listen(value, base)
+
+
 #: the keys of a pool file (and of the main file's [defaults])
 POOL_KEYS: dict[str, Key | Table] = {
     "app": Key(_app, doc="the WSGI callable, \"module:callable\""),
@@ -572,6 +580,150 @@ POOL_KEYS["isolation"] = Table(ISOLATION_KEYS, "identity, namespaces and the poo
                                build=lambda values: Isolation(**values))
 
 
+@dataclass(frozen=True)
+class TLSConfig:
+    """A pool's [tls] table: its certificates and what its TLS connections accept.
+
+    pairs: ((certificate, key), ...) absolute paths, the single `certificate`/`key`
+    first, then `certificates` in file order; each certificate file is PEM, leaf first
+    then its chain, and holds no key (the supervisor reads certificates, never keys).
+    redirect_http: a plain-HTTP request to the pool gets 308 to https://.
+    min_version: "1.2" | "1.3". redirect_port: the port a redirect's Location names
+    (443: none written)."""
+
+    pairs: tuple[tuple[str, str], ...]
+    redirect_http: bool = False
+    min_version: str = "1.2"
+    redirect_port: int = 443
+
+    def to_spec(self) -> dict:
+        """Returns: {"pairs": [[cert, key], ...], "redirect_http", "min_version",
+        "redirect_port"} (JSON-able)."""
+        return {"pairs": [list(p) for p in self.pairs], "redirect_http": self.redirect_http,
+                "min_version": self.min_version, "redirect_port": self.redirect_port}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping) -> "TLSConfig":
+        """Takes: a dict made by to_spec. Returns: the equal TLSConfig."""
+        values = dict(spec)
+        values["pairs"] = tuple((str(c), str(k)) for c, k in values["pairs"])
+        return cls(**values)
+
+
+#: the keys of a pool file's [tls] table (converted together by _tls: a pair's two
+#: halves are checked as one)
+TLS_KEYS: dict[str, Key] = {
+    "certificate": Key(_path, None, "PEM certificate file, leaf first then its chain (relative to the pool file's directory); no key in it"),
+    "key": Key(_path, None, "PEM private key of `certificate`, unencrypted; may be 0600 root: only the pool's worker reads it, as root, before it drops privileges"),
+    "certificates": Key(lambda v, b: v, (), "more pairs: an array of {certificate, key} tables, chosen by SNI against each certificate's names"),
+    "redirect_http": Key(_bool, False, "true: a plain-HTTP request to this pool gets 308 to https://"),
+    "min_version": Key(_choice("1.2", "1.3"), "1.2", "oldest TLS version accepted: \"1.2\" | \"1.3\""),
+    "redirect_port": Key(_int(1, 65535), 443, "the port redirect_http's Location names (443: none written)"),
+}
+
+
+def _file_problem(path: Path, what: str) -> str | None:
+    """Why `path` cannot be a certificate or key file (missing, not a regular file),
+    by a stat only (no read: 1,000 pools load without opening a certificate), or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{what} file {str(path)!r} does not exist"
+    except OSError as e:
+        return f"cannot stat {what} file {str(path)!r}: {e.strerror or e}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{what} file {str(path)!r} is not a regular file"
+    return None
+
+
+def _tls_pair(table, base: Path, where: str, problems: list) -> tuple[str, str] | None:
+    """One {certificate, key} (a pool's [tls] itself, or an entry of certificates):
+    the pair of absolute paths, or None (problems appended as (key suffix, problem))."""
+    halves = {}
+    for name in ("certificate", "key"):
+        if name not in table:
+            continue
+        try:
+            path = _path(table[name], base)
+        except ValueError as e:
+            problems.append((f"{where}{name}", str(e)))
+            continue
+        problem = _file_problem(path, name)
+        if problem:
+            problems.append((f"{where}{name}", problem))
+            continue
+        halves[name] = path
+    present = [n for n in ("certificate", "key") if n in table]
+    if len(present) == 1:
+        other = "key" if present[0] == "certificate" else "certificate"
+        problems.append((f"{where}{other}", f"{present[0]} without {other}: a pair needs both"))
+        return None
+    if len(halves) != 2:
+        return None
+    cert, key = halves["certificate"], halves["key"]
+    if os.path.samefile(cert, key):
+        problems.append((f"{where}key", "is the certificate's own file: keep the key in a "
+                         "file of its own (the supervisor reads certificates, never keys)"))
+        return None
+    return str(cert), str(key)
+
+
+def _tls(value, base) -> "TLSConfig":
+    """A pool's [tls] table -> TLSConfig. Problems are reported per dotted key
+    (tls.certificate, tls.certificates[1].key, ...)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a table, not {_type_name(value)}")
+    problems: list[tuple[str, str]] = []
+    values: dict[str, Any] = {}
+    for name, raw in value.items():
+        spec = TLS_KEYS.get(name)
+        if spec is None:
+            problems.append((f".{name}", _unknown(name, TLS_KEYS, "key")))
+        elif name not in ("certificate", "key", "certificates"):
+            try:
+                values[name] = spec.convert(raw, base)
+            except ValueError as e:
+                problems.append((f".{name}", str(e)))
+    pairs = []
+    pair = _tls_pair(value, base, ".", problems)
+    if pair is not None:
+        pairs.append(pair)
+    more = value.get("certificates", [])
+    if not isinstance(more, list):
+        problems.append((".certificates", "must be an array of {certificate, key} tables, "
+                         f"not {_type_name(more)}"))
+        more = []
+    for i, entry in enumerate(more):
+        where = f".certificates[{i}]"
+        if not isinstance(entry, dict):
+            problems.append((where, "must be a table {certificate = \"...\", key = \"...\"}, "
+                             f"not {_type_name(entry)}"))
+            continue
+        for name in entry:
+            if name not in ("certificate", "key"):
+                problems.append((f"{where}.{name}", _unknown(name, ("certificate", "key"), "key")))
+        if "certificate" not in entry and "key" not in entry:
+            problems.append((where, "needs certificate and key"))
+            continue
+        pair = _tls_pair(entry, base, where + ".", problems)
+        if pair is None:
+            continue
+        if pair in pairs:
+            problems.append((where, "the same pair is listed twice"))
+            continue
+        pairs.append(pair)
+    if not problems and not pairs:
+        problems.append(("", "lists no certificate: give certificate and key, or "
+                         "certificates = [{certificate = \"...\", key = \"...\"}]"))
+    if problems:
+        raise _Problems(problems)
+    return TLSConfig(pairs=tuple(pairs), **values)
+
+
+POOL_KEYS["tls"] = Key(_tls, None, "HTTPS: the pool's certificates (see TLS_KEYS); absent: the "
+                       "pool takes no TLS connection", in_defaults=False)
+
+
 def _identity_range(value, base) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)-(\d+)", value) if isinstance(value, str) else None
     if m is None:
@@ -635,9 +787,20 @@ def _pressure(value, base) -> PressureRule | None:
     return PressureRule(resource, kind, window, threshold, " ".join(parts))
 
 
+def _pool_name(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {_type_name(value)}")
+    if value and not POOL_NAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a pool name (a pool file's name without .toml, "
+                         f"matching {POOL_NAME_RE.pattern})")
+    return value
+
+
 #: the keys of the main file's [hostd] table
 HOSTD_KEYS: dict[str, Key] = {
     "listen": Key(_listen, (("127.0.0.1", 8080),), "addresses the front ends bind"),
+    "listen_tls": Key(_listen_tls, (), "TLS addresses the front ends bind (SNI picks the pool, as Host does); a port may not also be in listen"),
+    "tls_default_pool": Key(lambda v, b: _pool_name(v), "", "pool for a ClientHello without SNI or with an unbound name (it must have [tls]); \"\" = refuse (TLS alert unrecognized_name)"),
     "frontends": Key(_int(0), 0, "front-end processes; 0 = one per CPU"),
     "pools_dir": Key(_path, Path("pools.d"), "directory of the pool files"),
     "state_dir": Key(_path, Path("/var/lib/hostd"), "persistent state"),
@@ -779,6 +942,8 @@ class MainConfig:
     identity_range: tuple[int, int] = (2100000000, 2100065535)
     frontend_identity: str = "dynamic"
     private_network: str = "10.213.0.0/16"
+    listen_tls: tuple[tuple[str, int], ...] = ()
+    tls_default_pool: str = ""
 
     def frontend_count(self) -> int:
         """Returns: how many front-end processes to run (frontends, or the CPU count
@@ -823,7 +988,17 @@ def _read_main(path) -> tuple[MainConfig | None, list[ConfigError]]:
         if problem:
             problems.append(("defaults.env", problem))
     problems = [(k, "not allowed in [defaults]: bindings belong to one pool")
-                if k == "defaults.bindings" else (k, p) for k, p in problems]
+                if k == "defaults.bindings" else
+                (k, "not allowed in [defaults]: a certificate belongs to one site; give each "
+                 "pool file its own [tls]") if k == "defaults.tls" else (k, p)
+                for k, p in problems]
+    plain = {port for _, port in hostd["listen"]}
+    for i, (host, port) in enumerate(hostd["listen_tls"]):
+        if port in plain:
+            problems.append(("hostd.listen_tls",
+                             f"[{i}] {_format_listen(host, port)}: port {port} is also in "
+                             "hostd.listen; a port is either plain or TLS (a worker tells a "
+                             "TLS connection by its port)"))
     hostd["pools_dir"] = Path(os.path.normpath(base / hostd["pools_dir"]))
     hostd["state_dir"] = Path(os.path.normpath(base / hostd["state_dir"]))
     hostd["run_dir"] = Path(os.path.normpath(base / hostd["run_dir"]))
@@ -872,6 +1047,7 @@ class PoolConfig:
     recycling: Recycling = Recycling()
     limits: Limits = Limits()
     isolation: Isolation = Isolation(declared=False)   # no table: the defaults
+    tls: TLSConfig | None = None                       # no [tls]: no TLS connections
 
     def to_spec(self) -> dict:
         """Returns: a JSON-able dict of every field (paths as str, bindings as their
@@ -885,6 +1061,8 @@ class PoolConfig:
                 value = [b.text for b in value]
             elif field.name == "env":
                 value = dict(value)
+            elif field.name == "tls":
+                value = value.to_spec() if value is not None else None
             elif dataclasses.is_dataclass(value):
                 value = dataclasses.asdict(value)
             spec[field.name] = value
@@ -912,6 +1090,8 @@ class PoolConfig:
             values["recycling"] = Recycling(**rec)
         if "limits" in values:
             values["limits"] = Limits(**values["limits"])
+        if values.get("tls") is not None:
+            values["tls"] = TLSConfig.from_spec(values["tls"])
         if values.get("isolation") is None:
             values.pop("isolation", None)       # the class default: no table
         else:
@@ -1145,6 +1325,26 @@ def load_pools(main: MainConfig) -> tuple[dict[str, PoolConfig], dict[str, list[
     return good, {name: list(b.errors) for name, b in broken.items()}
 
 
+def tls_default_problem(main: MainConfig, pools: Mapping[str, "PoolConfig"]) -> str | None:
+    """Why [hostd] tls_default_pool cannot be used with these pools, or None (unset, or
+    a good pool with a [tls] table). A warning, not an error (at start, reload and
+    `--check-config`): the pool set is known only once the pool files are loaded, and
+    one broken pool file must not stop hostd or a reload. hostd then refuses
+    ClientHellos without SNI or with an unbound name, as with "". Takes: the main
+    config and the good pools by name."""
+    name = main.tls_default_pool
+    if not name:
+        return None
+    pool = pools.get(name)
+    if pool is None:
+        return (f"{main.path}: hostd.tls_default_pool: {name!r} is not a (working) pool; "
+                "hellos without SNI or with an unbound name are refused")
+    if pool.tls is None:
+        return (f"{main.path}: hostd.tls_default_pool: pool {name!r} has no [tls] table "
+                f"({pool.file}); hellos without SNI or with an unbound name are refused")
+    return None
+
+
 # --- hostd --check-config ------------------------------------------------------------
 def _format_listen(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -1189,11 +1389,65 @@ def check_config(path=DEFAULT_MAIN_PATH) -> tuple[str, list[ConfigError]]:
                          + ", ".join(b.text for b in pool.bindings))
             lines.extend(f"  {'':<16} {line}" for line in
                          isolation.describe(pool, root, known).splitlines())
+            if pool.tls is not None:
+                tls_lines, tls_errors = _check_tls(pool)
+                lines.extend(f"  {'':<16} {line}" for line in tls_lines)
+                errors.extend(tls_errors)
         else:
             n = len(broken[name])
             lines.append(f"  {name:<16} BROKEN  {n} error{'s' if n != 1 else ''}")
             errors.extend(broken[name])
+    if main.listen_tls:
+        lines.insert(2, "listen_tls: " + ", ".join(_format_listen(h, p)
+                                                   for h, p in main.listen_tls))
+    problem = tls_default_problem(main, good)
+    if problem:
+        lines.append(f"warning: {problem}")
+    elif main.tls_default_pool:
+        lines.append(f"tls_default_pool: {main.tls_default_pool}")
+    tls_pools = [p for p in good.values() if p.tls is not None]
+    if tls_pools and not main.listen_tls:
+        lines.append(f"warning: {len(tls_pools)} pool(s) have [tls] but hostd.listen_tls is "
+                     "empty: no TLS connection reaches them")
     lines.append(f"{len(good)} pool(s) ok, {len(broken)} broken, {len(errors)} error(s)")
     if not root:
         lines.append("(checked without root: as root, pools without [isolation] are isolated)")
     return "\n".join(lines), errors
+
+
+def _check_tls(pool: PoolConfig) -> tuple[list[str], list[ConfigError]]:
+    """--check-config of a pool's [tls]: each pair loaded and matched
+    (tlsconf.check_pair: this is a process of its own, so loading keys is fine), its
+    subject, names and expiry. Returns (summary lines, errors); a certificate that
+    expires within tlsconf.EXPIRY_WARNING_DAYS (or has expired) is a "warning:" line,
+    not an error."""
+    import time
+    from hostd import tlsconf
+    raw, _ = _read_toml(pool.file)
+    table = (raw or {}).get("tls") or {}
+    single = isinstance(table, dict) and "certificate" in table
+    lines, errors = [f"tls: min_version {pool.tls.min_version}"
+                     + (", redirect_http" if pool.tls.redirect_http else "")], []
+    for i, (cert, key) in enumerate(pool.tls.pairs):
+        where = "tls" if single and i == 0 else f"tls.certificates[{i - int(single)}]"
+        problem = tlsconf.check_pair(cert, key, pool.tls.min_version)
+        if problem is not None:
+            half = "certificate" if problem.startswith("certificate") else "key"
+            errors.append(ConfigError(pool.file, f"{where}.{half}", problem))
+            lines.append(f"{cert}: DOES NOT LOAD")
+            continue
+        try:
+            info = tlsconf.cert_info(cert)
+        except (OSError, ValueError) as e:
+            errors.append(ConfigError(pool.file, f"{where}.certificate", str(e)))
+            continue
+        days = info.expires_in_days()
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info.not_after))
+        lines.append(f"{cert}: {info.subject}; names {', '.join(info.names) or '-'}; "
+                     f"expires {until} (in {days:g} days)")
+        if days < 0:
+            lines.append(f"warning: {pool.file}: {where}.certificate: {cert} EXPIRED on {until}")
+        elif days < tlsconf.EXPIRY_WARNING_DAYS:
+            lines.append(f"warning: {pool.file}: {where}.certificate: {cert} expires in "
+                         f"{days:g} days ({until})")
+    return lines, errors

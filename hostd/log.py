@@ -112,6 +112,10 @@ EVENTS: dict[str, str] = {
     "worker_thread_error": "An error in a worker's request thread outside the application; the connection is closed.",
     "bad_control_message": "A worker received a control message it could not decode.",
     "unknown_control_message": "A worker received a control message of an unknown type.",
+    "tls_load_failed": "A pool's certificate/key pair did not load (POOL=, FILE=, REASON=: OpenSSL's words: a missing file, not PEM, a key that does not match): on reload the pool keeps its previous pair (new connections too); in a worker or pool zygote, it cannot start.",
+    "tls_reloaded": "A pool's certificate or key changed on reload and the new pair loads: its workers are replaced (overlapping), so new TLS connections get the new certificate while open ones finish on the old workers.",
+    "tls_expiring": "A pool's certificate expires within 14 days, or has expired (POOL=, FILE=, NOT_AFTER=, DAYS=); checked at start, reload and once a day. Renew it, then reload hostd.",
+    "tls_default_pool": "[hostd] tls_default_pool names no pool with a [tls] table: ClientHellos without SNI or with an unbound name are refused (alert unrecognized_name).",
     "bad_routes": "A worker received a routing table it could not use; it keeps the previous one.",
 }
 MESSAGE_IDS: dict[str, str] = {e: uuid.uuid5(_NS, "hostd." + e).hex for e in EVENTS}

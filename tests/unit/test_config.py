@@ -529,7 +529,8 @@ def test_to_spec_is_json_and_round_trips(site):
                    "pids_max": 0},
         "isolation": {"enabled": True, "identity": "dynamic", "user_namespace": True,
                       "filesystem": "site", "read_only": False, "network": "host",
-                      "show": [], "declared": False}}
+                      "show": [], "declared": False},
+        "tls": None}
     assert PoolConfig.from_spec(spec) == pool
 
 
