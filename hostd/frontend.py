@@ -14,7 +14,21 @@ the pool's max_body_size, 414 request target too long, 431 head too large, 501 a
 llhttp does not know, CONNECT or a transfer-coding other than chunked, 505 an HTTP
 version other than 1.0 and 1.1, 503 pool stopped/failed (Retry-After), queue full or
 max_connections reached; a pool with load_balancer_capabilities = "tcp_reset" gets an
-RST instead of its 503s. An HTTP/2 prior-knowledge preface is closed at once.
+RST instead of its 503s. An HTTP/2 prior-knowledge preface is closed at once. A plain
+request routed to a pool with [tls] redirect_http gets 308 to https:// (`redirect_to`),
+whatever the pool's state: no worker is needed for it.
+
+TLS listeners (FrontEndSettings.tls_ports; one flag per listener, looked at once per
+accept): the front end reads nothing of the connection. It peeks (MSG_PEEK into one
+buffer of the process, so a connection costs no buffer of its own) until
+hostd/tlshello.py has the whole ClientHello, routes its SNI like a Host (path "/",
+`tls_choice`; no SNI or an unbound name: [hostd] tls_default_pool) and hands the
+untouched socket to the pool's queue with no bytes: the pool's worker does the
+handshake. Partial hellos wait edge-triggered (the peeked bytes stay readable, so
+level-triggered epoll would wake at once again); header_timeout bounds them. Refused
+hellos are counted (limits.Counters, `HELLO_REFUSALS`' names) and closed, with a TLS
+alert where the peer speaks TLS; the 503s of a pool become an internal_error alert
+(tcp_reset pools: an RST).
 
 Connection slots: every connection this process holds has taken one slot of the global
 max_connections semaphore (an eventfd shared with the workers), and one of its pool's
@@ -32,7 +46,7 @@ import time
 
 import httptools
 
-from hostd import limits, log, protocol
+from hostd import limits, log, protocol, tlshello
 from hostd.router import Router, decode_path, split_target
 from kernel import fdpass, sockets
 from kernel.sockets import reset_connection
@@ -46,6 +60,13 @@ _LINGER_SECONDS = 2.0
 _SWEEP = 0.5
 _DONTWAIT = int(socket.MSG_DONTWAIT)   # plain ints: the enums cost per use
 _STREAM = int(socket.SOCK_STREAM)
+_PEEK = int(socket.MSG_PEEK)
+#: a waiting ClientHello: woken by each arrival of bytes (edge), and by the peer's FIN
+_HELLO_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_RDHUP = select.EPOLLRDHUP
+#: the peek: the hello's cap and a little more (tlshello decides TOO_BIG from the
+#: headers, so a hello is decided within MAX_HELLO_BYTES)
+_PEEK_BYTES = tlshello.MAX_HELLO_BYTES + 64
 
 #: the C parser (workers/h1fast.py), which takes the common first request read whole
 #: (None: httptools reads every head); Content-Length is judged after routing, by pool
@@ -81,6 +102,91 @@ _REJECT_ANSWERS = {414: URI_TOO_LONG, 431: TOO_LARGE, 413: BODY_TOO_LARGE,
 _H2_PREFACE = b"PRI * HTTP/2.0"
 QUEUE_FULL = _answer("503 Service Unavailable", "Service unavailable: the site's queue is full",
                      "Retry-After: 1\r\n")
+
+
+def redirect_to(host: str, target: bytes, port: int) -> bytes:
+    """The https:// URL a plain request is redirected to ([tls] redirect_http).
+
+    Takes: the request's host as the client wrote it, port included or not (a Host
+    value, an absolute-form target's authority, or a bare IPv6 address as
+    router.split_target gives it), the request target as sent, and the TLS port
+    (443: none is written). Returns: the Location, ASCII bytes:
+    https://HOST[:PORT]/path?query (the target as sent; an absolute-form target's
+    path and query; "*" becomes "/"). Raises nothing (the head rules already held:
+    neither holds a space or a control character)."""
+    if host.startswith("["):
+        end = host.find("]")
+        name = host[:end + 1] if end > 0 else host
+    elif host.count(":") == 1:
+        name = host.partition(":")[0]
+    elif ":" in host:
+        name = f"[{host}]"              # an IPv6 address from an absolute-form target
+    else:
+        name = host
+    if name.endswith("."):
+        name = name[:-1]
+    if target[:1] != b"/":
+        if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+            start = target.find(b"//") + 2
+            cut = [i for i in (target.find(b"/", start), target.find(b"?", start)) if i >= 0]
+            target = target[min(cut):] if cut else b"/"
+            if target[:1] == b"?":
+                target = b"/" + target
+        else:
+            target = b"/"               # asterisk-form (OPTIONS *)
+    hash_ = target.find(b"#")
+    if hash_ >= 0:
+        target = target[:hash_]
+    authority = name if port == 443 else f"{name}:{port}"
+    return b"https://" + authority.encode("latin-1", "replace") + target
+
+
+def redirect(location: bytes) -> bytes:
+    """Takes a Location (redirect_to); returns the whole 308 answer: no body (a HEAD
+    must not get one, and clients follow the Location), Connection: close."""
+    return (b"HTTP/1.1 308 Permanent Redirect\r\nServer: hostd\r\nLocation: " + location
+            + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+#: tlshello.Refused reason -> (the counter, the alert record sent before the close, b""
+#: when the peer does not speak TLS: plain HTTP, garbage, SSLv2's own record format)
+HELLO_REFUSALS = {
+    tlshello.NOT_TLS: ("tls_not_tls", b""),
+    tlshello.SSL2: ("tls_ssl2", b""),
+    tlshello.SSL3: ("tls_ssl3", tlshello.alert_protocol_version()),
+    tlshello.TOO_BIG: ("tls_too_big", tlshello.alert_handshake_failure()),
+    tlshello.MALFORMED: ("tls_malformed", tlshello.alert_decode_error()),
+}
+#: routing refusals (tls_choice), every one answered with unrecognized_name
+TLS_NO_SNI = "tls_no_sni"
+TLS_UNKNOWN_NAME = "tls_unknown_name"
+TLS_NO_CERTIFICATE = "tls_no_certificate"
+TLS_HELLO_TIMEOUT = "tls_hello_timeout"
+_UNRECOGNIZED_NAME = tlshello.alert_unrecognized_name()
+_INTERNAL_ERROR = tlshello.alert_internal_error()
+
+
+def tls_choice(router: Router, has_tls, default: str, sni: str | None,
+               port: int) -> tuple[str, str]:
+    """Which pool takes a TLS connection, from its ClientHello's SNI.
+
+    Takes: the router, a function pool name -> whether that pool has [tls] (False for
+    an unknown name), [hostd] tls_default_pool ("" = none), the SNI (None: none sent),
+    and the listener's port. The SNI is routed as a Host with the path "/"; no SNI,
+    or a name no binding matches, goes to the default pool. A match (or the default)
+    without [tls] is refused: its worker has no certificate.
+    Returns: (pool name, "") to hand the connection to, or ("", counter name) to
+    refuse it (TLS_NO_SNI, TLS_UNKNOWN_NAME, TLS_NO_CERTIFICATE). Raises nothing."""
+    if sni is not None:
+        route = router.route(sni, port, "/")
+        if route is not None:
+            return (route.pool, "") if has_tls(route.pool) else ("", TLS_NO_CERTIFICATE)
+        miss = TLS_UNKNOWN_NAME
+    else:
+        miss = TLS_NO_SNI
+    if not default:
+        return "", miss
+    return (default, "") if has_tls(default) else ("", TLS_NO_CERTIFICATE)
 
 
 def unavailable(pool: str) -> bytes:
@@ -157,8 +263,25 @@ class _Pending(limits.HeadState):
             self.done = True
 
 
+class _Hello:
+    """A connection of a TLS listener whose ClientHello has not all arrived: no buffer
+    (its bytes stay in the kernel's, peeked), so it costs what a plain one that sent
+    nothing does, or less."""
+
+    __slots__ = ("sock", "fd", "port", "since", "registered")
+    buf = b""            # what the pool's queue (or a PARK) gets with it: nothing read
+
+    def __init__(self, sock: socket.socket, port: int, now: float):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.port = port
+        self.since = now
+        self.registered = False
+
+
 class _Pool:
-    __slots__ = ("name", "state", "lb", "queue", "sem", "csem", "max_body")
+    __slots__ = ("name", "state", "lb", "queue", "sem", "csem", "max_body", "tls",
+                 "redirect", "redirect_port", "closed")
 
     def __init__(self, name: str):
         self.name = name
@@ -168,6 +291,29 @@ class _Pool:
         self.sem = -1
         self.csem = -1          # the pool's max_connections semaphore (-1: no pool limit)
         self.max_body = -1      # -1: the [hostd] max_body_size
+        self.tls = False        # it has [tls]: TLS listeners' connections may go to it
+        self.redirect = False   # [tls] redirect_http: plain requests get 308
+        self.redirect_port = 443
+        #: a plain request is not queued: no queue, not serving, or redirected (one
+        #: test on the hot path; `update` keeps it)
+        self.closed = True
+
+    def set_info(self, info: dict) -> None:
+        """Takes its entry of a POOLS / POOL_STATES table."""
+        self.state = info["state"]
+        self.lb = info["lb"]
+        self.max_body = info.get("max_body", -1)
+        self.tls = bool(info.get("tls"))
+        self.redirect = bool(info.get("redirect"))
+        self.redirect_port = info.get("redirect_port", 443)
+        self.update()
+
+    def update(self) -> None:
+        self.closed = self.queue is None or self.state not in _SERVING or self.redirect
+
+    def serving(self) -> bool:
+        """Whether a connection may be queued (a TLS one: redirect_http aside)."""
+        return self.queue is not None and self.state in _SERVING
 
 
 class FrontEnd:
@@ -178,7 +324,10 @@ class FrontEnd:
         self.slot = slot
         # (socket, port, family as a plain int: socket.family is an enum property that
         # costs ~1 µs per accepted connection)
-        self.listeners = {s.fileno(): (s, s.getsockname()[1], int(s.family)) for s in listeners}
+        self.tls_ports = frozenset(settings.tls_ports)
+        # (socket, port, family, TLS listener?)
+        self.listeners = {s.fileno(): (s, port, int(s.family), port in self.tls_ports)
+                          for s in listeners for port in (s.getsockname()[1],)}
         self.ctl = ctl
         self.reroute = reroute
         self.max_header = settings.max_header_bytes
@@ -194,6 +343,13 @@ class FrontEnd:
         self.route_cache: dict = {}
         self.pools: dict[str, _Pool] = {}
         self.pending: dict[int, _Pending] = {}
+        #: TLS connections whose ClientHello is still arriving
+        self.hellos: dict[int, _Hello] = {}
+        self.tls_default = ""           # [hostd] tls_default_pool (the POOLS message)
+        self.tls_cache: dict = {}       # (SNI, port) -> tls_choice's answer
+        #: the peek buffer every TLS connection's hello is read into, one at a time
+        self.peek = bytearray(_PEEK_BYTES)
+        self.peek_view = memoryview(self.peek)
         self.lingering: dict[int, tuple[socket.socket, float]] = {}
         self.queue_full: dict[str, int] = {}   # rejections not yet reported to the supervisor
         self.ep = select.epoll()
@@ -209,7 +365,7 @@ class FrontEnd:
         ep.register(self.ctl.fileno(), _EPOLLIN)
         ep.register(self.reroute.fileno(), _EPOLLIN | select.EPOLLEXCLUSIVE)
         ctl_fd, reroute_fd = self.ctl.fileno(), self.reroute.fileno()
-        listeners, pending = self.listeners, self.pending
+        listeners, pending, hellos = self.listeners, self.pending, self.hellos
         next_sweep = time.monotonic() + _SWEEP
         while self.running:
             try:
@@ -221,6 +377,8 @@ class FrontEnd:
                     self._accept(*listeners[fd])
                 elif fd in pending:
                     self._readable(pending[fd])
+                elif fd in hellos:
+                    self._peek_hello(hellos[fd], ev & _RDHUP)
                 elif fd == reroute_fd:
                     self._take_rerouted()
                 elif fd == ctl_fd:
@@ -234,7 +392,7 @@ class FrontEnd:
         return protocol.EXIT_OK
 
     # --- accepting and reading -------------------------------------------------
-    def _accept(self, lsock: socket.socket, port: int, family: int) -> None:
+    def _accept(self, lsock: socket.socket, port: int, family: int, tls: bool) -> None:
         for _ in range(_ACCEPT_BATCH):
             try:
                 fd, _addr = lsock._accept()
@@ -255,8 +413,11 @@ class FrontEnd:
                     os.read(self.csem, 8)
                 except BlockingIOError:
                     self.counters.hit("max_connections", "all connection slots taken")
-                    self._reply_sock(sock, TOO_MANY)
+                    self._reply_sock(sock, TOO_MANY if not tls else _INTERNAL_ERROR)
                     continue
+            if tls:
+                self._peek_hello(_Hello(sock, port, time.monotonic()), 0)
+                continue
             # TCP_DEFER_ACCEPT: the head is usually here already
             try:
                 data = sock.recv(_RECV)
@@ -273,6 +434,128 @@ class FrontEnd:
                 continue
             self._first_bytes(sock, port, data)
 
+    # --- TLS listeners: the ClientHello, peeked -----------------------------------------
+    def _peek_hello(self, conn: _Hello, hup: int) -> None:
+        """Peek at what has arrived of the connection's ClientHello: route it once it
+        is whole, wait for more (edge-triggered), or refuse it. hup: the peer has shut
+        its side down (EPOLLRDHUP): a partial hello will not grow."""
+        try:
+            n = conn.sock.recv_into(self.peek, _PEEK_BYTES, _PEEK)
+        except BlockingIOError:
+            self._hello_wait(conn)
+            return
+        except OSError:
+            self._hello_drop(conn)
+            return
+        if not n:
+            self._hello_drop(conn)
+            return
+        try:
+            hello = tlshello.parse(self.peek_view[:n])
+        except tlshello.NeedMore:
+            if hup:
+                self._hello_drop(conn)   # closed mid-hello, like a head cut short
+            elif n >= tlshello.MAX_HELLO_BYTES:
+                self._hello_refuse(conn, *HELLO_REFUSALS[tlshello.TOO_BIG])
+            else:
+                self._hello_wait(conn)
+            return
+        except tlshello.Refused as exc:
+            self._hello_refuse(conn, *HELLO_REFUSALS[exc.reason])
+            return
+        self._hello_forget(conn)
+        self._tls_dispatch(conn, hello.sni)
+
+    def _hello_wait(self, conn: _Hello) -> None:
+        if not conn.registered:
+            self.hellos[conn.fd] = conn
+            self.ep.register(conn.fd, _HELLO_EVENTS)
+            conn.registered = True
+
+    def _hello_forget(self, conn: _Hello) -> None:
+        if conn.registered:
+            self.ep.unregister(conn.fd)
+            del self.hellos[conn.fd]
+            conn.registered = False
+
+    def _hello_drop(self, conn: _Hello) -> None:
+        self._hello_forget(conn)
+        self._give(None)
+        conn.sock.close()
+
+    def _hello_refuse(self, conn: _Hello, counter: str, alert: bytes,
+                      sni: str | None = None) -> None:
+        """Count, send the alert (b"": none), close gracefully (the hello's bytes are
+        read away while lingering, so no RST destroys the alert)."""
+        self.counters.hit(counter, f"port {conn.port}" if sni is None else
+                          f"SNI {sni[:100]} on port {conn.port}")
+        self._hello_forget(conn)
+        self._give(None)
+        self._reply_sock(conn.sock, alert)
+
+    def _tls_dispatch(self, conn: _Hello, sni: str | None) -> None:
+        """A whole ClientHello: route by its SNI, hand the socket over with no bytes
+        (the pool's worker reads the hello itself), as _dispatch does a plain one."""
+        key = (sni, conn.port)
+        choice = self.tls_cache.get(key)
+        if choice is None:
+            choice = tls_choice(self.router, self._has_tls, self.tls_default, sni, conn.port)
+            if len(self.tls_cache) >= 4096:
+                self.tls_cache.clear()
+            self.tls_cache[key] = choice
+        name, refusal = choice
+        if refusal:
+            self._hello_refuse(conn, refusal, _UNRECOGNIZED_NAME, sni)
+            return
+        pool = self.pools.get(name)
+        if pool is None or not pool.serving():
+            self._tls_refuse(conn, pool)
+            return
+        if pool.csem >= 0:
+            try:
+                os.read(pool.csem, 8)
+            except BlockingIOError:
+                self.counters.hit("pool_max_connections", f"pool {pool.name}")
+                self._tls_refuse(conn, pool)
+                return
+        try:
+            os.read(pool.sem, 8)
+        except BlockingIOError:
+            self.counters.hit("queue_full", f"pool {pool.name}")
+            self.queue_full[pool.name] = self.queue_full.get(pool.name, 0) + 1
+            if pool.csem >= 0:
+                os.write(pool.csem, protocol_slot)
+            self._tls_refuse(conn, pool)
+            return
+        try:
+            fdpass.send_with_fds(pool.queue, b"", (conn.fd,), _DONTWAIT)
+        except BlockingIOError:
+            if not self._park(pool, conn, _INTERNAL_ERROR):
+                return
+        except OSError:
+            os.write(pool.sem, protocol_slot)
+            if pool.csem >= 0:
+                os.write(pool.csem, protocol_slot)
+            self._give(None)
+            self._reply_sock(conn.sock, _INTERNAL_ERROR)
+            return
+        conn.sock.close()
+
+    def _has_tls(self, name: str) -> bool:
+        pool = self.pools.get(name)
+        return pool is not None and pool.tls
+
+    def _tls_refuse(self, conn: _Hello, pool: "_Pool | None") -> None:
+        """A TLS connection its pool cannot take (what a plain one gets a 503 for):
+        RST for a tcp_reset pool, else the internal_error alert. No slot of the pool
+        is held."""
+        self._give(None)
+        if pool is not None and pool.lb == "tcp_reset":
+            reset_connection(conn.sock)
+        else:
+            self._reply_sock(conn.sock, _INTERNAL_ERROR)
+
+    # --- plain listeners ---------------------------------------------------------------
     def _first_bytes(self, sock: socket.socket, port: int, data: bytes) -> None:
         """The first bytes of a connection (new, or handed back by a worker): the C
         parser takes the common whole request; anything else goes to httptools."""
@@ -374,7 +657,12 @@ class FrontEnd:
             self._reply(conn, not_found(self._host_name(conn) or ""))
             return
         pool = self.pools.get(route.pool)
-        if pool is None or pool.queue is None or pool.state not in _SERVING:
+        if pool is None or pool.closed:
+            if pool is not None and pool.redirect:
+                self._reply(conn, redirect(redirect_to(self._host_name(conn) or
+                                                       self._local_host(conn),
+                                                       conn.url, pool.redirect_port)))
+                return
             self._refuse(conn, pool, route.pool)
             return
         if conn.clen > (pool.max_body if pool.max_body >= 0 else self.max_body):
@@ -401,7 +689,8 @@ class FrontEnd:
         try:
             fdpass.send_with_fds(pool.queue, conn.buf, (conn.fd,), _DONTWAIT)
         except BlockingIOError:
-            self._park(pool, conn)
+            if not self._park(pool, conn):
+                return
         except OSError:
             os.write(pool.sem, protocol_slot)
             if pool.csem >= 0:
@@ -418,13 +707,27 @@ class FrontEnd:
             return authority
         return conn.host.decode("latin-1") if conn.host else None
 
+    @staticmethod
+    def _local_host(conn: _Pending) -> str:
+        """The address the connection came in on, for a redirect of a request that
+        named no host (HTTP/1.0 without Host, routed by a "*" binding)."""
+        try:
+            addr = conn.sock.getsockname()[0]
+        except (OSError, AttributeError):
+            return "localhost"
+        return f"[{addr}]" if ":" in addr else addr
+
     def _route(self, conn: _Pending):
         """The route of a head that passed the rules (route_cache miss), or None."""
         return self.router.route(self._host_name(conn), conn.port,
                                  decode_path(split_target(conn.url)[1]))
 
-    def _park(self, pool: _Pool, conn: _Pending) -> None:
-        """The kernel queue is full: the supervisor parks the connection (it keeps its slot)."""
+    def _park(self, pool: _Pool, conn: "_Pending | _Hello",
+              refusal: bytes = QUEUE_FULL) -> bool:
+        """The kernel queue is full: the supervisor parks the connection (it keeps its
+        slot). Returns True when it was sent (the caller closes its copy); False when
+        it could not be, and the connection got `refusal` (the caller leaves it be:
+        it lingers)."""
         msg = protocol.encode_park(pool.name, conn.buf)
         try:
             fdpass.send_with_fds(self.ctl, msg, (conn.fd,), _DONTWAIT)
@@ -436,13 +739,14 @@ class FrontEnd:
             except OSError:
                 os.write(pool.sem, protocol_slot)
                 self._give(pool)
-                self._reply_sock(conn.sock, QUEUE_FULL)
-                return
+                self._reply_sock(conn.sock, refusal)
+                return False
         except OSError:
             os.write(pool.sem, protocol_slot)
             self._give(pool)
-            self._reply_sock(conn.sock, QUEUE_FULL)
-            return
+            self._reply_sock(conn.sock, refusal)
+            return False
+        return True
 
     def _refuse(self, conn: _Pending, pool: _Pool | None, name: str,
                 answer: bytes | None = None) -> None:
@@ -475,6 +779,15 @@ class FrontEnd:
             if self.stopping:
                 self._give(None)
                 sock.close()
+                continue
+            if port in self.tls_ports:
+                # handed back before its worker read a byte (nothing else can be: TLS
+                # state is never moved): its hello is routed again
+                if data:
+                    self._give(None)
+                    sock.close()
+                else:
+                    self._peek_hello(_Hello(sock, port, time.monotonic()), 0)
                 continue
             if data:
                 self._first_bytes(sock, port, data)
@@ -522,12 +835,15 @@ class FrontEnd:
         for conn in late:
             self.counters.hit("header_timeout")
             self._reply(conn, TIMEOUT)
+        if self.hellos:
+            for conn in [c for c in self.hellos.values() if c.since <= limit]:
+                self._hello_refuse(conn, TLS_HELLO_TIMEOUT, b"")
         over = [fd for fd, (_s, deadline) in self.lingering.items() if now > deadline]
         for fd in over:
             sock, _ = self.lingering.pop(fd)
             self.ep.unregister(fd)
             sock.close()
-        if self.stopping and not self.pending:
+        if self.stopping and not self.pending and not self.hellos:
             self.running = False
         if self.queue_full:
             # the supervisor keeps the per-pool totals (hostctl counters, /metrics)
@@ -557,7 +873,7 @@ class FrontEnd:
             if kind == protocol.POOL_FDS:
                 self._adopt_fds(msg["names"], fds, msg.get("conn_sems") or [])
             elif kind == protocol.POOLS:
-                self._set_pools(msg["pools"], msg["routes"])
+                self._set_pools(msg["pools"], msg["routes"], msg.get("tls_default") or "")
             elif kind == protocol.POOL_STATES:
                 self._set_states(msg["pools"])
             elif kind == protocol.STOP:
@@ -581,8 +897,9 @@ class FrontEnd:
             pool.sem = next(it)
             if i < len(conn_sems) and conn_sems[i]:
                 pool.csem = next(it)
+            pool.update()
 
-    def _set_pools(self, states: dict, routes: list) -> None:
+    def _set_pools(self, states: dict, routes: list, tls_default: str = "") -> None:
         for name in list(self.pools):
             if name not in states:
                 pool = self.pools.pop(name)
@@ -595,11 +912,11 @@ class FrontEnd:
             pool = self.pools.get(name)
             if pool is None:
                 pool = self.pools[name] = _Pool(name)
-            pool.state = info["state"]
-            pool.lb = info["lb"]
-            pool.max_body = info.get("max_body", -1)
+            pool.set_info(info)
         self.router = Router.from_table(routes)
         self.route_cache.clear()
+        self.tls_default = tls_default
+        self.tls_cache = {}
         if not self.listening and not self.stopping:
             self.listening = True
             for fd in self.listeners:
@@ -611,9 +928,9 @@ class FrontEnd:
         for name, info in states.items():
             pool = self.pools.get(name)
             if pool is not None:
-                pool.state = info["state"]
-                pool.lb = info["lb"]
-                pool.max_body = info.get("max_body", -1)
+                if pool.tls != bool(info.get("tls")):
+                    self.tls_cache = {}     # tls_choice's answers depend on it
+                pool.set_info(info)
 
     def _stop(self) -> None:
         """Stop accepting; heads being read are still finished and handed off; then exit
@@ -623,7 +940,7 @@ class FrontEnd:
             self.listening = False
             for fd in self.listeners:
                 self.ep.unregister(fd)
-        if not self.pending:
+        if not self.pending and not self.hellos:
             self.running = False
 
 

@@ -5,7 +5,9 @@ tell it what hostd is doing; STATUS= shows in `systemctl status`; WATCHDOG=1 eve
 WATCHDOG_USEC/2 (sent from the supervisor's loop tick, so a hung loop gets hostd
 restarted). Without $NOTIFY_SOCKET (not under systemd) every call does nothing.
 
-`listen_fds()`: socket activation (systemd/hostd.socket), the LISTEN_FDS protocol.
+`listen_fds()`: socket activation (systemd/hostd.socket), the LISTEN_FDS protocol;
+`match_listen` orders what was passed like the configured addresses (the supervisor
+gives it `listen` then `listen_tls`: a passed socket is a TLS listener by its address).
 """
 from __future__ import annotations
 
@@ -117,9 +119,11 @@ def listen_fds(unset: bool = True) -> list[socket.socket]:
 
 
 def match_listen(socks: list[socket.socket], listen) -> list[socket.socket]:
-    """Orders passed sockets like the configured `listen` addresses (by getsockname).
-    A configured address systemd did not pass is bound here (one socket, shared); a
-    passed socket no address asks for is logged and closed.
+    """Orders passed sockets like the configured addresses (by getsockname).
+    Takes: the passed sockets, the addresses ((host, port), ...; [hostd] listen then
+    listen_tls). Returns: one socket per address, in their order. A configured address
+    systemd did not pass is bound here (one socket, shared); a passed socket no address
+    asks for is logged and closed.
     Raises OSError when an address cannot be bound."""
     import ipaddress
 
@@ -155,7 +159,8 @@ def match_listen(socks: list[socket.socket], listen) -> list[socket.socket]:
                     pass
         out.append(s)
     for (ip, port), s in by_addr.items():
-        log.warning("socket_activation", f"passed socket {ip}:{port} is not in listen; closed")
+        log.warning("socket_activation", f"passed socket {ip}:{port} is not in listen "
+                    "or listen_tls; closed")
         s.close()
     log.info("socket_activation", f"{len(out)} listening socket(s) from systemd, shared by "
              "every front end", SOCKETS=len(out))

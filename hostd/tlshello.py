@@ -32,7 +32,7 @@ __all__ = [
     "MAX_HELLO_BYTES", "Hello", "NeedMore", "Refused", "parse",
     "NOT_TLS", "SSL2", "SSL3", "TOO_BIG", "MALFORMED", "REASONS",
     "alert", "alert_unrecognized_name", "alert_handshake_failure",
-    "alert_protocol_version",
+    "alert_protocol_version", "alert_decode_error", "alert_internal_error",
 ]
 
 #: Cap of the ClientHello as peeked, its record headers included (so also the size of
@@ -43,7 +43,7 @@ MAX_HELLO_BYTES = 16384
 #: Refused.reason values.
 NOT_TLS = "not_tls"        # first byte is not handshake(22): plain HTTP, garbage, ...
 SSL2 = "ssl2"              # an SSLv2-format hello (first byte has its high bit set)
-SSL3 = "ssl3"              # record or hello version SSL 3.0 or older
+SSL3 = "ssl3"              # a ClientHello of SSL 3.0 or older (legacy_version, supported_versions)
 TOO_BIG = "too_big"        # the ClientHello would exceed MAX_HELLO_BYTES
 MALFORMED = "malformed"    # anything else that is not a well-formed ClientHello
 REASONS = frozenset((NOT_TLS, SSL2, SSL3, TOO_BIG, MALFORMED))
@@ -55,7 +55,8 @@ _EXT_ALPN = 16
 _EXT_PRE_SHARED_KEY = 41   # must be the last extension (RFC 8446 4.2.11)
 _EXT_SUPPORTED_VERSIONS = 43
 _HOST_NAME = 0             # NameType host_name
-_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789-."
+#: LDH and "_": not a valid host name, but clients send it (and bindings allow it)
+_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyz0123456789-._"
 _DIGITS = b"0123456789"
 
 
@@ -108,8 +109,10 @@ def parse(data: bytes | bytearray | memoryview) -> Hello:
     handshake records. Raises `NeedMore` while the bytes are a valid prefix of one
     (0 bytes, a partial record header, a partial message), `Refused` (with its
     reason) as soon as they cannot be: NOT_TLS and SSL2 from the first byte alone,
-    SSL3 from a version, TOO_BIG from a record header or the handshake header,
-    MALFORMED otherwise.
+    SSL3 from the hello's legacy_version or supported_versions (never from a record
+    version, whose major 3 is all that is checked), TOO_BIG from a record header or
+    the handshake header, MALFORMED otherwise (an underscore in the SNI is accepted:
+    clients send such names).
     """
     mv = data if isinstance(data, memoryview) else memoryview(data)
     if mv.format != "B" or mv.ndim != 1:
@@ -120,18 +123,13 @@ def parse(data: bytes | bytearray | memoryview) -> Hello:
     b0 = mv[0]
     if b0 != _HANDSHAKE:
         raise Refused(SSL2 if b0 & 0x80 else NOT_TLS)
-    if n >= 3:
-        version = mv[1] << 8 | mv[2]
-        if version < 0x0301:
-            raise Refused(SSL3)
-        if version >> 8 != 3:
-            raise Refused(MALFORMED)
-    elif n == 2:
-        if mv[1] != 3:
-            raise Refused(SSL3 if mv[1] < 3 else MALFORMED)
+    # The record version is not checked beyond its major 3 (RFC 8446 5.1: "MUST be
+    # ignored"; clients send 0x0300 or 0x0301 on their first record, OpenSSL checks no
+    # more): an SSL 3.0 hello is told by the hello's own versions.
+    if n < 2:
         raise NeedMore()
-    else:
-        raise NeedMore()
+    if mv[1] != 3:
+        raise Refused(MALFORMED)
 
     # The records: the payload ranges in mv (only a list when there are several).
     pos = 0             # offset of the next record header
@@ -143,14 +141,11 @@ def parse(data: bytes | bytearray | memoryview) -> Hello:
         if n - pos < 5:
             # A partial header of a further record: what there is of it must fit.
             if n > pos:
-                if mv[pos] != _HANDSHAKE:
+                if mv[pos] != _HANDSHAKE or (n > pos + 1 and mv[pos + 1] != 3):
                     raise Refused(MALFORMED)
-                for i in range(pos + 1, min(n, pos + 3)):
-                    if mv[i] != mv[i - pos]:
-                        raise Refused(MALFORMED)
             break
         if pos:
-            if mv[pos] != _HANDSHAKE or mv[pos + 1] != mv[1] or mv[pos + 2] != mv[2]:
+            if mv[pos] != _HANDSHAKE or mv[pos + 1] != 3:
                 raise Refused(MALFORMED)
         length = mv[pos + 3] << 8 | mv[pos + 4]
         if length == 0:
@@ -312,9 +307,11 @@ def _server_name(b: memoryview, p: int, r: int) -> str:
 
 def _host_name(raw: memoryview) -> str:
     """Takes the bytes of a host_name; returns it lower-cased, without a trailing
-    dot. Raises Refused (MALFORMED) unless it is LDH labels of 1-63 characters (no
-    leading or trailing hyphen), 253 characters at most, with a top label that is not
-    all digits (which rules out IPv4 literals; IPv6 ones have ':')."""
+    dot. Raises Refused (MALFORMED) unless it is labels of 1-63 letters, digits, '-'
+    and '_' (no leading or trailing hyphen; '_' is not DNS host name syntax but
+    clients send it, e.g. for Windows host names, and router.Binding accepts it),
+    253 characters at most, with a top label that is not all digits (which rules out
+    IPv4 literals; IPv6 ones have ':')."""
     name = bytes(raw).lower()
     if name.endswith(b"."):
         name = name[:-1]
@@ -361,6 +358,8 @@ def alert(description: int) -> bytes:
 _UNRECOGNIZED_NAME = alert(112)
 _HANDSHAKE_FAILURE = alert(40)
 _PROTOCOL_VERSION = alert(70)
+_DECODE_ERROR = alert(50)
+_INTERNAL_ERROR = alert(80)
 
 
 def alert_unrecognized_name() -> bytes:
@@ -379,3 +378,16 @@ def alert_protocol_version() -> bytes:
     """Takes nothing; returns the fatal protocol_version(70) alert record, for a
     Refused(SSL3) hello. Raises nothing."""
     return _PROTOCOL_VERSION
+
+
+def alert_decode_error() -> bytes:
+    """Takes nothing; returns the fatal decode_error(50) alert record, for a
+    Refused(MALFORMED) hello that began like TLS. Raises nothing."""
+    return _DECODE_ERROR
+
+
+def alert_internal_error() -> bytes:
+    """Takes nothing; returns the fatal internal_error(80) alert record, for a hello
+    routed to a pool that cannot take it now (stopped, failed, its queue or its
+    connection limit full: what is a 503 in plain HTTP). Raises nothing."""
+    return _INTERNAL_ERROR

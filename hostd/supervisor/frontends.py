@@ -1,8 +1,10 @@
 """The front ends (the HTTP.sys role): start, restart, and feed them the pool table.
 
 Owns: the listening sockets (made once in `bind`, kept until exit, lent to every front
-end of a slot) and each front end's control channel (closed when it is reaped). Front
-ends are reaped by processes.py (`track`), which reports their exit as ChildExited.
+end of a slot: `listen`'s, then `listen_tls`'s, whose ports each front end is told,
+FrontEndSettings.tls_ports) and each front end's control channel (closed when it is
+reaped). Front ends are reaped by processes.py (`track`), which reports their exit as
+ChildExited.
 Reports: ConnectionParked (a pool queue was full) and QueueFull (their rejection
 counts); connections.py and pools.py act on them.
 """
@@ -33,11 +35,25 @@ OWNER = "frontend"
 
 
 def _entry(p) -> dict:
-    """A pool's entry in the front ends' table."""
-    return {"state": p.state.value,
-            "lb": p.cfg.load_balancer_capabilities if p.cfg else "http_503",
-            "max_body": p.cfg.max_body_size if p.cfg and p.cfg.max_body_size is not None
-            else -1}
+    """A pool's entry in the front ends' table (protocol.POOLS): tls, whether it has a
+    [tls] table; redirect, its redirect_http, with redirect_port (the port the 308's
+    Location names, 443: none) when true."""
+    cfg = p.cfg
+    tls = cfg.tls if cfg else None
+    entry = {"state": p.state.value,
+             "lb": cfg.load_balancer_capabilities if cfg else "http_503",
+             "max_body": cfg.max_body_size if cfg and cfg.max_body_size is not None
+             else -1,
+             "tls": tls is not None, "redirect": bool(tls is not None and tls.redirect_http)}
+    if entry["redirect"]:
+        entry["redirect_port"] = tls.redirect_port
+    return entry
+
+
+def _pools_message(table: dict, routes: list, tls_default: str) -> bytes:
+    """protocol.POOLS with its top-level "tls_default" (protocol.pools() predates it)."""
+    return protocol.encode({"t": protocol.POOLS, "pools": table, "routes": routes,
+                            "tls_default": tls_default})
 
 
 @dataclass(eq=False)
@@ -50,23 +66,30 @@ class FrontEnds:
 
     def __post_init__(self):
         self.slots: list[list[socket.socket]] = []
+        #: the ports of the TLS listeners (listen_tls), as bound
+        self.tls_ports: frozenset[int] = frozenset()
         self.by_slot: dict[int, FrontEndProc] = {}
         self.pids: dict[int, int] = {}          # pid -> slot
 
     # ------------------------------------------------------------------ sockets
     def bind(self) -> None:
-        """Makes the listening sockets: one set per front end (SO_REUSEPORT), or the
-        ones systemd passed (socket activation: every front end shares them).
+        """Makes the listening sockets, `listen`'s then `listen_tls`'s (same options):
+        one set per front end (SO_REUSEPORT), or the ones systemd passed (socket
+        activation: every front end shares them; a passed socket is a TLS listener when
+        its address is one of listen_tls). Sets tls_ports and the connections' listen
+        ports (both kinds: a worker may hand either back).
         Raises: OSError."""
         main = self.registry.main
         n = main.frontends or os.cpu_count() or 1
+        addresses = list(main.listen) + list(main.listen_tls)
         passed = sdnotify.listen_fds()
         if passed:
-            shared = sdnotify.match_listen(passed, main.listen)
+            shared = sdnotify.match_listen(passed, addresses)
             self.slots = [shared for _slot in range(n)]
         else:
             for _slot in range(n):
-                self.slots.append([sockets.listen_tcp(h, p) for h, p in main.listen])
+                self.slots.append([sockets.listen_tcp(h, p) for h, p in addresses])
+        self.tls_ports = frozenset(s.getsockname()[1] for s in self.slots[0][len(main.listen):])
         self.connections.listen_ports = {s.getsockname()[1] for slot in self.slots for s in slot}
 
     def close_sockets(self) -> None:
@@ -87,7 +110,8 @@ class FrontEnds:
         reroute_out = self.connections.reroute_out
         settings = protocol.FrontEndSettings(**self.connections.limit_settings(),
                                              identity=self.placement.frontend_ids,
-                                             supervisor_pid=self.registry.pid)
+                                             supervisor_pid=self.registry.pid,
+                                             tls_ports=self.tls_ports)
         keep = {theirs.fileno(), reroute_out.fileno(), 1, 2, settings.conn_sem} | \
             {s.fileno() for s in listeners}
         pid = os.fork()
@@ -141,7 +165,8 @@ class FrontEnds:
             fe.known_fds.update((p.name, id(p.queue_in)) for p in batch)
         table = {p.name: _entry(p) for p in pools}
         try:
-            fe.ctl.sendall(protocol.pools(table, self.registry.router_table()))
+            fe.ctl.sendall(_pools_message(table, self.registry.router_table(),
+                                          self.registry.main.tls_default_pool))
         except OSError:
             pass
         fe.known_fds &= {(p.name, id(p.queue_in)) for p in pools}

@@ -318,9 +318,9 @@ def test_sslv2_hello():
 
 
 def test_ssl3():
-    assert refused(hello(record_version=0x0300)) == SSL3
-    assert refused(b"\x16\x03\x00") == SSL3      # from the record version alone
-    assert refused(b"\x16\x02") == SSL3
+    # a real SSL 3.0 hello: legacy_version 0x0300 (whatever its record says)
+    assert refused(hello(extensions=None, legacy_version=0x0300,
+                         record_version=0x0300)) == SSL3
     assert refused(hello(extensions=[(0, sni_data((0, b"a.test")))],
                          legacy_version=0x0300)) == SSL3
     assert refused(hello(extensions=None, legacy_version=0x0300)[:11]) == SSL3
@@ -328,6 +328,25 @@ def test_ssl3():
     assert refused(hello([(43, versions_data(0x0a0a, 0x0300))])) == SSL3  # GREASE
     assert parse(hello([(43, versions_data(0x0a0a, 0x0304))])).supported_versions == \
         (0x0a0a, 0x0304)
+
+
+def test_the_record_version_is_ignored_beyond_its_major():
+    """RFC 8446 5.1: legacy_record_version is ignored; clients send 0x0300 on their
+    first record (OpenSSL did for TLS 1.0 compatibility), and OpenSSL checks only its
+    major 3. A TLS 1.2/1.3 hello in a 0x0300 record is routed."""
+    assert parse(hello(record_version=0x0300)).sni == "shop.example.com"
+    assert parse(hello(record_version=0x0303)).legacy_version == 0x0303
+    with pytest.raises(NeedMore):
+        parse(b"\x16\x03\x00")                 # no verdict from the record version
+    assert refused(b"\x16\x02") == MALFORMED    # not major 3: not TLS's record layer
+    assert refused(hello(record_version=0x0203)) == MALFORMED
+    message = handshake_message(HELLO)
+    # the records of one hello may differ in their minor version, not their major
+    assert parse(records(message[:100], version=0x0300)
+                 + records(message[100:], version=0x0303)).sni == "shop.example.com"
+    assert refused(records(message[:100]) + records(message[100:], version=0x0403)) == \
+        MALFORMED
+    assert refused(records(message[:100]) + b"\x16\x04") == MALFORMED  # from a prefix
 
 
 def test_tls10_hello_without_extensions():
@@ -381,8 +400,6 @@ def test_records_interleaving_other_content():
     data = (records(message[:100]) + records(message[100:200], content_type=23)
             + records(message[200:]))
     assert refused(data) == MALFORMED
-    other_version = records(message[:100]) + records(message[100:], version=0x0303)
-    assert refused(other_version) == MALFORMED
 
 
 def test_zero_length_record():
@@ -418,7 +435,7 @@ def test_server_name_extension():
 
 
 @pytest.mark.parametrize("name", [
-    b"bad_host!", b"bad_host.example", b"1.2.3.4", b"1.2.3.4.", b"::1", b"[::1]",
+    b"bad_host!", b"1.2.3.4", b"1.2.3.4.", b"::1", b"[::1]",
     b"", b".", b"a..b", b".a.test", b"-a.test", b"a-.test", b"a.test..",
     b"\xc3\xa9.test", b"a b.test", b"a\x00.test", b"a" * 64 + b".test",
     (b"a" * 63 + b".") * 4,  # 256
@@ -433,6 +450,10 @@ def test_invalid_host_names(name):
     (b"xn--bcher-kva.example", "xn--bcher-kva.example"),
     (b"1.2.3.example", "1.2.3.example"),
     (b"a-b.c0", "a-b.c0"),
+    # '_' is not host name syntax, but clients send it (and bindings take it)
+    (b"bad_host.example", "bad_host.example"),
+    (b"_dmarc.Example.com", "_dmarc.example.com"),
+    (b"my_pc", "my_pc"),
     (b"a" * 63 + b".test", "a" * 63 + ".test"),
     ((b"a" * 63 + b".") * 3 + b"a" * 61, ("a" * 63 + ".") * 3 + "a" * 61),  # 253
     ((b"a" * 63 + b".") * 3 + b"a" * 61 + b".", ("a" * 63 + ".") * 3 + "a" * 61),
@@ -473,6 +494,8 @@ def test_alerts():
     assert tlshello.alert_unrecognized_name() == b"\x15\x03\x03\x00\x02\x02\x70"
     assert tlshello.alert_handshake_failure() == b"\x15\x03\x03\x00\x02\x02\x28"
     assert tlshello.alert_protocol_version() == b"\x15\x03\x03\x00\x02\x02\x46"
+    assert tlshello.alert_decode_error() == b"\x15\x03\x03\x00\x02\x02\x32"
+    assert tlshello.alert_internal_error() == b"\x15\x03\x03\x00\x02\x02\x50"
     assert tlshello.alert(0) == b"\x15\x03\x03\x00\x02\x02\x00"
     # a client's ssl module reads it as that alert
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
