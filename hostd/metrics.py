@@ -60,6 +60,24 @@ _BINDING_METRICS = [
 ]
 
 
+#: HTTPS, only for pools with [tls] (their counters' "tls" is not null): a thousand
+#: plain pools add nothing to the page, not even HELP lines
+_TLS_FAILURES = ("timeout", "closed", "version", "certificate", "protocol")
+_TLS_METRICS = [
+    ("hostd_tls_handshakes_total", "counter", "Completed TLS handshakes by protocol version.",
+     lambda t: [({"version": "1.2"}, t["tls1_2"]), ({"version": "1.3"}, t["tls1_3"])]),
+    ("hostd_tls_handshake_failures_total", "counter", "Failed TLS handshakes by reason "
+     "(timeout: not done within header_timeout; closed: the client went; version: no common "
+     "version; certificate: the client refused ours; protocol: any other TLS error).",
+     lambda t: [({"reason": r}, t[f"failed_{r}"]) for r in _TLS_FAILURES]),
+    ("hostd_tls_misdirected_requests_total", "counter", "Requests answered 421 (a Host the "
+     "connection's pool does not bind).", lambda t: [({}, t["misdirected"])]),
+    ("hostd_tls_certificate_expiry_seconds", "gauge", "When each certificate of the pool "
+     "expires (notAfter), seconds since the epoch.",
+     lambda t: [({"certificate": c["file"]}, c["not_after"]) for c in t["certificates"]]),
+]
+
+
 def _escape(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -99,6 +117,13 @@ def render(counters: dict) -> str:
                     lines.append(f"{name}"
                                  f"{_labels({'pool': pool['name'], 'binding': b['binding'], **labels})}"
                                  f" {value}")
+    tls_pools = [p for p in counters["pools"] if p.get("tls")]
+    if tls_pools:
+        for name, kind, help_, samples in _TLS_METRICS:
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+            for pool in tls_pools:
+                for labels, value in samples(pool["tls"]):
+                    lines.append(f"{name}{_labels({'pool': pool['name'], **labels})} {value}")
     return "\n".join(lines) + "\n"
 
 

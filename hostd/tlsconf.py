@@ -294,6 +294,11 @@ class Snapshots:
                     int(entry[1:]) < snap.version - 1:
                 shutil.rmtree(d / entry, ignore_errors=True)
 
+    def get(self, pool: str) -> list[list[str]] | None:
+        """The pool's current copies [[cert, key], ...], or None (none made yet)."""
+        snap = self.pools.get(pool)
+        return [list(p) for p in snap.paths] if snap is not None else None
+
     def has(self, pool: str) -> bool:
         """Whether `pool` has a snapshot (it spawned a worker since it got [tls])."""
         return pool in self.pools

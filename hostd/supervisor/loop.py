@@ -228,6 +228,7 @@ class Supervisor:
             self.next_second = now + 1.0
             self.views.tick_second(now)
             self.sizing.pressure(now)
+            self.processes.certificates.tick(now, self.registry.pools.values())
         self.connections.tick()
         for pool, problem in self.placement.prepare_networks():
             self.pools.fail(pool, problem, "isolation_failed")

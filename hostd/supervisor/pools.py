@@ -63,6 +63,22 @@ class Pools:
         for name, bad in sorted(broken.items()):
             self.add_broken(bad)
         self.placement.warn_unisolated(self.registry.pools.values())
+        self._tls_warnings(pools)
+
+    def _tls_warnings(self, pools: dict) -> None:
+        """At start and reload: tls_default_pool that names no usable pool, [tls] pools
+        without a TLS listener, and certificates close to expiry (tls_expiring)."""
+        main = self.registry.main
+        problem = hconfig.tls_default_problem(main, pools)
+        if problem is not None:
+            log.warning("tls_default_pool", problem)
+        certs = self.processes.certificates
+        tls_pools = [p for p in self.registry.pools.values()
+                     if p.cfg is not None and p.cfg.tls is not None]
+        if tls_pools and not certs.ports:
+            log.warning("tls_default_pool", f"{len(tls_pools)} pool(s) have [tls] but hostd "
+                        "has no TLS listener ([hostd] listen_tls; a restart binds it)")
+        certs.check_expiry(tls_pools)
 
     def add(self, name: str, cfg) -> Pool:
         """A new pool record for `cfg`, started (or FAILED with the reason)."""
@@ -234,6 +250,9 @@ class Pools:
         if main.listen != old_main.listen or \
                 (main.frontends or os.cpu_count()) != len(self.frontends.slots):
             log.warning("reload", "listen/frontends changed: restart hostd to apply them")
+        if main.listen_tls != self.processes.certificates.listen_tls:
+            log.warning("reload", "listen_tls changed: restart hostd to apply it (the TLS "
+                        "listeners bound at start stay)")
         if main.run_dir != old_main.run_dir:
             log.warning("reload", "run_dir changed: restart hostd to apply it")
         self.registry.main = main
@@ -244,15 +263,27 @@ class Pools:
                 log.error("config_error", f"{exc}; idle workers are not stopped on pressure")
         running = {n: (p.cfg, p.state) for n, p in self.registry.pools.items()}
         added = False
+        plan = policy.reload_plan(running, pools, broken, self.placement.unsupported)
+        changing = {name for step, name, _ in plan if step == ReloadStep.CHANGE}
+        certs = self.processes.certificates
+        # certificates first: a changed pool's new generation gets the pairs that load
+        # (the new ones, or the previous ones when the new ones are bad); an unchanged
+        # pool whose pair changed is replaced like a changed one
+        renew = []
+        for name, pool in self.registry.pools.items():
+            if pool.cfg is not None and name in pools and (name in changing or
+                                                           pools[name] == pool.cfg):
+                if certs.refresh(name, pools[name]) and name not in changing:
+                    renew.append(pool)
         with self.placement.identities_held():
-            for step, name, reason in policy.reload_plan(running, pools, broken,
-                                                         self.placement.unsupported):
+            for step, name, reason in plan:
                 added = added or step in (ReloadStep.ADD, ReloadStep.REPLACE)
                 if step == ReloadStep.CHANGE:
                     self._change(self.registry.pools[name], pools[name])
                     continue
                 if step in (ReloadStep.RETIRE, ReloadStep.BROKEN, ReloadStep.REPLACE):
                     old = self.registry.pools.pop(name, None)
+                    certs.forget(name)
                     if old is not None:
                         self.retire(old, reason)
                 if step == ReloadStep.BROKEN:
@@ -267,6 +298,8 @@ class Pools:
                 if pool is rec.pool and pool.cfg is not None and \
                         pool.cfg.isolation.filesystem == "site" and rec.state != "failed":
                     self.processes.renew_zygote(pool, "pools added: a view that hides them")
+        for pool in renew:
+            self.renew_tls(pool)
         tables = self.registry.worker_tables()
         for pool in self.registry.staffed_pools():
             if self.registry.pools.get(pool.name) is not pool:
@@ -278,6 +311,7 @@ class Pools:
                     self.processes.send(w, routes)
         self.frontends.broadcast()
         self.placement.warn_unisolated(self.registry.pools.values())
+        self._tls_warnings(pools)
         log.notice("reloaded", f"configuration reloaded: {len(self.registry.pools)} pools")
 
     def _change(self, pool, cfg) -> None:
@@ -303,18 +337,38 @@ class Pools:
             return   # stopped (hostctl pool stop): it starts with the new config on start
         log.notice("recycle", f"pool {pool.name} changed; replacing its workers",
                    POOL=pool.name, REASON="config")
+        self._replace_workers(pool, "config", "config changed")
+
+    def renew_tls(self, pool) -> None:
+        """The pool's certificate changed (and loads): a new generation of workers, as
+        for a changed config (replacements first, the old ones drain once they are
+        ready; a preload pool's zygote is replaced), so new connections get the new
+        certificate while open ones finish on the old workers."""
+        pool.generation += 1
+        self.processes.want_zygote(pool)
+        if pool.state not in (P.STARTED, P.STARTING):
+            return
+        log.notice("recycle", f"pool {pool.name}: certificate changed; replacing its "
+                   "workers", POOL=pool.name, REASON="tls")
+        self._replace_workers(pool, "tls", "certificate changed")
+
+    def _replace_workers(self, pool, reason: str, why: str) -> None:
+        """A new generation's workers for the live ones (counted as `reason` recycles):
+        starting ones are dropped, each ready one gets a replacement (an
+        always_running pool at least one), those beyond `processes` drain now."""
+        cfg = pool.cfg
         old = [w for w in pool.workers.values() if w.state in WORKER_ALIVE]
-        pool.recycles["config"] += len(old)
+        pool.recycles[reason] += len(old)
         for w in old:
             if w.state in (W.SPAWNING, W.STARTING):
-                self.processes.drain(w, "config changed")
+                self.processes.drain(w, why)
         ready = [w for w in old if w.state == W.READY]
         n = max(len(ready), 1) if cfg.start_mode == "always_running" else len(ready)
         for _ in range(min(n, cfg.processes)):
-            self.processes.spawn(pool, "config changed")
+            self.processes.spawn(pool, why)
         # old READY workers beyond the new `processes` have no replacement: drain now
         for w in ready[min(n, cfg.processes):]:
-            self.processes.drain(w, "config changed")
+            self.processes.drain(w, why)
         self.sizing.update_demand(pool)
 
     def _resize_queue(self, pool, new_len: int) -> None:

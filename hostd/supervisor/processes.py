@@ -34,6 +34,7 @@ import traceback
 from hostd import log, protocol
 from hostd.lifecycle import WorkerState
 from hostd.supervisor import policy
+from hostd.supervisor.certificates import Certificates
 from hostd.supervisor.events import (ChildExited, MemoryFence, Pong, RequestsReply,
                                      SpawnRefused, WorkerExited, WorkerReady,
                                      WorkerUnhealthy, ZygoteRestarted)
@@ -103,6 +104,8 @@ class Processes:
         self.zygote_numbers: dict[str, itertools.count] = {}
         self.spares: dict[int, PoolZygote] = {}          # pid -> the pool zygote it waits for
         self.zygotes_evicted: dict[str, object] = {}     # pool name -> Pool, memory pressure
+        #: the pools' TLS: snapshots of their pairs, what a spec's tls gets
+        self.certificates = Certificates(self.registry)
 
     # ------------------------------------------------------------------ zygote
     def start_zygote(self) -> None:
@@ -233,13 +236,7 @@ class Processes:
         channel. Returns the supervisor's end of the worker's control channel, or None
         when the zygote cannot be reached (logged)."""
         pool = worker.pool
-        spec = protocol.WorkerSpec(
-            pool=pool.name, worker_id=worker.id, generation=pool.generation,
-            global_slots_via_board=worker.isolated,
-            cgroup_procs=worker.cgroup.procs_files() if worker.cgroup else [],
-            isolation=isolation, **self.connections.limit_settings(),
-            access_log=self.registry.main.access_log,
-            config=pool.cfg.to_spec(), routes=self.registry.worker_routes(pool.name))
+        spec = self.worker_spec(worker, isolation)
         reroute = self.connections.pool_reroute(pool) if worker.isolated \
             else self.connections.reroute_in
         ctl_mine, ctl_theirs = sockets.seqpacket_pair()
@@ -265,6 +262,20 @@ class Processes:
         worker.ctl = ctl_mine
         self._send_fence(worker)
         return ctl_mine
+
+    def worker_spec(self, worker: Worker, isolation: dict | None) -> protocol.WorkerSpec:
+        """The WorkerSpec of a new worker of its pool's current generation: its
+        config, routes, limits, and (HTTPS) its pool's snapshot pairs and the TLS
+        listeners' ports."""
+        pool = worker.pool
+        return protocol.WorkerSpec(
+            pool=pool.name, worker_id=worker.id, generation=pool.generation,
+            global_slots_via_board=worker.isolated,
+            cgroup_procs=worker.cgroup.procs_files() if worker.cgroup else [],
+            isolation=isolation, **self.connections.limit_settings(),
+            access_log=self.registry.main.access_log,
+            config=pool.cfg.to_spec(), routes=self.registry.worker_routes(pool.name),
+            tls=self.certificates.spec(pool), tls_ports=list(self.certificates.ports))
 
     def _send_fence(self, worker: Worker) -> None:
         """v1: gives the worker its own copy of the kernel's memory notification (queued
@@ -380,7 +391,8 @@ class Processes:
             pool=pool.name, worker_id=0, generation=pool.generation, role="zygote",
             cgroup_procs=rec.cgroup.procs_files() if rec.cgroup else [],
             isolation=self.placement.zygote_isolation(pool),
-            access_log=self.registry.main.access_log, config=pool.cfg.to_spec())
+            access_log=self.registry.main.access_log, config=pool.cfg.to_spec(),
+            tls=self.certificates.spec(pool), tls_ports=list(self.certificates.ports))
         sid = next(self.spawn_ids)
         mine = self._ask_for_pool_zygote(sid, spec)
         if mine is None:

@@ -154,14 +154,18 @@ class PoolTotals:
     crashes: int = 0
     rapid_fail_stops: int = 0
     queue_full: int = 0
+    #: Scoreboard.TLS_FIELDS name -> count (a TLS pool's handshakes, failures, 421s)
+    tls: dict = field(default_factory=lambda: dict.fromkeys(protocol.Scoreboard.TLS_FIELDS, 0))
 
     def add_exited(self, worker: Worker, texts: list[str]) -> None:
-        """Adds an exiting worker's scoreboard (requests, bytes, per-binding counters)
-        and CPU time; call before its board is closed."""
+        """Adds an exiting worker's scoreboard (requests, bytes, per-binding counters,
+        TLS counters) and CPU time; call before its board is closed."""
         self.cpu += worker.cpu_at_exit
         if worker.board is None:
             return
         self.requests += worker.board.read()["requests"]
+        for k, v in worker.board.read_tls().items():
+            self.tls[k] = self.tls.get(k, 0) + v
         bytes_in, per = worker.board.read_counts(len(texts) or 1)
         self.bytes_in += bytes_in
         for text, values in zip(texts, per):
@@ -224,6 +228,16 @@ class Pool:
 
     def alive(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.state in WORKER_ALIVE]
+
+    def tls_counters(self) -> dict[str, int]:
+        """Scoreboard.TLS_FIELDS sums of every worker it ever had (monotonic): the
+        exited ones' totals plus the live scoreboards."""
+        out = dict(self.totals.tls)
+        for w in self.workers.values():
+            if w.board is not None:
+                for k, v in w.board.read_tls().items():
+                    out[k] = out.get(k, 0) + v
+        return out
 
     def requests(self) -> int:
         """Requests served so far, by every worker it ever had (monotonic)."""

@@ -65,6 +65,7 @@ class Views:
         if state is not None:
             chosen = [p for p in chosen if p.state.value == state]
         pools = []
+        certs = self.processes.certificates
         for pool in chosen:
             workers = []
             for w in sorted(pool.workers.values(), key=lambda w: w.id):
@@ -103,10 +104,14 @@ class Views:
                           "identity": pool.identity.to_dict() if pool.identity else None,
                           "preload": cfg.preload if cfg else False,
                           "zygote": self._zygote(pool),
+                          "tls": certs.status(pool, pool.tls_counters())
+                          if cfg is not None and cfg.tls is not None else None,
                           "file": str(cfg.file) if cfg else None})
         ids = self.placement.frontend_ids
         return {"pid": self.registry.pid, "started": round(self.started_at, 3),
                 "listen": [show_addr(h, p) for h, p in self.registry.main.listen],
+                # the TLS listeners bound at start (a reload does not change them)
+                "listen_tls": [show_addr(h, p) for h, p in certs.listen_tls],
                 "frontends": [{"slot": fe.slot, "pid": fe.pid} for fe in
                               sorted(self.frontends.by_slot.values(), key=lambda f: f.slot)],
                 "zygote": self.processes.zygote_pid, "pools": pools,
@@ -138,8 +143,12 @@ class Views:
         total, requests/s over the last 10 s, active, queued, responses by class, bytes
         in/out, workers, memory, CPU seconds, recycles by reason, crashes, rapid-fail
         stops, queue-full rejections; per binding: requests, responses by class, bytes
-        out. Every total counts the pool's exited workers too."""
+        out; "tls": null, or for a pool with [tls] the Scoreboard.TLS_FIELDS counts
+        (handshakes, tls1_2, tls1_3, failed_* by reason, misdirected) and
+        "certificates": [{"file", "not_after" (seconds since the epoch)}]. Every total
+        counts the pool's exited workers too."""
         out = []
+        certs = self.processes.certificates
         for pool in sorted(self.registry.pools.values(), key=lambda p: p.name):
             if name is not None and pool.name != name:
                 continue
@@ -182,6 +191,11 @@ class Views:
                 "bindings": [{"binding": t, "requests": v[0],
                               "responses": {f"{c}xx": v[c] for c in range(1, 6)},
                               "bytes_out": v[6]} for t, v in per.items()],
+                # HTTPS (null without [tls]): Scoreboard.TLS_FIELDS sums, and each
+                # certificate's expiry
+                "tls": dict(pool.tls_counters(), certificates=[
+                    {"file": f, "not_after": round(t)} for f, t in certs.not_after(pool)])
+                if pool.cfg is not None and pool.cfg.tls is not None else None,
             })
         return {"pools": out}
 

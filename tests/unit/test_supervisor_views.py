@@ -6,17 +6,18 @@ import dataclasses
 from hostd import config as hconfig
 from supervisor_fakes import as_broken, make_house, pool_config  # noqa: F401
 
-STATUS_KEYS = {"pid", "started", "listen", "frontends", "zygote", "pools", "frontend_uid"}
+STATUS_KEYS = {"pid", "started", "listen", "listen_tls", "frontends", "zygote", "pools",
+               "frontend_uid"}
 STATUS_POOL_KEYS = {"name", "state", "bindings", "workers", "queued", "processes",
                     "start_mode", "error", "recycles", "limits", "isolation", "identity",
-                    "file", "isolated", "isolation_reason", "preload", "zygote"}
+                    "file", "isolated", "isolation_reason", "preload", "zygote", "tls"}
 STATUS_WORKER_KEYS = {"pid", "id", "state", "requests", "active", "connections", "busy",
                       "rss", "pss", "private", "cpu_seconds", "generation", "started", "start_reason",
                       "last_recycle_reason", "recycling", "boot_ms", "preloaded"}
 COUNTERS_POOL_KEYS = {"name", "state", "requests", "requests_per_second", "active", "queued",
                       "responses", "bytes_in", "bytes_out", "workers", "memory",
                       "cpu_seconds", "recycles", "crashes", "rapid_fail_stops", "queue_full",
-                      "bindings"}
+                      "bindings", "tls"}
 COUNTERS_BINDING_KEYS = {"binding", "requests", "responses", "bytes_out"}
 RESPONSE_KEYS = {"1xx", "2xx", "3xx", "4xx", "5xx"}
 
