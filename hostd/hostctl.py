@@ -99,6 +99,9 @@ def show_status(doc: dict) -> str:
     errors = [f"  {p['name']}: {p['error']}" for p in doc["pools"] if p.get("error")]
     if errors:
         out.append("\nerrors:\n" + "\n".join(errors))
+    tls = show_certificates(doc)
+    if tls:
+        out.append("\n" + tls)
     import time as _t
     workers = [[p["name"], w["pid"], w["state"], w["requests"], w.get("connections", 0),
                 f'{100 * (w.get("busy") or 0):.0f}%', _mib(w["rss"]),
@@ -108,6 +111,43 @@ def show_status(doc: dict) -> str:
     if workers:
         out.append("\n" + table(workers, ["POOL", "PID", "STATE", "REQUESTS", "CONNS", "BUSY",
                                            "RSS", "STARTED", "LAST RECYCLE"]))
+    return "\n".join(out)
+
+
+def _expiry(cert: dict) -> str:
+    days = cert.get("expires_in_days")
+    if days is None:
+        return "-"
+    when = (cert.get("not_after") or "")[:10]
+    if days < 0:
+        return f"{when} (EXPIRED)"
+    return f"{when} ({days:g} days)" + (" SOON" if days < 14 else "")
+
+
+def show_certificates(doc: dict) -> str:
+    """The HTTPS part of `hostctl status`: each TLS pool's certificates (subject,
+    names, expiry) and its last certificate error; "" when no pool has [tls]."""
+    rows, errors = [], []
+    for p in doc["pools"]:
+        tls = p.get("tls")
+        if not tls:
+            continue
+        for c in tls["certificates"]:
+            rows.append([p["name"], c.get("subject") or c.get("error") or "-",
+                         " ".join(c.get("names") or []) or "-", _expiry(c),
+                         tls["min_version"] + ("+" if tls["min_version"] == "1.2" else ""),
+                         "308" if tls.get("redirect_http") else "-"])
+        if tls.get("last_error"):
+            errors.append(f"  {p['name']}: {tls['last_error']}")
+    if not rows:
+        return ""
+    out = []
+    if doc.get("listen_tls"):
+        out.append("listen_tls: " + ", ".join(doc["listen_tls"]))
+    out.append(table(rows, ["POOL", "SUBJECT", "NAMES", "EXPIRES", "TLS", "HTTP"]))
+    if errors:
+        out.append("certificate errors (the previous certificate is in use):\n"
+                   + "\n".join(errors))
     return "\n".join(out)
 
 
@@ -128,6 +168,14 @@ def show_counters(doc: dict) -> str:
              for p in doc["pools"] for b in p["bindings"]]
     if brows:
         out.append("\n" + table(brows, ["POOL", "BINDING", "REQUESTS", "2XX", "4XX", "5XX", "OUT"]))
+    trows = [[p["name"], t["handshakes"], t["tls1_2"], t["tls1_3"], t["failed_timeout"],
+              t["failed_closed"], t["failed_version"], t["failed_certificate"],
+              t["failed_protocol"], t["misdirected"]]
+             for p in doc["pools"] for t in [p.get("tls")] if t]
+    if trows:
+        out.append("\n" + table(trows, ["POOL", "HANDSHAKES", "TLS1.2", "TLS1.3", "FAIL_TIMEOUT",
+                                          "FAIL_CLOSED", "FAIL_VERSION", "FAIL_CERT",
+                                          "FAIL_PROTOCOL", "421"]))
     return "\n".join(out)
 
 

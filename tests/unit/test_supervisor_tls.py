@@ -254,3 +254,26 @@ def test_status_and_counters_documents(make_house, site):
     assert 'hostd_tls_misdirected_requests_total{pool="a"} 2' in text
     assert 'hostd_tls_certificate_expiry_seconds{pool="a",certificate="' in text
     assert 'pool="p"' not in "".join(line for line in text.splitlines() if "_tls_" in line)
+
+
+def test_hostctl_text_shows_certificates_and_tls_counters(make_house, site, certs):
+    from hostd import hostctl
+    h = house(make_house, site, tls_cfg(site), pool_config("p"))
+    (w1,) = h.workers()
+    h.up(w1)
+    w1.board.write_tls([7, 3, 4, 1, 0, 0, 0, 0, 1])
+    text = hostctl.show_status(h.views.status())
+    assert "listen_tls: 127.0.0.1:8443" in text
+    (row,) = [line for line in text.splitlines() if line.startswith("a ") and "CN=a.test" in line]
+    assert "a.test *.a.test" in row and "days)" in row
+    replace(site / "live" / "a.key", certs["b"][1])
+    h.reload({"a": tls_cfg(site), "p": pool_config("p")})
+    text = hostctl.show_status(h.views.status())
+    assert "certificate errors" in text and "does not match" in text
+    counters = hostctl.show_counters(h.views.counters())
+    (row,) = [line for line in counters.splitlines() if line.split()[:2] == ["a", "7"]]
+    assert row.split() == ["a", "7", "3", "4", "1", "0", "0", "0", "0", "1"]
+    plain = make_house(pool_config("q"))
+    assert "SUBJECT" not in hostctl.show_status(plain.views.status())
+    assert "HANDSHAKES" not in hostctl.show_counters(plain.views.counters())
+    assert "hostd_tls" not in metrics.render(plain.views.counters())   # 1,000 plain pools: no growth
