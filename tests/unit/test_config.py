@@ -577,9 +577,9 @@ def test_check_config_main_syntax_error(site):
 def test_every_key_is_documented():
     from hostd.config import HOSTD_KEYS, POOL_KEYS
     docs = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    from hostd.config import HEALTH_KEYS, ISOLATION_KEYS, LIMITS_KEYS, RECYCLING_KEYS
+    from hostd.config import HEALTH_KEYS, ISOLATION_KEYS, LIMITS_KEYS, RECYCLING_KEYS, TLS_KEYS
     missing = [k for k in [*HOSTD_KEYS, *POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS,
-                           *ISOLATION_KEYS]
+                           *ISOLATION_KEYS, *TLS_KEYS]
                if f"| `{k}` |" not in docs]
     assert missing == []
 
@@ -621,8 +621,9 @@ def test_the_every_key_example_is_a_valid_pool_file(tmp_path):
     from hostd.config import HEALTH_KEYS, LIMITS_KEYS, POOL_KEYS, RECYCLING_KEYS
     example = Path(__file__).resolve().parents[2] / "examples" / "pools.d" / "every-key.toml.example"
     text = example.read_text()
-    from hostd.config import ISOLATION_KEYS
-    for key in [*POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS, *ISOLATION_KEYS]:
+    from hostd.config import ISOLATION_KEYS, TLS_KEYS
+    for key in [*POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS, *ISOLATION_KEYS,
+                *TLS_KEYS]:
         assert f"\n{key} = " in text or f"\n# {key} = " in text or f"[{key}]" in text, key
     (tmp_path / "pools.d").mkdir()
     shutil.copytree(example.parents[1] / "apps", tmp_path / "apps")

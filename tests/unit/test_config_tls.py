@@ -293,3 +293,17 @@ def test_cli_check_config_exit_codes(site):
     assert cli.main(["--check-config", "--config", str(site / "hostd.toml")]) == 2
     write_pool(site, BASE + '[tls]\ncertificate = "../tls/a.test.crt"\nkey = "../tls/a.test.key"\n')
     assert cli.main(["--check-config", "--config", str(site / "hostd.toml")]) == 0
+
+
+def test_the_https_example_pool_file_loads(site):
+    """examples/pools.d/shop-https.toml.example, its paths pointed at test files."""
+    root = Path(__file__).resolve().parents[2] / "examples"
+    text = (root / "pools.d" / "shop-https.toml.example").read_text()
+    text = text.replace("/etc/letsencrypt/live/shop.example.com/fullchain.pem",
+                        str(site / "tls" / "a.test.crt"))
+    text = text.replace("/etc/letsencrypt/live/shop.example.com/privkey.pem",
+                        str(site / "tls" / "a.test.key"))
+    shutil.copytree(root / "apps", site / "apps")
+    good, broken = load(site, text, "shop")
+    assert broken == {} and good["shop"].tls.redirect_http
+    assert good["shop"].tls.pairs == ((str(site / "tls/a.test.crt"), str(site / "tls/a.test.key")),)
