@@ -115,6 +115,7 @@ EVENTS: dict[str, str] = {
     "tls_load_failed": "A pool's certificate/key pair did not load (POOL=, FILE=, REASON=: OpenSSL's words: a missing file, not PEM, a key that does not match): on reload the pool keeps its previous pair (new connections too); in a worker or pool zygote, it cannot start.",
     "tls_reloaded": "A pool's certificate or key changed on reload and the new pair loads: its workers are replaced (overlapping), so new TLS connections get the new certificate while open ones finish on the old workers.",
     "tls_expiring": "A pool's certificate expires within 14 days, or has expired (POOL=, FILE=, NOT_AFTER=, DAYS=); checked at start, reload and once a day. Renew it, then reload hostd.",
+    "tls_no_listener": "Pools have a [tls] table but hostd has no TLS listener ([hostd] listen_tls, bound at start: a restart applies it); they are served on plain HTTP only.",
     "tls_default_pool": "[hostd] tls_default_pool names no pool with a [tls] table: ClientHellos without SNI or with an unbound name are refused (alert unrecognized_name).",
     "bad_routes": "A worker received a routing table it could not use; it keeps the previous one.",
 }

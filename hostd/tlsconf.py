@@ -256,11 +256,16 @@ class Snapshots:
         self._versions: dict[str, int] = {}
         self._cleaned = False
 
+    def clear(self) -> None:
+        """Removes run_dir/tls, what an earlier hostd left (its copies are not ours to
+        trust; keys should not linger). Done at hostd's start, and before the first copy."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.pools.clear()
+        self._cleaned = True
+
     def _dir(self, pool: str) -> Path:
         if not self._cleaned:
-            # what an earlier hostd left: its copies are not ours to trust
-            shutil.rmtree(self.root, ignore_errors=True)
-            self._cleaned = True
+            self.clear()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         d = self.root / pool

@@ -116,6 +116,7 @@ class Supervisor:
         self.placement.setup_pressure()
         self.frontends.bind()
         self.main.run_dir.mkdir(parents=True, exist_ok=True)
+        self.processes.certificates.snapshots.clear()   # an earlier hostd's key copies
         self.control = ControlServer(self.main.run_dir / "control.sock", self.commands)
         self.reactor.watch(self.control.sock.fileno(),
                            lambda ev: self.control.accept(self.reactor.watch, self.reactor.unwatch))

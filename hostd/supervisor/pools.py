@@ -76,7 +76,7 @@ class Pools:
         tls_pools = [p for p in self.registry.pools.values()
                      if p.cfg is not None and p.cfg.tls is not None]
         if tls_pools and not certs.ports:
-            log.warning("tls_default_pool", f"{len(tls_pools)} pool(s) have [tls] but hostd "
+            log.warning("tls_no_listener", f"{len(tls_pools)} pool(s) have [tls] but hostd "
                         "has no TLS listener ([hostd] listen_tls; a restart binds it)")
         certs.check_expiry(tls_pools)
 

@@ -277,3 +277,12 @@ def test_hostctl_text_shows_certificates_and_tls_counters(make_house, site, cert
     assert "SUBJECT" not in hostctl.show_status(plain.views.status())
     assert "HANDSHAKES" not in hostctl.show_counters(plain.views.counters())
     assert "hostd_tls" not in metrics.render(plain.views.counters())   # 1,000 plain pools: no growth
+
+
+def test_tls_pools_without_a_tls_listener_warn(make_house, site, logs):
+    h = make_house(main=main_config(site))
+    h.add(tls_cfg(site))
+    h.reload({"a": tls_cfg(site)})
+    (ev,) = logs.events("tls_no_listener")
+    assert "1 pool(s) have [tls]" in ev["MESSAGE"]
+    assert h.processes.worker_spec(h.workers()[0], None).tls_ports == []

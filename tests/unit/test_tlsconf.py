@@ -253,3 +253,13 @@ def test_snapshot_first_copy_of_a_missing_file_raises(tmp_path):
     with pytest.raises(OSError):
         snaps.current("shop", [(str(tmp_path / "x.crt"), str(tmp_path / "x.key"))])
     assert not snaps.has("shop") and os.listdir(tmp_path / "run" / "tls" / "shop") == []
+
+
+def test_snapshots_clear_at_start(tmp_path, live):
+    snaps = Snapshots(tmp_path / "run", check=Checks())
+    snaps.current("shop", live)
+    (tmp_path / "run" / "tls" / "left").mkdir()
+    snaps.clear()
+    assert not (tmp_path / "run" / "tls").exists() and not snaps.has("shop")
+    snaps.current("shop", live)
+    assert sorted(os.listdir(tmp_path / "run" / "tls")) == ["shop"]
