@@ -665,6 +665,7 @@ def summarize(runs: list[dict], servers: list[str]) -> tuple[list[dict], list[di
             rows.append({
                 "server": s, "mode": mode, "rounds": len(vals),
                 "rps": statistics.median(v["rps"] for v in vals),
+                "rps_by_round": [rr[k]["rps"] for k in sorted(rr)],
                 "p50_ms": _median(v["p50_ms"] for v in vals),
                 "p99_ms": _median(v["p99_ms"] for v in vals),
                 "cpu_us_per_req": _median(v.get("cpu_us_per_req") for v in vals),
@@ -732,9 +733,10 @@ def print_report(rows, targets, meta, runs) -> None:
           "requests completed")
     print("https-new: Connection: close, full handshake per connection (wrk's resumption off); "
           "https-resumed: wrk's own resumption")
+    print(f"load average at each turn: {meta.get('turn_loadavg', '-')}")
     print()
     hdr = (f"{'server':9s} {'mode':16s} {'rps':>9s} {'x hostd':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
-           f"{'cpu us/req':>10s}  errors")
+           f"{'cpu us/req':>10s}  {'rps by round':18s} errors")
     print(hdr)
     print("-" * len(hdr))
     last = None
@@ -750,7 +752,7 @@ def print_report(rows, targets, meta, runs) -> None:
             errs.append(f"socket {r['socket_errors']}")
         print(f"{r['server']:9s} {r['mode']:16s} {r['rps']:9.0f} {f(r['ratio_to_hostd']):>8s} "
               f"{f(r['p50_ms']):>8s} {f(r['p99_ms']):>8s} {f(r['cpu_us_per_req'], 1):>10s}  "
-              f"{', '.join(errs) or '-'}")
+              f"{'/'.join(f'{x:.0f}' for x in r['rps_by_round']):18s} {', '.join(errs) or '-'}")
     print()
     shown = list(dict.fromkeys(r["server"] for r in rows))
     probes = {}
@@ -801,6 +803,12 @@ def parse_only(text: str | None) -> list[str]:
 
 def versions(tools: dict, hostd_cmd) -> dict:
     v = R.tool_versions(tools, hostd_cmd)
+    if hostd_cmd:   # hostd has no --version: the checkout's commit (+ "dirty": others' edits)
+        git = lambda *a: subprocess.run(["git", "-C", str(REPO_DIR), *a], capture_output=True,  # noqa: E731
+                                        text=True).stdout.strip()
+        v["hostd"] = (f"checkout {git('rev-parse', '--short', 'HEAD')}"
+                      + (" + uncommitted changes" if git("status", "--porcelain", "--", "hostd",
+                                                         "workers") else ""))
     v["openssl_cli"] = subprocess.run(["openssl", "version"], capture_output=True,
                                       text=True).stdout.strip()
     v["python_ssl"] = ssl.OPENSSL_VERSION
@@ -908,6 +916,9 @@ def main() -> int:
         hosts.remove()
         meta["loadavg_end"] = os.getloadavg()
 
+    loads = [r["loadavg"][0] for r in runs]
+    if loads:
+        meta["turn_loadavg"] = f"min {min(loads):.2f}, median {statistics.median(loads):.2f}, max {max(loads):.2f}"
     rows, targets = summarize(runs, selected)
     print_report(rows, targets, meta, runs)
     for f in failures:
