@@ -169,7 +169,7 @@ def test_fields():
                           "min_request_bytes_per_second", "max_body_size", "access_log",
                           "config", "routes", "role", "tls", "tls_ports"}
     assert {f.name for f in dataclasses.fields(protocol.FrontEndSettings)} == {
-        *LIMITS, "conn_sem", "identity", "supervisor_pid"}
+        *LIMITS, "conn_sem", "identity", "supervisor_pid", "tls_ports"}
 
 
 def test_worker_spec_round_trips_through_json():
