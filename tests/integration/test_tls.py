@@ -392,3 +392,45 @@ def test_status_shows_certificate_and_handshake_counters_and_access_log_marks_ht
         assert tls_line.endswith(" https") and not plain_line.endswith(" https")
     finally:
         h.stop()
+
+
+# --- isolation: a pool sees no key file once its worker runs -------------------------------
+def test_an_isolated_pool_cannot_read_any_key_file(tmp_path, ca):
+    a, b = ca.issue("a.test"), ca.issue("b.test")
+    h = TLSHostd(tmp_path, {"a": pool(["a.test"], a, app="intruder_app:application"),
+                            "b": pool(["b.test"], b)}, ca)
+    h.start()
+    try:
+        s = h.tls_connect("a.test")
+        assert request(s, "a.test", "/whoami")[0] == 200
+        snap = sorted((tmp_path / "run" / "tls").rglob("*.key"))
+        assert snap, "no snapshot copies under run_dir/tls"
+        for path in [a.key, b.key, *snap]:
+            status, _, body = request(s, "a.test", f"/read?path={path}")
+            doc = json.loads(body)
+            assert doc["ok"] is False, (path, doc)
+        s.close()
+    finally:
+        h.stop()
+
+
+def test_a_preload_pool_serves_tls_from_its_zygote(tmp_path, ca):
+    """The pool's zygote loads the pair before it is confined; its workers inherit it."""
+    a = ca.issue("a.test")
+    h = TLSHostd(tmp_path, {"a": pool(["a.test"], a, app="preload_app:application",
+                                      preload=True)}, ca)
+    h.start()
+    try:
+        h.wait_for(lambda: (h.pool("a").get("zygote") or {}).get("state") == "ready",
+                   20, what="pool a's zygote ready")
+        zpid = h.pool("a")["zygote"]["pid"]
+        s = h.tls_connect("a.test")
+        status, _, body = request(s, "a.test")
+        doc = json.loads(body)
+        assert status == 200 and doc["import_pid"] == zpid != doc["pid"]
+        assert doc["frozen"] > 10000
+        for _ in range(5):
+            assert request(s, "a.test")[0] == 200
+        s.close()
+    finally:
+        h.stop()
