@@ -25,7 +25,9 @@ hostd/tlshello.py has the whole ClientHello, routes its SNI like a Host (path "/
 `tls_choice`; no SNI or an unbound name: [hostd] tls_default_pool) and hands the
 untouched socket to the pool's queue with no bytes: the pool's worker does the
 handshake. Partial hellos wait edge-triggered (the peeked bytes stay readable, so
-level-triggered epoll would wake at once again); header_timeout bounds them. Refused
+level-triggered epoll would wake at once again) and, once tlshello knows how long the
+hello is, with SO_RCVLOWAT at that length (a dribbled hello wakes the process once,
+not once a segment; undone before the socket goes); header_timeout bounds them. Refused
 hellos are counted (limits.Counters, `HELLO_REFUSALS`' names) and closed, with a TLS
 alert where the peer speaks TLS; the 503s of a pool become an internal_error alert
 (tcp_reset pools: an RST).
@@ -64,6 +66,8 @@ _PEEK = int(socket.MSG_PEEK)
 #: a waiting ClientHello: woken by each arrival of bytes (edge), and by the peer's FIN
 _HELLO_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _RDHUP = select.EPOLLRDHUP
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SO_RCVLOWAT = int(socket.SO_RCVLOWAT)
 #: the peek: the hello's cap and a little more (tlshello decides TOO_BIG from the
 #: headers, so a hello is decided within MAX_HELLO_BYTES)
 _PEEK_BYTES = tlshello.MAX_HELLO_BYTES + 64
@@ -268,7 +272,7 @@ class _Hello:
     (its bytes stay in the kernel's, peeked), so it costs what a plain one that sent
     nothing does, or less."""
 
-    __slots__ = ("sock", "fd", "port", "since", "registered")
+    __slots__ = ("sock", "fd", "port", "since", "registered", "lowat")
     buf = b""            # what the pool's queue (or a PARK) gets with it: nothing read
 
     def __init__(self, sock: socket.socket, port: int, now: float):
@@ -277,6 +281,7 @@ class _Hello:
         self.port = port
         self.since = now
         self.registered = False
+        self.lowat = 0   # the SO_RCVLOWAT set on it (0: none; undone before it goes)
 
 
 class _Pool:
@@ -452,19 +457,41 @@ class FrontEnd:
             return
         try:
             hello = tlshello.parse(self.peek_view[:n])
-        except tlshello.NeedMore:
+        except tlshello.NeedMore as more:
             if hup:
                 self._hello_drop(conn)   # closed mid-hello, like a head cut short
             elif n >= tlshello.MAX_HELLO_BYTES:
                 self._hello_refuse(conn, *HELLO_REFUSALS[tlshello.TOO_BIG])
             else:
+                if more.at_least > n and more.at_least != conn.lowat:
+                    # no wake-up (so no peek and parse of it all again) before the
+                    # hello can be whole: a byte-a-second hello costs one, not 500
+                    try:
+                        conn.sock.setsockopt(_SOL_SOCKET, _SO_RCVLOWAT, more.at_least)
+                        conn.lowat = more.at_least
+                    except OSError:
+                        pass
                 self._hello_wait(conn)
             return
         except tlshello.Refused as exc:
             self._hello_refuse(conn, *HELLO_REFUSALS[exc.reason])
             return
         self._hello_forget(conn)
+        if conn.lowat and not self._lowat_undone(conn):
+            self._hello_drop(conn)
+            return
         self._tls_dispatch(conn, hello.sni)
+
+    @staticmethod
+    def _lowat_undone(conn: _Hello) -> bool:
+        """SO_RCVLOWAT back to 1 (the worker's epoll must wake for every record).
+        Returns False when the socket is unusable."""
+        try:
+            conn.sock.setsockopt(_SOL_SOCKET, _SO_RCVLOWAT, 1)
+        except OSError:
+            return False
+        conn.lowat = 0
+        return True
 
     def _hello_wait(self, conn: _Hello) -> None:
         if not conn.registered:
@@ -489,6 +516,8 @@ class FrontEnd:
         read away while lingering, so no RST destroys the alert)."""
         self.counters.hit(counter, f"port {conn.port}" if sni is None else
                           f"SNI {sni[:100]} on port {conn.port}")
+        if conn.lowat:
+            self._lowat_undone(conn)     # so the lingering read wakes for what comes
         self._hello_forget(conn)
         self._give(None)
         self._reply_sock(conn.sock, alert)

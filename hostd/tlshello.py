@@ -85,7 +85,19 @@ class Hello:
 
 class NeedMore(Exception):
     """Not an error: the bytes so far are a valid prefix of a ClientHello; peek again
-    once more bytes have arrived (the caller's timeout bounds the wait)."""
+    once more bytes have arrived (the caller's timeout bounds the wait).
+
+    at_least: once the handshake header has arrived, how many bytes from the start of
+    the connection the hello takes at the least (the records announced so far, and
+    one more record header when they do not hold the whole message): no verdict can
+    be given before, except an earlier Refused. The front end sets SO_RCVLOWAT to it,
+    so a hello dribbled a byte at a time wakes it once, not once a byte (a peek and a
+    parse of up to 16 KiB each). 0 when not known yet (also the only argument).
+    """
+
+    def __init__(self, at_least: int = 0) -> None:
+        super().__init__(at_least)
+        self.at_least = at_least
 
 
 class Refused(Exception):
@@ -107,7 +119,8 @@ def parse(data: bytes | bytearray | memoryview) -> Hello:
     including 0; bytes past the ClientHello are ignored). Returns a `Hello` once the
     whole ClientHello handshake message has arrived, reassembled from one or more
     handshake records. Raises `NeedMore` while the bytes are a valid prefix of one
-    (0 bytes, a partial record header, a partial message), `Refused` (with its
+    (0 bytes, a partial record header, a partial message; with its at_least once the
+    handshake header is known), `Refused` (with its
     reason) as soon as they cannot be: NOT_TLS and SSL2 from the first byte alone,
     SSL3 from the hello's legacy_version or supported_versions (never from a record
     version, whose major 3 is all that is checked), TOO_BIG from a record header or
@@ -192,7 +205,10 @@ def parse(data: bytes | bytearray | memoryview) -> Hello:
         msg = mv[first_start + 4:first_stop]
     else:
         msg = memoryview(b"".join([mv[a:b] for a, b in ranges]))[4:]
-    hello = _body(msg, need - 4, pos)
+    try:
+        hello = _body(msg, need - 4, pos)
+    except NeedMore:
+        raise NeedMore(pos if announced >= need else pos + 5 + need - announced) from None
     if pos > n or announced < need:
         raise NeedMore()   # not reached: _body runs out of bytes first
     return hello

@@ -257,21 +257,30 @@ def test_whole_hello_is_handed_over_untouched_with_no_bytes(rig):
 
 def test_partial_hello_waits_edge_triggered_without_spinning(rig):
     hello = client_hello("shop.test")
-    c = rig.connect(hello[:40])
+    c = rig.connect(hello[:4])              # not even its handshake header
     rig.accept()
     assert len(rig.fe.hellos) == 1
-    # the 40 bytes stay readable (peeked): level-triggered epoll would report them on
+    # the 4 bytes stay readable (peeked): level-triggered epoll would report them on
     # every poll; edge-triggered, at most the one readiness of the registration
     rig.events(0.1)
     assert rig.events(0.3) == [] and rig.events(0.3) == []
-    assert rig.queued("shop") is None
-    c.sendall(hello[40:100])
+    c.sendall(hello[4:40])
     assert len(rig.events(1.0)) == 1 and len(rig.fe.hellos) == 1     # more: peeked again
-    c.sendall(hello[100:])
+    # now its length is known: SO_RCVLOWAT holds the wake-up until it can be whole
+    conn = rig.fe.hellos[next(iter(rig.fe.hellos))]
+    assert conn.lowat == len(hello)
+    assert conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == len(hello)
+    for i in range(40, len(hello) - 1, 50):  # dribbled: no wake-up at all
+        c.sendall(hello[i:min(i + 50, len(hello) - 1)])
+        assert rig.events(0.05) == []
+    assert rig.queued("shop") is None
+    c.sendall(hello[-1:])
     assert len(rig.events(1.0)) == 1
     assert not rig.fe.hellos
     data, conn = rig.queued("shop")
     assert data == b"" and conn.recv(65536) == hello
+    # the worker gets a socket that wakes its epoll for every byte again
+    assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
     conn.close()
 
 
@@ -447,3 +456,95 @@ def test_a_rerouted_tls_connection_is_routed_again_by_its_hello(rig):
     except ConnectionResetError:
         pass
     conn.close()
+
+
+# --- the supervisor's side (hostd/supervisor/frontends.py) ------------------------------
+
+def _frontends(listen, listen_tls, tls_default=""):
+    from types import SimpleNamespace as NS
+
+    from hostd.supervisor.frontends import FrontEnds
+    main = NS(listen=tuple(listen), listen_tls=tuple(listen_tls), frontends=2,
+              tls_default_pool=tls_default)
+    return FrontEnds(NS(main=main), None, None, NS(listen_ports=set()), None)
+
+
+def _ports(n):
+    out = []
+    for _ in range(n):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            out.append(s.getsockname()[1])
+    return out
+
+
+def test_bind_makes_tls_listeners_per_slot_beside_the_plain_ones(monkeypatch):
+    from hostd import sdnotify
+    monkeypatch.setattr(sdnotify, "listen_fds", lambda: [])
+    plain, tls = _ports(2)
+    fes = _frontends([("127.0.0.1", plain)], [("127.0.0.1", tls)])
+    fes.bind()
+    try:
+        assert len(fes.slots) == 2 and fes.slots[0][0] is not fes.slots[1][0]
+        assert [[s.getsockname()[1] for s in slot] for slot in fes.slots] == [[plain, tls]] * 2
+        for slot in fes.slots:      # same options as the plain ones: a group per port
+            for s in slot:
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+        assert fes.tls_ports == frozenset({tls})
+        assert fes.connections.listen_ports == {plain, tls}
+    finally:
+        fes.close_sockets()
+
+
+def test_bind_under_socket_activation_tells_tls_listeners_by_address(monkeypatch):
+    from hostd import sdnotify
+    plain, tls, tls2 = _ports(3)
+    passed = [sockets.listen_tcp("127.0.0.1", p, reuseport=False) for p in (tls, plain)]
+    monkeypatch.setattr(sdnotify, "listen_fds", lambda: list(passed))
+    # tls2 was not passed: bound here, shared
+    fes = _frontends([("127.0.0.1", plain)], [("127.0.0.1", tls), ("127.0.0.1", tls2)])
+    fes.bind()
+    try:
+        assert fes.slots[0] is fes.slots[1]
+        assert [s.getsockname()[1] for s in fes.slots[0]] == [plain, tls, tls2]
+        assert fes.slots[0][:2] == [passed[1], passed[0]]
+        assert fes.tls_ports == frozenset({tls, tls2})
+        assert fes.connections.listen_ports == {plain, tls, tls2}
+    finally:
+        for s in fes.slots[0]:
+            s.close()
+
+
+def test_pool_entries_and_the_pools_message_carry_tls():
+    from types import SimpleNamespace as NS
+
+    from hostd.config import TLSConfig
+    from hostd.lifecycle import PoolState
+    from hostd.supervisor import frontends
+
+    def p(tls):
+        return NS(state=PoolState.STARTED, cfg=NS(load_balancer_capabilities="http_503",
+                                                   max_body_size=None, tls=tls))
+    pairs = (("/c", "/k"),)
+    assert frontends._entry(p(None)) == {"state": "started", "lb": "http_503",
+                                         "max_body": -1, "tls": False, "redirect": False}
+    assert frontends._entry(p(TLSConfig(pairs)))["tls"] is True
+    assert "redirect_port" not in frontends._entry(p(TLSConfig(pairs)))
+    entry = frontends._entry(p(TLSConfig(pairs, redirect_http=True, redirect_port=8443)))
+    assert (entry["tls"], entry["redirect"], entry["redirect_port"]) == (True, True, 8443)
+    failed = NS(state=PoolState.FAILED, cfg=None)      # a broken pool file
+    assert frontends._entry(failed)["tls"] is False
+    msg = protocol.decode(frontends._pools_message({"a": entry}, [["a", "a.test"]], "a"))
+    assert msg == {"t": protocol.POOLS, "pools": {"a": entry}, "routes": [["a", "a.test"]],
+                   "tls_default": "a"}
+    # what the front end makes of it
+    r = Rig({"a": {}}, [])
+    try:
+        r.fe._set_pools(msg["pools"], msg["routes"], msg["tls_default"])
+        pool = r.fe.pools["a"]
+        assert (pool.tls, pool.redirect, pool.redirect_port, pool.closed) == \
+            (True, True, 8443, True)
+        assert r.fe.tls_default == "a"
+    finally:
+        r.close()

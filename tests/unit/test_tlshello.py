@@ -221,6 +221,33 @@ def test_every_prefix_needs_more_then_the_same_hello():
     assert parse(HELLO) == whole
 
 
+@pytest.mark.parametrize("size", [None, 1, 3, 97, 300])
+def test_need_more_says_how_long_the_hello_is_at_least(size):
+    """at_least: 0 until the handshake header is in; then always past what is at hand
+    and never past the hello's length, never shrinking, and the whole length once the
+    last record's header has arrived."""
+    message = handshake_message(HELLO)
+    size = size or len(message)               # None: one record, as sent
+    data = records(message, size)
+    last_header = len(data) - 5 - (len(message) % size or size)
+    k = -(-4 // size)                         # records holding the handshake header
+    header_known = (k - 1) * (5 + size) + 5 + 4 - (k - 1) * size
+    known = []
+    for i in range(len(data)):
+        with pytest.raises(NeedMore) as info:
+            parse(data[:i])
+        at_least = info.value.at_least
+        assert info.value.args == (at_least,)
+        if i < header_known:
+            assert at_least == 0, (i, at_least)
+            continue
+        assert i < at_least <= len(data), (i, at_least)
+        if i >= last_header + 5:
+            assert at_least == len(data), (i, at_least)
+        known.append(at_least)
+    assert known and known == sorted(known)   # a waiting front end only raises its mark
+
+
 def test_bytes_after_the_hello_are_not_read():
     ccs = b"\x14\x03\x03\x00\x01\x01"
     assert parse(HELLO + ccs + b"\x17\x03\x03\x40\x00garbage") == parse(HELLO)
