@@ -357,6 +357,7 @@ class FrontEnd:
         self.peek_view = memoryview(self.peek)
         self.lingering: dict[int, tuple[socket.socket, float]] = {}
         self.queue_full: dict[str, int] = {}   # rejections not yet reported to the supervisor
+        self.reported: dict[str, int] = {}     # self.counters as last reported
         self.ep = select.epoll()
         self.stopping = False
         self.listening = False
@@ -874,11 +875,16 @@ class FrontEnd:
             sock.close()
         if self.stopping and not self.pending and not self.hellos:
             self.running = False
-        if self.queue_full:
-            # the supervisor keeps the per-pool totals (hostctl counters, /metrics)
+        counts = self.counters.counts
+        if self.queue_full or counts != self.reported:
+            # the supervisor keeps the totals (hostctl counters, /metrics): per pool the
+            # queue-full rejections, and this process's own refusals by name
+            refused = {k: v - self.reported.get(k, 0) for k, v in counts.items()
+                       if v != self.reported.get(k, 0)}
             try:
-                self.ctl.send(protocol.counters(self.queue_full), _DONTWAIT)
+                self.ctl.send(protocol.counters(self.queue_full, refused), _DONTWAIT)
                 self.queue_full = {}
+                self.reported = dict(counts)
             except OSError:
                 pass
 

@@ -176,6 +176,9 @@ def show_counters(doc: dict) -> str:
         out.append("\n" + table(trows, ["POOL", "HANDSHAKES", "TLS1.2", "TLS1.3", "FAIL_TIMEOUT",
                                           "FAIL_CLOSED", "FAIL_VERSION", "FAIL_CERT",
                                           "FAIL_PROTOCOL", "421"]))
+    refused = (doc.get("front_ends") or {}).get("refused") or {}
+    if refused:
+        out.append("\nfront ends refused: " + ", ".join(f"{k} {v}" for k, v in refused.items()))
     return "\n".join(out)
 
 

@@ -124,6 +124,12 @@ def render(counters: dict) -> str:
             for pool in tls_pools:
                 for labels, value in samples(pool["tls"]):
                     lines.append(f"{name}{_labels({'pool': pool['name'], **labels})} {value}")
+    refused = (counters.get("front_ends") or {}).get("refused") or {}
+    lines += ["# HELP hostd_frontend_refusals_total Connections or requests the front ends "
+              "refused themselves, by reason (malformed heads, timeouts, refused TLS hellos).",
+              "# TYPE hostd_frontend_refusals_total counter"]
+    for reason, n in sorted(refused.items()):
+        lines.append(f"hostd_frontend_refusals_total{_labels({'reason': reason})} {n}")
     return "\n".join(lines) + "\n"
 
 

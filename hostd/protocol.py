@@ -113,7 +113,9 @@ POOL_STATES = "pool_states"        # {"pools": {name: {"state", "lb", "max_body"
                                    # pools changed (their descriptors and every binding did not)
 STOP = "stop"                      # stop accepting, finish what was read, exit 0
 # front end -> supervisor
-COUNTERS = "counters"              # {"queue_full": {pool: n}}: rejections since the last report
+COUNTERS = "counters"              # {"queue_full": {pool: n}, "refused": {name: n}}: rejections
+                                   # since the last report (refused: the front end's own, by
+                                   # limits.Counters name; absent when none)
 # PARK (front end -> supervisor) is not JSON: PARK_TAG + pool name + NUL + the bytes read,
 # with one descriptor (the connection): the pool queue was full (EAGAIN); the
 # supervisor parks it, still holding its queue slot. encode_park / decode_park.
@@ -229,8 +231,14 @@ def stop() -> bytes:
     return encode({"t": STOP})
 
 
-def counters(queue_full: dict[str, int]) -> bytes:
-    return encode({"t": COUNTERS, "queue_full": queue_full})
+def counters(queue_full: dict[str, int], refused: dict[str, int] | None = None) -> bytes:
+    """queue_full: per pool, rejections since the last report; refused: the front end's
+    own refusals since the last report, by limits.Counters name (header_timeout,
+    reject_400, tls_not_tls, ...)."""
+    msg = {"t": COUNTERS, "queue_full": queue_full}
+    if refused:
+        msg["refused"] = refused
+    return encode(msg)
 
 
 def spawn(id: int, spec: "WorkerSpec | Mapping", placing: bool = False) -> bytes:

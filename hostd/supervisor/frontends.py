@@ -6,10 +6,12 @@ FrontEndSettings.tls_ports) and each front end's control channel (closed when it
 reaped). Front ends are reaped by processes.py (`track`), which reports their exit as
 ChildExited.
 Reports: ConnectionParked (a pool queue was full) and QueueFull (their rejection
-counts); connections.py and pools.py act on them.
+counts); connections.py and pools.py act on them. Keeps: the front ends' own refusals
+(`refused`: malformed heads, timeouts, refused TLS hellos), which views.py shows.
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -70,6 +72,9 @@ class FrontEnds:
         self.tls_ports: frozenset[int] = frozenset()
         self.by_slot: dict[int, FrontEndProc] = {}
         self.pids: dict[int, int] = {}          # pid -> slot
+        #: every front end's own refusals since hostd started, by limits.Counters name
+        #: (protocol.COUNTERS' "refused"): `hostctl counters`, /metrics
+        self.refused: collections.Counter = collections.Counter()
 
     # ------------------------------------------------------------------ sockets
     def bind(self) -> None:
@@ -208,6 +213,9 @@ class FrontEnds:
                 except ValueError:
                     continue
                 if msg["t"] == protocol.COUNTERS:
+                    for k, n in (msg.get("refused") or {}).items():
+                        if isinstance(n, int) and n > 0:
+                            self.refused[str(k)] += n
                     self.reactor.post(QueueFull(dict(msg.get("queue_full") or {})))
 
     # ------------------------------------------------------------------ stop

@@ -197,7 +197,9 @@ class Views:
                     {"file": f, "not_after": round(t)} for f, t in certs.not_after(pool)])
                 if pool.cfg is not None and pool.cfg.tls is not None else None,
             })
-        return {"pools": out}
+        # the front ends' own refusals, before any pool is known (hostd/frontend.py's
+        # limits.Counters names: reject_400, header_timeout, tls_not_tls, ...)
+        return {"pools": out, "front_ends": {"refused": dict(sorted(self.frontends.refused.items()))}}
 
     # ------------------------------------------------------------------ live requests
     def live_requests(self, name: str | None = None,

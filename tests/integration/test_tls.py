@@ -390,6 +390,21 @@ def test_status_shows_certificate_and_handshake_counters_and_access_log_marks_ht
         tls_line = [ln for ln in lines if "/tls-marked" in ln][0]
         plain_line = [ln for ln in lines if "/plain-line" in ln][0]
         assert tls_line.endswith(" https") and not plain_line.endswith(" https")
+        # plain HTTP on the TLS port: not served, and counted by the front ends
+        with socket.create_connection(("127.0.0.1", h.tls_port), timeout=5) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            got = b""
+            while True:
+                d = raw.recv(4096)
+                if not d:
+                    break
+                got += d
+            assert b"HTTP/1.1" not in got
+
+        def refused():
+            doc = json.loads(h.ctl("counters", "--json").stdout)
+            return doc["front_ends"]["refused"].get("tls_not_tls", 0)
+        h.wait_for(lambda: refused() >= 1, timeout=5, what="tls_not_tls counted")
     finally:
         h.stop()
 

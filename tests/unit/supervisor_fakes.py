@@ -17,6 +17,8 @@ memfds and eventfds are real (and closed by `House.close`).
 """
 from __future__ import annotations
 
+import collections
+
 import os
 import signal
 import socket
@@ -448,6 +450,7 @@ class FakeFrontEnds:
         self.stops = 0
         self.channels_closed = 0
         self.restarts: list[int] = []
+        self.refused = collections.Counter()    # as FrontEnds.refused
 
     def add(self, slot: int, pid: int) -> FrontEndProc:
         fe = FrontEndProc(slot, pid, None)

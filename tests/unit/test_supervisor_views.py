@@ -65,7 +65,10 @@ def test_status_key_sets(make_house):
 def test_counters_key_sets(make_house):
     h = house(make_house)
     doc = h.views.counters()
-    assert set(doc) == {"pools"}
+    assert set(doc) == {"pools", "front_ends"}
+    assert doc["front_ends"] == {"refused": {}}
+    h.frontends.refused["tls_not_tls"] += 2         # what COUNTERS' "refused" adds up
+    assert h.views.counters()["front_ends"] == {"refused": {"tls_not_tls": 2}}
     assert [p["name"] for p in doc["pools"]] == ["a", "b", "c"]
     for p in doc["pools"]:
         assert set(p) == COUNTERS_POOL_KEYS, p["name"]
