@@ -17,8 +17,9 @@ of the same bytes) and 2 worker processes. Each turn measures, with wrk -t2 -cN:
   TLS handshake;
 - https-resumed (only with --resumed): the same without that: wrk's own behaviour,
   which resumes the TLS session when the server lets it;
-- plain-keepalive (hostd only): hostd's own plain HTTP keep-alive, same hostd, same
-  turn, on a second (plain) listener.
+- plain-keepalive (hostd and nginx): their own plain HTTP keep-alive, same server,
+  same turn, on a second (plain) listener (nginx's HTTPS/plain ratio is printed as
+  the reference for hostd's: the cost of OpenSSL and of wrk's TLS on this machine).
 
 wrk and TLS sessions: wrk (4.1) keeps one SSL object per connection and, on a
 reconnect, calls SSL_shutdown + SSL_clear on it. SSL_clear keeps a cleanly shut-down
@@ -327,7 +328,8 @@ def write_hostd_config(tmp: Path, port: int, plain_port: int, cert: Path, key: P
     return cfg
 
 
-def write_nginx_config(tmp: Path, port: int, nginx: str, cert: Path, key: Path) -> Path:
+def write_nginx_config(tmp: Path, port: int, nginx: str, cert: Path, key: Path,
+                       plain_port: int) -> Path:
     d = tmp / "nginx"
     d.mkdir(parents=True, exist_ok=True)
     v = subprocess.run([nginx, "-V"], capture_output=True, text=True)
@@ -361,6 +363,16 @@ def write_nginx_config(tmp: Path, port: int, nginx: str, cert: Path, key: Path) 
         f'            return 200 "{BODY.decode()}";\n'
         "        }\n"
         "    }\n"
+        # the same answer in plain HTTP: nginx's own HTTPS/plain ratio, the reference
+        # for hostd's (what OpenSSL and wrk's TLS cost on this machine)
+        "    server {\n"
+        f"        listen 127.0.0.1:{plain_port} backlog=4096;\n"
+        f"        server_name {HOST};\n"
+        "        default_type text/plain;\n"
+        "        location / {\n"
+        f'            return 200 "{BODY.decode()}";\n'
+        "        }\n"
+        "    }\n"
         "}\n"
     )
     return cfg
@@ -376,7 +388,7 @@ def server_cmd(name: str, args, tools: dict, tmp: Path, cert: Path, key: Path, h
                                              if env.get("PYTHONPATH") else "")
         return hostd_cmd + ["--config", str(cfg)], cfg.parent, env
     if name == "nginx":
-        cfg = write_nginx_config(tmp, port, tools["nginx"], cert, key)
+        cfg = write_nginx_config(tmp, port, tools["nginx"], cert, key, args.plain_port)
         return [tools["nginx"], "-c", str(cfg), "-p", str(cfg.parent) + "/",
                 "-e", str(cfg.parent / "error.log"), "-g", "daemon off;"], cfg.parent, None
     if name == "uwsgi":
@@ -468,7 +480,8 @@ def wait_ready(srv, args, cafile: Path, sni: str | None, timeout: float = R.READ
     deadline = time.monotonic() + timeout
     last = "no answer"
     ctx = _client_ctx(cafile)
-    checks = [(args.port, ctx)] + ([(args.plain_port, None)] if srv.name == "hostd" else [])
+    checks = [(args.port, ctx)] + ([(args.plain_port, None)] if srv.name in ("hostd", "nginx")
+                                   else [])
     while time.monotonic() < deadline:
         if srv.proc.poll() is not None:
             raise BenchError(f"{srv.name} exited with status {srv.proc.returncode} before "
@@ -568,7 +581,7 @@ def server_modes(name: str, args) -> list[str]:
     modes = ["https-keepalive", "https-new"]
     if args.resumed:
         modes.append("https-resumed")
-    if name == "hostd":
+    if name in ("hostd", "nginx"):
         modes.append("plain-keepalive")
     return modes
 
@@ -576,7 +589,7 @@ def server_modes(name: str, args) -> list[str]:
 def bench_turn(name: str, args, tools, tmp, cert, key, shim, hostd_cmd, rnd: int) -> dict:
     """Starts `name`, checks it, warms it up, measures its modes, stops it."""
     R.wait_port_free(args.port)
-    if name == "hostd":
+    if name in ("hostd", "nginx"):
         R.wait_port_free(args.plain_port)
     cmd, cwd, env = server_cmd(name, args, tools, tmp, cert, key, hostd_cmd)
     srv = R.Server(name, cmd, tmp / f"{name}.log", cwd, env)
@@ -683,6 +696,13 @@ def summarize(runs: list[dict], servers: list[str]) -> tuple[list[dict], list[di
 
     target("hostd HTTPS keep-alive >= 0.8x its plain keep-alive",
            ("hostd", "https-keepalive"), ("hostd", "plain-keepalive"), 0.8)
+    # reference, not a target: the same ratio for nginx (C, the same OpenSSL, the same
+    # wrk on the same 2 cores)
+    targets.append({"target": "(reference) nginx HTTPS keep-alive / its plain keep-alive",
+                    "value": per_round_ratio(("nginx", "https-keepalive"),
+                                             ("nginx", "plain-keepalive")),
+                    "need": None, "num": ["nginx", "https-keepalive"],
+                    "den": ["nginx", "plain-keepalive"], "pass": None})
     target("hostd new TLS conns/s >= 0.7x nginx", ("hostd", "https-new"), ("nginx", "https-new"), 0.7)
     target("hostd new TLS conns/s >= 1.0x uWSGI", ("hostd", "https-new"), ("uwsgi", "https-new"), 1.0)
     target("hostd new TLS conns/s >= 1.0x Granian", ("hostd", "https-new"),
@@ -712,7 +732,9 @@ def hostd_split_lines(runs) -> list[str]:
 def format_targets(targets) -> list[str]:
     out = []
     for t in targets:
-        if t["pass"] is None:
+        if t["need"] is None and t["value"] is not None:
+            out.append(f"  INFO  {t['target']}: {t['value']:.2f}x")
+        elif t["pass"] is None:
             out.append(f"  SKIP  {t['target']} (no data)")
         else:
             out.append(f"  {'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {t['value']:.2f}x")

@@ -452,7 +452,9 @@ class TLSConnection(Connection):
         counts[TLS1_3 if self.sock.version() == "TLSv1.3" else TLS1_2] += 1
         self.head_since = None
         self.last = worker.now
-        super().on_readable()       # a request that came with the client's Finished
+        # from now on the loop calls the plain reader directly (no test, no super())
+        self.on_readable = Connection.on_readable.__get__(self)
+        self.on_readable()          # a request that came with the client's Finished
 
     def head_timeout(self) -> None:
         if self.handshaking:
@@ -470,3 +472,9 @@ class TLSConnection(Connection):
 
     def handoff(self) -> None:
         """Never handed back: the worker's drain closes it (Worker._tls_drain)."""
+
+    def close(self) -> None:
+        # the bound reader _handshake stored on the instance is a cycle: undo it, so
+        # the session is freed with the connection, not by the next collection
+        self.__dict__.pop("on_readable", None)
+        super().close()

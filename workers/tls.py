@@ -248,7 +248,8 @@ class TLSSocket:
         if self.eof:
             return b""
         inc = self.inc
-        if inc.pending or self.ssl.pending():
+        obj = self.ssl
+        if inc.pending or obj.pending():
             data = self._drain()
             if data is not None:
                 return data
@@ -256,6 +257,21 @@ class TLSSocket:
         if not raw:
             return b""
         inc.write(raw)
+        # the usual case, inline: the bytes were whole records of application data
+        try:
+            data = obj.read(RECV_RAW)
+        except _WantRead:
+            data = None
+        except _ZeroReturn:
+            data = b""
+        if data and not inc.pending and not obj.pending() and not self.out.pending:
+            return data
+        if data is not None:
+            if not data:
+                self.eof = True
+                return b""
+            more = self._drain()
+            return data + more if more else data
         data = self._drain()
         if data is None:
             raise BlockingIOError("a TLS record is incomplete")
@@ -269,7 +285,13 @@ class TLSSocket:
         obj = self.ssl
         if n <= SEND_STEP:
             obj.write(data)
-            self._flush()
+            out = self.out.read()
+            try:
+                sent = self.raw.send(out)
+            except BlockingIOError:
+                sent = 0
+            if sent != len(out):                # the usual case is inline: all went
+                self._flush_rest(out, sent)
             return n
         view = memoryview(data)
         for at in range(0, n, SEND_STEP):
@@ -298,13 +320,17 @@ class TLSSocket:
             return
         data = out.read()
         try:
-            n = self.raw.send(data)
+            sent = self.raw.send(data)
         except BlockingIOError:
-            n = 0
-        if n == len(data):
-            return
-        view = memoryview(data)[n:]
+            sent = 0
+        if sent != len(data):
+            self._flush_rest(data, sent)
+
+    def _flush_rest(self, data: bytes, sent: int) -> None:
+        """Writes the rest of `data` (ciphertext taken from the session) after the
+        `sent` bytes a first send wrote, waiting with poll() while the socket is full."""
         raw = self.raw
+        view = memoryview(data)[sent:]
         deadline = None
         while view:
             try:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
@@ -449,3 +451,43 @@ def test_a_preload_pool_serves_tls_from_its_zygote(tmp_path, ca):
         s.close()
     finally:
         h.stop()
+
+
+def test_a_pool_with_several_pairs_answers_each_name_with_its_own(tmp_path, ca):
+    one, two = ca.issue("shop.test"), ca.issue("blog.test", "*.blog.test")
+    p = pool(["shop.test", "blog.test", "www.blog.test"])
+    p["tls"] = {"certificates": [{"certificate": str(one.cert), "key": str(one.key)},
+                                 {"certificate": str(two.cert), "key": str(two.key)}],
+                "min_version": "1.3"}
+    h = TLSHostd(tmp_path, {"multi": p}, ca)
+    h.start()
+    try:
+        for name in ("shop.test", "blog.test", "www.blog.test"):
+            s = h.tls_connect(name)              # verifies the name against the CA
+            assert s.version() == "TLSv1.3"
+            assert json.loads(request(s, name)[2])["pool"] == "multi"
+            s.close()
+        with pytest.raises(ssl.SSLError):       # min_version = "1.3"
+            h.tls_connect("shop.test", maximum_version=ssl.TLSVersion.TLSv1_2)
+        names = {n for c in h.pool("multi")["tls"]["certificates"] for n in c["names"]}
+        assert names >= {"shop.test", "blog.test", "*.blog.test"}
+    finally:
+        h.stop()
+
+
+def test_check_config_checks_pairs_and_warns_of_expiry(tmp_path, ca):
+    soon, good = ca.issue("soon.test", days=5), ca.issue("good.test")
+    h = TLSHostd(tmp_path, {"soon": pool(["soon.test"], soon),
+                            "good": pool(["good.test"], good)}, ca)
+    out = subprocess.run([sys.executable, "-m", "hostd.cli", "--check-config", "--config",
+                          str(h.config)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert "soon.test" in text and re.search(r"expir", text, re.I)
+    # a key that does not match: an error naming the file, exit 2
+    h.write_pool("good", pool(["good.test"], None) | {"tls": {"certificate": str(good.cert),
+                                                              "key": str(soon.key)}})
+    out = subprocess.run([sys.executable, "-m", "hostd.cli", "--check-config", "--config",
+                          str(h.config)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert soon.key.name in out.stdout + out.stderr
