@@ -24,6 +24,8 @@ SUITES = [
     "tests/integration/test_corpus.py",
     "tests/integration/test_core.py",
     "tests/integration/test_limits.py",
+    "tests/integration/test_worker_tls_http.py",
+    "tests/integration/test_tls.py",
 ]
 PURE = os.environ.get("HOSTD_PURE_PYTHON", "") not in ("", "0")
 
