@@ -529,7 +529,8 @@ class Worker(ControlChannel):
                 self.busy_total += monotonic() - busy_since
                 bd[BUSY_TOTAL] = self.busy_total
                 bd[BUSY_SINCE] = 0.0
-            events = poll(interval)
+            # draining with TLS connections left: wake often enough for _tls_drain's steps
+            events = poll(0.1 if self.draining and self.tls_ports else interval)
             self.now = now = monotonic()
             if inline:
                 bd[BUSY_SINCE] = busy_since = now
