@@ -538,38 +538,10 @@ class FrontEnd:
             self._hello_refuse(conn, refusal, _UNRECOGNIZED_NAME, sni)
             return
         pool = self.pools.get(name)
-        if pool is None or not pool.serving():
+        if pool is None or not pool.serving() or self._take_slots(pool) is not None:
             self._tls_refuse(conn, pool)
             return
-        if pool.csem >= 0:
-            try:
-                os.read(pool.csem, 8)
-            except BlockingIOError:
-                self.counters.hit("pool_max_connections", f"pool {pool.name}")
-                self._tls_refuse(conn, pool)
-                return
-        try:
-            os.read(pool.sem, 8)
-        except BlockingIOError:
-            self.counters.hit("queue_full", f"pool {pool.name}")
-            self.queue_full[pool.name] = self.queue_full.get(pool.name, 0) + 1
-            if pool.csem >= 0:
-                os.write(pool.csem, protocol_slot)
-            self._tls_refuse(conn, pool)
-            return
-        try:
-            fdpass.send_with_fds(pool.queue, b"", (conn.fd,), _DONTWAIT)
-        except BlockingIOError:
-            if not self._park(pool, conn, _INTERNAL_ERROR):
-                return
-        except OSError:
-            os.write(pool.sem, protocol_slot)
-            if pool.csem >= 0:
-                os.write(pool.csem, protocol_slot)
-            self._give(None)
-            self._reply_sock(conn.sock, _INTERNAL_ERROR)
-            return
-        conn.sock.close()
+        self._hand_to(pool, conn, True)
 
     def _has_tls(self, name: str) -> bool:
         pool = self.pools.get(name)
@@ -699,13 +671,23 @@ class FrontEnd:
             self.counters.hit("max_body_size", f"pool {pool.name}: Content-Length {conn.clen}")
             self._reply(conn, BODY_TOO_LARGE)
             return
+        refusal = self._take_slots(pool)
+        if refusal is not None:
+            self._refuse(conn, pool, route.pool, refusal)
+            return
+        self._forget(conn)
+        self._hand_to(pool, conn, False)
+
+    def _take_slots(self, pool: _Pool) -> bytes | None:
+        """Takes a slot of the pool's max_connections (when it has one) and a queue
+        slot, for a connection about to be queued. Returns None, or (counted, no slot
+        kept) the plain answer to the refusal: TOO_MANY or QUEUE_FULL."""
         if pool.csem >= 0:
             try:
                 os.read(pool.csem, 8)     # take a slot of the pool's max_connections
             except BlockingIOError:
                 self.counters.hit("pool_max_connections", f"pool {pool.name}")
-                self._refuse(conn, pool, route.pool, TOO_MANY)
-                return
+                return TOO_MANY
         try:
             os.read(pool.sem, 8)          # take a queue slot
         except BlockingIOError:
@@ -713,19 +695,25 @@ class FrontEnd:
             self.queue_full[pool.name] = self.queue_full.get(pool.name, 0) + 1
             if pool.csem >= 0:
                 os.write(pool.csem, protocol_slot)
-            self._refuse(conn, pool, route.pool, QUEUE_FULL)
-            return
-        self._forget(conn)
+            return QUEUE_FULL
+        return None
+
+    def _hand_to(self, pool: _Pool, conn: "_Pending | _Hello", tls: bool) -> None:
+        """Sends the connection (its fd and conn.buf: b"" for a TLS one) to the pool's
+        queue, whose slots _take_slots took, and closes this process's copy; a full
+        kernel queue parks it with the supervisor. When it cannot be sent the slots go
+        back and the client gets 503 (TLS: the internal_error alert)."""
         try:
             fdpass.send_with_fds(pool.queue, conn.buf, (conn.fd,), _DONTWAIT)
         except BlockingIOError:
-            if not self._park(pool, conn):
+            if not self._park(pool, conn, _INTERNAL_ERROR if tls else QUEUE_FULL):
                 return
         except OSError:
             os.write(pool.sem, protocol_slot)
             if pool.csem >= 0:
                 os.write(pool.csem, protocol_slot)
-            self._reply(conn, unavailable(pool.name))
+            self._give(None)
+            self._reply_sock(conn.sock, _INTERNAL_ERROR if tls else unavailable(pool.name))
             return
         conn.sock.close()
 

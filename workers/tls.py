@@ -257,21 +257,6 @@ class TLSSocket:
         if not raw:
             return b""
         inc.write(raw)
-        # the usual case, inline: the bytes were whole records of application data
-        try:
-            data = obj.read(RECV_RAW)
-        except _WantRead:
-            data = None
-        except _ZeroReturn:
-            data = b""
-        if data and not inc.pending and not obj.pending() and not self.out.pending:
-            return data
-        if data is not None:
-            if not data:
-                self.eof = True
-                return b""
-            more = self._drain()
-            return data + more if more else data
         data = self._drain()
         if data is None:
             raise BlockingIOError("a TLS record is incomplete")
@@ -285,13 +270,7 @@ class TLSSocket:
         obj = self.ssl
         if n <= SEND_STEP:
             obj.write(data)
-            out = self.out.read()
-            try:
-                sent = self.raw.send(out)
-            except BlockingIOError:
-                sent = 0
-            if sent != len(out):                # the usual case is inline: all went
-                self._flush_rest(out, sent)
+            self._flush()
             return n
         view = memoryview(data)
         for at in range(0, n, SEND_STEP):

@@ -18,6 +18,10 @@ import time
 import pytest
 
 from hostd_harness import APPS, Hostd, free_port
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from worker_harness import read_response  # noqa: E402
+
 from tlscerts import CA
 
 pytestmark = pytest.mark.root
@@ -63,50 +67,7 @@ def request(s, host, path="/", method="GET", body=b"", headers=()):
     return read(s)
 
 
-_rest: dict = {}
-
-
-def read(s):
-    """One response from s: (status, headers, body); Content-Length or chunked."""
-    buf = _rest.pop(id(s), b"")
-    while b"\r\n\r\n" not in buf:
-        d = s.recv(65536)
-        if not d:
-            raise ConnectionError(f"closed before a response: {buf!r}")
-        buf += d
-    head, _, buf = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in
-               (ln.partition(":") for ln in lines[1:])}
-    if status == 100:
-        _rest[id(s)] = buf
-        return status, headers, b""
-    if "content-length" in headers:
-        n = int(headers["content-length"])
-        while len(buf) < n:
-            d = s.recv(65536)
-            if not d:
-                raise ConnectionError("closed mid-body")
-            buf += d
-        body, buf = buf[:n], buf[n:]
-    elif headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while True:
-            while b"\r\n" not in buf:
-                buf += s.recv(65536)
-            size_line, _, buf = buf.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            while len(buf) < size + 2:
-                buf += s.recv(65536)
-            body, buf = body + buf[:size], buf[size + 2:]
-            if size == 0:
-                break
-    else:
-        body = b""
-    if buf:
-        _rest[id(s)] = buf
-    return status, headers, body
+read = read_response     # one response from an ssl socket as from a plain one
 
 
 def subject_cn(s: ssl.SSLSocket) -> str:
