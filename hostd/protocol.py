@@ -400,7 +400,7 @@ class Scoreboard:
     at offset 64, the global connection slots an isolated worker has released (Q: it
     holds no descriptor of the global semaphore, the supervisor gives them back); at
     offset 72, TLS_FIELDS (Q each: a TLS pool's handshakes, versions and failures by
-    reason); at _COUNTS_AT, bytes received and the per-binding counters.
+    reason); at offset 144, WS_FIELDS (an ASGI worker's WebSockets); at _COUNTS_AT, bytes received and the per-binding counters.
     """
 
     _FMT = struct.Struct("<QQQdQ")
@@ -415,6 +415,10 @@ class Scoreboard:
     TLS_FIELDS = ("handshakes", "tls1_2", "tls1_3", "failed_timeout", "failed_closed",
                   "failed_version", "failed_certificate", "failed_protocol", "misdirected")
     _TLS_AT = 72
+    #: an ASGI worker's WebSockets (workers/asgi.py): open now, messages so far (both
+    #: ways), connections upgraded so far
+    WS_FIELDS = ("open", "messages", "upgraded")
+    _WS_AT = 144
     _COUNTS_AT = 192
     MAX_BINDINGS = (SIZE - _COUNTS_AT - 8) // (COUNT_FIELDS * 8)
 
@@ -483,6 +487,15 @@ class Scoreboard:
         """Returns {TLS_FIELDS name: count} (all 0 for a worker without TLS)."""
         values = struct.unpack_from(f"<{len(self.TLS_FIELDS)}Q", self._map, self._TLS_AT)
         return dict(zip(self.TLS_FIELDS, values))
+
+    def write_ws(self, values: list[int]) -> None:
+        """An ASGI worker's WebSocket counters, len(WS_FIELDS) values in that order."""
+        struct.pack_into(f"<{len(self.WS_FIELDS)}Q", self._map, self._WS_AT, *values)
+
+    def read_ws(self) -> dict[str, int]:
+        """Returns {WS_FIELDS name: count} (all 0 for a WSGI worker)."""
+        values = struct.unpack_from(f"<{len(self.WS_FIELDS)}Q", self._map, self._WS_AT)
+        return dict(zip(self.WS_FIELDS, values))
 
     def read_counts(self, nbindings: int) -> tuple[int, list[list[int]]]:
         """Returns (bytes received, [[requests, 1xx, 2xx, 3xx, 4xx, 5xx, bytes sent] per

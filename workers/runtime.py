@@ -661,6 +661,17 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
         except BaseException:
             return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
         trace.append(("app_import", time.monotonic()))
+    interface = (spec.get("config") or {}).get("interface") or "wsgi"
+    try:
+        from . import app as _app_mod
+        if hasattr(_app_mod, "check_interface"):
+            _app_mod.check_interface(app, interface)
+    except BaseException:
+        return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
+    if interface == "asgi":
+        from .asgi import run_asgi_worker
+        return run_asgi_worker(spec, ctl, queue, sem_fd, reroute, scoreboard, app,
+                               tls_context, trace, startup_failed)
     try:
         worker = Worker(spec, ctl, queue, sem_fd, reroute, scoreboard, app, tls_context)
     except BaseException:

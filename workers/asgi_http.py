@@ -1,0 +1,777 @@
+"""An ASGI worker's client connection (workers/asgi.py): an asyncio Protocol that
+parses HTTP/1.1 with httptools (as the front end and the WSGI worker do), runs each
+request as an ASGI `http` scope, writes the response, and turns a WebSocket upgrade
+over to workers/asgi_ws.py.
+
+Requests on one connection run one at a time, in order (pipelined ones wait, with
+reading paused). Each application call is started eagerly: the coroutine runs at
+once in the loop's callback, and becomes a Task only if it really waits for
+something, so a request answered without waiting costs no Task and no extra loop
+turn. Each request runs in its own copy of the context, as a Task would.
+"""
+from __future__ import annotations
+
+import contextvars
+import time
+import traceback
+from collections import deque
+from http import HTTPStatus
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from hostd import limits, log
+from hostd.protocol import MAX_HANDOFF_BYTES
+
+from .h1 import R400, R408, R413, R414, R421, R431, _BODY500, _date
+
+_monotonic = time.monotonic
+_copy_context = contextvars.copy_context
+
+#: a status code -> its status line (made on first use)
+_STATUS: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        if not 100 <= status <= 999:
+            raise ValueError(f"bad response status {status!r}")
+        line = _STATUS[status] = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+    return line
+
+
+_SERVER = b"Server: hostd\r\n"
+_R100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: request bodies buffered beyond this pause reading until the app receives them
+BODY_HIGH_WATER = 256 * 1024
+
+
+class _Resume:
+    """Continues a coroutine that already yielded `first` (a future it waits for)
+    inside a Task: the eager start's second half."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro, first):
+        self.coro = coro
+        self.first = first
+
+    def __await__(self):
+        coro = self.coro
+        value = self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _continue(resume):
+    return await resume
+
+
+def start_eagerly(loop, coro, done) -> None:
+    """Runs coro until it first waits; then as a Task. done(exc or None) is called once
+    when it ends (from here, or from the Task's callback)."""
+    ctx = _copy_context()
+    try:
+        first = ctx.run(coro.send, None)
+    except StopIteration:
+        done(None)
+        return
+    except BaseException as exc:
+        done(exc)
+        return
+    task = loop.create_task(_continue(_Resume(coro, first)), context=ctx)
+
+    def finished(t):
+        if t.cancelled():
+            done(None)
+        else:
+            done(t.exception())
+    task.add_done_callback(finished)
+
+
+class Cycle:
+    """One request: the ASGI receive/send pair and the response state."""
+
+    websocket_kind = False
+    __slots__ = ("conn", "scope", "body", "body_len", "complete", "waiter", "start",
+                 "status", "headers", "started", "chunked", "close", "length", "sent",
+                 "finished", "disconnected", "expect", "at", "method", "url", "host",
+                 "client", "keep_alive", "nobody", "__weakref__")
+
+    def __init__(self, conn, scope, at, url, keep_alive, expect):
+        self.conn = conn
+        self.scope = scope
+        self.body = []
+        self.body_len = 0
+        self.complete = False
+        self.waiter = None
+        self.start = _monotonic()
+        self.status = 0
+        self.headers = None
+        self.started = False          # the head was written
+        self.chunked = False
+        self.close = not keep_alive
+        self.length = None            # the app's Content-Length
+        self.sent = 0
+        self.finished = False         # the response is whole
+        self.disconnected = False
+        self.expect = expect          # 100-continue not yet sent
+        self.at = at
+        self.method = scope["method"]
+        self.url = url
+        self.host = conn.host_header
+        self.client = conn.client_addr
+        self.keep_alive = keep_alive
+        self.nobody = self.method == "HEAD"
+
+    # for hostctl requests
+    @property
+    def path(self):
+        return self.scope["path"]
+
+    def full_path(self) -> str:
+        q = self.scope["query_string"]
+        return self.scope["path"] + ("?" + q.decode("latin-1") if q else "")
+
+    def wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def receive(self) -> dict:
+        """ASGI receive: the body as it comes, then (once the response is done or the
+        client is gone) http.disconnect."""
+        while True:
+            if self.disconnected:
+                return {"type": "http.disconnect"}
+            if self.body_len >= 0:                  # the body is not all delivered yet
+                if self.body or self.complete:
+                    body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+                    self.body = []
+                    if self.complete:
+                        self.body_len = -1
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    self.conn.resume_body()
+                    return {"type": "http.request", "body": body, "more_body": True}
+            elif self.finished:
+                return {"type": "http.disconnect"}
+            if self.expect:
+                self.expect = False
+                self.conn.write(_R100)
+            self.conn.resume_body()
+            self.waiter = self.conn.worker.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    async def send(self, message: dict) -> None:
+        """ASGI send: http.response.start, then http.response.body parts."""
+        t = message["type"]
+        if t == "http.response.body":
+            if not self.status or self.finished:
+                if self.finished:
+                    return
+                raise RuntimeError("http.response.body before http.response.start")
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            conn = self.conn
+            if self.disconnected:
+                return
+            if not self.started:
+                self._write_head(body, more)
+            elif body:
+                if self.nobody:
+                    pass
+                elif self.chunked:
+                    conn.write(b"%x\r\n%b\r\n" % (len(body), body))
+                else:
+                    conn.write(self._clip(body))
+                self.sent += len(body)
+            if not more:
+                if self.chunked and not self.nobody:
+                    conn.write(b"0\r\n\r\n")
+                self.finished = True
+                conn.response_done(self)
+            elif conn.paused_writing:
+                await conn.drained()
+        elif t == "http.response.start":
+            if self.status:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = int(message["status"])
+            self.headers = message.get("headers") or ()
+        elif t == "http.response.trailers":
+            return
+        else:
+            raise RuntimeError(f"unexpected ASGI message {t!r} for an http scope")
+
+    def _clip(self, body: bytes) -> bytes:
+        if self.length is not None:
+            room = self.length - self.sent
+            if len(body) > room:
+                self.close = True
+                return body[:max(room, 0)]
+        return body
+
+    def _write_head(self, body: bytes, more: bool) -> None:
+        conn = self.conn
+        status = self.status
+        parts = [_status_line(status), _date().encode("latin-1"), _SERVER]
+        length = None
+        chunked = False
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise RuntimeError(f"bad content-length {value!r}") from None
+            elif lname == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+                if chunked and self.scope["http_version"] == "1.0":
+                    continue
+            elif lname == b"connection":
+                if b"close" in value.lower():
+                    self.close = True
+                continue
+            elif lname == b"server" or lname == b"date":
+                continue
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+                raise RuntimeError(f"response header {name!r} holds CR or LF")
+            parts.append(name + b": " + value + b"\r\n")
+        bodyless = status < 200 or status == 204 or status == 304
+        if length is None and not chunked and not bodyless:
+            if not more:
+                length = len(body)
+                parts.append(b"Content-Length: %d\r\n" % length)
+            elif self.scope["http_version"] == "1.1":
+                chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.close = True          # HTTP/1.0 streaming: close-delimited
+        elif chunked and self.scope["http_version"] == "1.0":
+            chunked = False
+            self.close = True
+        if conn.worker.tls_closing and conn.tls or conn.worker.draining and conn.tls:
+            self.close = self.close or conn.worker.tls_closing
+        if self.close:
+            parts.append(b"Connection: close\r\n")
+        elif self.scope["http_version"] == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self.length = length
+        self.chunked = chunked and not bodyless
+        self.started = True
+        if bodyless or self.nobody:
+            conn.write(b"".join(parts))
+            self.sent += len(body)
+            return
+        if chunked and body:
+            parts.append(b"%x\r\n%b\r\n" % (len(body), body))
+        elif body:
+            parts.append(self._clip(body))
+        self.sent += len(body)
+        conn.write(b"".join(parts))
+
+
+class HttpProtocol:
+    """asyncio Protocol for one client connection (see the module docstring)."""
+
+    websocket = None
+    transport = None
+    paused_writing = False
+    paused_reading = False
+    closed = False
+    handed = False
+    head_since = None
+    write_paused_at = 0.0
+
+    def __init__(self, worker, initial: bytes, tls: bool):
+        self.worker = worker
+        self.initial = initial
+        self.tls = tls
+        self.parser = HttpRequestParser(self)
+        self.cycle = None             # the request running now
+        self.queued = deque()         # pipelined requests (Cycle) waiting for it
+        self.last = worker.now
+        self.drain_waiter = None
+        self.raw = None               # bytes since the last clean message boundary
+        self.raw_msgs = 0             # messages begun within them
+        self.in_message = False
+        self.host_header = None
+        self.client_addr = None
+        self.server = None
+        self.client = None
+        self.head_bytes = 0
+        self.upgrade = None
+        self.stopped = False
+        # parser scratch
+        self.url = b""
+        self.headers = None
+        self.cur = None
+
+    # --- asyncio Protocol -----------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        w = self.worker
+        try:
+            local = transport.get_extra_info("sockname")
+            peer = transport.get_extra_info("peername")
+            self.server = (local[0], local[1])
+            self.client = (peer[0], peer[1])
+            self.client_addr = peer[0]
+        except (TypeError, IndexError):
+            self.server = self.client = None
+        if self.tls:
+            ssl_object = transport.get_extra_info("ssl_object")
+            from .tls import HANDSHAKES, TLS1_2, TLS1_3
+            w.tls_counts[HANDSHAKES] += 1
+            w.tls_counts[TLS1_3 if ssl_object is not None and ssl_object.version() ==
+                         "TLSv1.3" else TLS1_2] += 1
+        if self.closed:            # drained or shed before the transport came
+            transport.abort()
+            return
+        data = self.initial
+        self.initial = None
+        if data:
+            self.data_received(data)
+
+    def attach_failed(self) -> None:
+        """The transport could not be made (a TLS handshake failed, ...)."""
+        if not self.closed:
+            self.closed = True
+            self.worker.conns.discard(self)
+            self.worker.release_slots(False)
+
+    def connection_lost(self, exc) -> None:
+        w = self.worker
+        if self.websocket is not None:
+            self.websocket.connection_lost()
+        if not self.closed:
+            self.closed = True
+        w.conns.discard(self)
+        if self.transport is not None and not getattr(self, "_released", False):
+            self._released = True
+            w.release_slots(self.handed)
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.wake()
+        for c in self.queued:
+            c.disconnected = True
+        self.queued.clear()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused_writing = True
+        self.write_paused_at = _monotonic()
+
+    def resume_writing(self) -> None:
+        self.paused_writing = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drained(self) -> None:
+        if not self.paused_writing or self.closed:
+            return
+        self.drain_waiter = self.worker.loop.create_future()
+        await self.drain_waiter
+        self.drain_waiter = None
+
+    def eof_received(self):
+        return None          # close our side too
+
+    def data_received(self, data: bytes) -> None:
+        if self.websocket is not None:
+            self.websocket.feed(data)
+            return
+        w = self.worker
+        w.bytes_in += len(data)
+        self.last = w.now
+        if self.in_message or self.queued or self.cycle is not None:
+            if self.raw is not None:
+                self.raw.append(data)
+        else:
+            self.raw = [data]
+            self.raw_msgs = 0
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            if self.upgrade is not None:
+                offset = exc.args[0] if exc.args else len(data)
+                self._upgrade(data[offset:])
+            else:
+                self.stopped = True
+                self.pause_reading()
+        except HttpParserError as exc:
+            # a callback's exception reaches us wrapped (HttpParserCallbackError)
+            cause = exc if isinstance(exc, (_TooBig, _Misdirected)) else exc.__context__
+            if isinstance(cause, _Misdirected):
+                self._misdirected()
+            elif isinstance(cause, _TooBig):
+                self.error(cause.args[0])
+            else:
+                self.error(R400)
+
+    def _misdirected(self) -> None:
+        """A request for another pool (or none): the front end routes it, with the bytes
+        from its first one on; a TLS connection (whose TLS state is ours) gets 421, as
+        does one whose bytes are no longer known whole."""
+        if not self.tls and self.cycle is None and not self.queued and self.raw_msgs == 1 \
+                and self.raw is not None:
+            data = b"".join(self.raw)
+            if len(data) <= MAX_HANDOFF_BYTES and self.handoff(data):
+                return
+        self.error(R421)
+
+    # --- parser callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.raw_msgs += 1
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        self.host_header = None
+        if self.head_since is None:
+            self.head_since = self.worker.now
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if len(self.url) > limits.MAX_URL_BYTES or self.head_bytes > self.worker.max_header_bytes:
+            raise _TooBig(R414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.worker.max_header_bytes:
+            raise _TooBig(R431)
+        name = name.lower()
+        if name == b"host":
+            self.host_header = value.decode("latin-1")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        w = self.worker
+        self.head_since = None
+        parser = self.parser
+        url = self.url
+        host = self.host_header
+        port = self.server[1] if self.server else 0
+        hit = w.route_cache.get((host, url, port))
+        if hit is None:
+            hit = w.resolve(host, port, url)
+        route, update, at = hit
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _TooBig(R400)
+        if update is None:
+            raise _Misdirected()
+        root_path, path, raw_path, query, _server_name = update
+        scope = {
+            "type": "http", "asgi": _ASGI_HTTP, "http_version": version,
+            "server": self.server, "client": self.client,
+            "scheme": "https" if self.tls else "http", "method": method,
+            "root_path": root_path, "path": path, "raw_path": raw_path,
+            "query_string": query, "headers": self.headers,
+        }
+        if w.lifespan is not None and w.lifespan.started:
+            scope["state"] = w.state.copy()
+        if parser.should_upgrade():
+            up = None
+            for name, value in self.headers:
+                if name == b"upgrade":
+                    up = value.lower()
+            if up == b"websocket":
+                scope["type"] = "websocket"
+                scope["scheme"] = "wss" if self.tls else "ws"
+                scope.pop("method")
+                scope.pop("http_version")
+                self.upgrade = (scope, at, method, url)
+                return
+        expect = False
+        clen = None
+        bodyless = True
+        for name, value in self.headers:
+            if name == b"content-length":
+                clen = value
+                bodyless = value == b"0"
+            elif name == b"transfer-encoding":
+                bodyless = False
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect = True
+        if clen is not None and w.max_body and int(clen) > w.max_body:
+            raise _TooBig(R413)
+        cycle = Cycle(self, scope, at, url, parser.should_keep_alive(),
+                      expect and version == "1.1" and not bodyless)
+        # known now, before the app runs (eagerly, inside this callback)
+        cycle.complete = bodyless
+        self.cur = cycle
+        if self.cycle is None and not self.queued and w.running < w.max_concurrency:
+            self.cycle = cycle
+            self._run(cycle)
+        else:
+            self.queued.append(cycle)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cur
+        if cycle is None:
+            return
+        cycle.body.append(body)
+        cycle.body_len += len(body)
+        w = self.worker
+        if w.max_body and cycle.body_len > w.max_body:
+            raise _TooBig(R413)
+        if cycle.body_len > BODY_HIGH_WATER:
+            self.pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        cycle = self.cur
+        if cycle is not None:
+            cycle.complete = True
+            cycle.wake()
+        self.cur = None
+
+    # --- running requests -----------------------------------------------------------
+    def _run(self, cycle) -> None:
+        w = self.worker
+        w.request_begun(cycle)
+        try:
+            coro = w.app(cycle.scope, cycle.receive, cycle.send)
+        except BaseException as exc:
+            self._app_done(cycle, exc)
+            return
+        start_eagerly(w.loop, coro, lambda exc: self._app_done(cycle, exc))
+
+    def _app_done(self, cycle, exc) -> None:
+        w = self.worker
+        if exc is not None and not isinstance(exc, (ConnectionError, OSError)) \
+                and not cycle.disconnected:
+            log.error("app_error", "".join(traceback.format_exception(exc)), POOL=w.pool)
+        if not cycle.finished:
+            if not cycle.started and not cycle.disconnected and not self.closed:
+                cycle.status = 500
+                cycle.close = True
+                self.write(b"HTTP/1.1 500 Internal Server Error\r\n" +
+                           _date().encode("latin-1") + _SERVER +
+                           b"Content-Type: text/plain\r\nContent-Length: %d\r\n"
+                           b"Connection: close\r\n\r\n%b" % (len(_BODY500), _BODY500))
+                cycle.sent = len(_BODY500)
+            else:
+                cycle.close = True
+            cycle.finished = True
+            self.response_done(cycle)
+        # the request is over for the app too
+        cycle.disconnected = cycle.disconnected or cycle.finished
+        if cycle in w.busy:
+            w.request_ended(cycle)
+            self._account(cycle)
+
+    def response_done(self, cycle) -> None:
+        """The response is whole (the app may still be running): keep-alive or close;
+        the next pipelined request runs once the app's call is over (_account)."""
+        cycle.wake()
+        if cycle.close or self.stopped:
+            self.close()
+            return
+        if not cycle.complete:
+            # the app did not read the whole body: close rather than read it
+            self.close()
+            return
+
+    def _account(self, cycle) -> None:
+        """The app's call is over: count, log, and go on with the connection."""
+        w = self.worker
+        status = cycle.status or 500
+        k = status // 100
+        if not 1 <= k <= 5:
+            k = 5
+        c = w.counts
+        at = cycle.at
+        c[at] += 1
+        c[at + k] += 1
+        c[at + 6] += cycle.sent
+        if w.access is not None:
+            w.access.log(_LogEnv(cycle, self), cycle.url, str(status), cycle.sent,
+                         int((_monotonic() - cycle.start) * 1e6))
+        self.last = w.now = _monotonic()
+        if self.cycle is cycle:
+            self.cycle = None
+        if self.closed:
+            return
+        if w.draining and not self.tls:
+            if not self.queued and not self.in_message:
+                self.handoff(b"")
+                return
+        if self.queued:
+            nxt = self.queued.popleft()
+            if w.running < w.max_concurrency:
+                self.cycle = nxt
+                self._run(nxt)
+            else:
+                self.queued.appendleft(nxt)
+                w.waiting.append(self)
+                return
+        if not self.queued and self.cycle is None:
+            self.resume_reading()
+
+    def resume_after_limit(self) -> None:
+        """The worker is below max_concurrency again: run our waiting request."""
+        if self.closed or self.cycle is not None or not self.queued:
+            return
+        nxt = self.queued.popleft()
+        self.cycle = nxt
+        self._run(nxt)
+
+    def resume_body(self) -> None:
+        if self.paused_reading and self.cycle is not None and not self.queued:
+            self.resume_reading()
+
+    # --- WebSocket ------------------------------------------------------------------
+    def _upgrade(self, trailing: bytes) -> None:
+        from .asgi_ws import WebSocket
+        scope, at, method, url = self.upgrade
+        self.upgrade = None
+        self.in_message = False
+        ws = WebSocket(self, scope, at, url)
+        self.websocket = ws
+        ws.begin(trailing)
+
+    # --- writes, pauses, ends -------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if not self.paused_reading and self.transport is not None and not self.closed:
+            self.paused_reading = True
+            try:
+                self.transport.pause_reading()
+            except (RuntimeError, AttributeError):
+                pass
+
+    def resume_reading(self) -> None:
+        if self.paused_reading and not self.closed:
+            self.paused_reading = False
+            try:
+                self.transport.resume_reading()
+            except (RuntimeError, AttributeError):
+                pass
+
+    def error(self, response: bytes) -> None:
+        """A malformed or refused request: its error response, then close."""
+        if self.cycle is None and not self.queued:
+            self.write(response)
+        self.close()
+
+    def idle(self) -> bool:
+        """No request running, waiting, or partly read."""
+        return (self.cycle is None and not self.queued and not self.in_message
+                and self.websocket is None and self.upgrade is None)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def handoff(self, data: bytes) -> bool:
+        """Gives the connection (with `data`, the unanswered bytes) back to the front
+        ends. Returns True when they took it."""
+        if self.closed or self.transport is None or self.tls:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        try:
+            fd = sock.fileno()
+        except (AttributeError, OSError):
+            return False
+        if fd < 0:
+            return False
+        self.pause_reading()
+        if not self.worker.reroute_send(fd, data):
+            self.close()
+            return False
+        self.handed = True
+        self.abort()
+        return True
+
+    def drain(self) -> None:
+        """The worker drains: an idle plain connection goes back at once; a busy one
+        after its response (_account); TLS ones and WebSockets stay (drain_step)."""
+        if self.transport is None:
+            return          # attach still under way: connection_made sees closed
+        if not self.tls and self.idle():
+            self.handoff(b"")
+
+    def sweep(self, now: float) -> None:
+        """From the worker's tick: timeouts."""
+        w = self.worker
+        if self.websocket is not None:
+            self.websocket.sweep(now)
+            return
+        if self.paused_writing and now - self.write_paused_at > w.send_timeout:
+            self.abort()
+            return
+        if self.head_since is not None and now - self.head_since > w.header_timeout:
+            if self.cycle is None and not self.queued:
+                self.write(R408)
+            self.close()
+        elif self.idle() and now - self.last > w.keepalive_timeout:
+            self.close()
+
+
+# the parser callbacks raise these; data_received's HttpParserError catches them (the
+# parser wraps callback exceptions), so they carry the response to send
+class _TooBig(HttpParserError):
+    pass
+
+
+class _Misdirected(HttpParserError):
+    pass
+
+
+_ASGI_HTTP = {"version": "3.0", "spec_version": "2.3"}
+
+
+class _LogEnv(dict):
+    """What hostd.accesslog.AccessLog.log reads of a request, from a Cycle (made only
+    when there is an access log)."""
+
+    def __init__(self, cycle, conn):
+        scope = cycle.scope
+        get = dict(scope["headers"]).get
+        super().__init__(REMOTE_ADDR=conn.client_addr or "-",
+                         REQUEST_METHOD=cycle.method,
+                         SERVER_PROTOCOL="HTTP/" + scope.get("http_version", "1.1"),
+                         HTTP_REFERER=(get(b"referer") or b"-").decode("latin-1"),
+                         HTTP_USER_AGENT=(get(b"user-agent") or b"-").decode("latin-1"))
+        if conn.tls:
+            self["HTTPS"] = "on"

@@ -1,0 +1,386 @@
+"""An ASGI worker's WebSocket (workers/asgi.py): the `websocket` scope on a connection
+whose request asked to upgrade. The opening handshake (RFC 6455 §4.2) is answered
+here; the framing after it -- masking, fragmentation, control frames, close codes,
+protocol errors -- is wsproto's (its sans-I/O Connection), not ours.
+
+Limits: a message bigger than websocket_max_size -> close 1009 (checked as the bytes
+arrive, so a huge frame is refused before it is whole); a frame wsproto refuses
+(e.g. an unmasked client frame) -> close 1002. The server pings every
+[health] websocket_ping_interval; no pong within websocket_ping_timeout -> close 1011.
+A client that reads nothing of what we send for send_timeout is cut.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+import traceback
+from collections import deque
+
+from wsproto.connection import Connection as WSConnection, ConnectionState, ConnectionType
+from wsproto.events import (BytesMessage, CloseConnection, Message, Ping, Pong,
+                            TextMessage)
+
+from hostd import log
+
+from .asgi_http import _SERVER, _status_line, start_eagerly
+from .h1 import _date
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_monotonic = time.monotonic
+#: received messages queued for the app beyond this pause reading
+INBOX_HIGH_WATER = 64
+
+# states
+CONNECTING, OPEN, CLOSING, CLOSED = "connecting", "open", "closing", "closed"
+
+
+def accept_key(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+class WebSocket:
+    """One WebSocket: the ASGI receive/send pair over wsproto."""
+
+    websocket_kind = True
+
+    def __init__(self, conn, scope, at, url):
+        self.conn = conn
+        self.worker = conn.worker
+        self.scope = scope
+        self.at = at
+        self.url = url
+        self.start = _monotonic()
+        self.method = "GET"
+        self.host = conn.host_header
+        self.client = conn.client_addr
+        self.state = CONNECTING
+        self.ws = None                 # wsproto Connection, after accept
+        self.inbox: deque = deque()
+        self.waiter = None
+        self.connect_sent = False
+        self.trailing = b""
+        self.parts: list = []          # a message being received
+        self.part_len = 0
+        self.part_text = False
+        self.messages = 0
+        self.close_code = None         # the code of the close we know of
+        self.status = 101
+        self.sent = 0
+        self.ping_sent_at = 0.0
+        self.last_ping = _monotonic()
+        self.accepted = False
+        self.app_over = False
+        self.ended = False
+
+    # for hostctl requests
+    @property
+    def path(self):
+        return self.scope["path"]
+
+    def full_path(self) -> str:
+        q = self.scope["query_string"]
+        return self.scope["path"] + ("?" + q.decode("latin-1") if q else "")
+
+    # --- start ----------------------------------------------------------------------
+    def begin(self, trailing: bytes) -> None:
+        """The upgrade request was read (trailing: what came after its head)."""
+        headers = self.scope["headers"]
+        key = version = None
+        subprotocols = []
+        for name, value in headers:
+            if name == b"sec-websocket-key":
+                key = value.strip()
+            elif name == b"sec-websocket-version":
+                version = value.strip()
+            elif name == b"sec-websocket-protocol":
+                subprotocols += [p.strip().decode("latin-1") for p in value.split(b",")
+                                 if p.strip()]
+        if key is None or version != b"13":
+            self.conn.write(b"HTTP/1.1 400 Bad Request\r\n" + _date().encode() + _SERVER +
+                            b"Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n"
+                            b"Connection: close\r\n\r\n")
+            self.conn.close()
+            return
+        self.key = key
+        self.scope["subprotocols"] = subprotocols
+        self.trailing = trailing
+        self.conn.pause_reading()       # nothing is read until the app accepts
+        w = self.worker
+        w.request_begun(self)
+        try:
+            coro = w.app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self._app_done(exc)
+            return
+        start_eagerly(w.loop, coro, self._app_done)
+
+    # --- ASGI -----------------------------------------------------------------------
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def receive(self) -> dict:
+        if not self.connect_sent:
+            self.connect_sent = True
+            return {"type": "websocket.connect"}
+        while True:
+            inbox = self.inbox
+            if inbox:
+                msg = inbox.popleft()
+                if len(inbox) < INBOX_HIGH_WATER // 2 and self.state == OPEN:
+                    self.conn.resume_reading()
+                return msg
+            if self.state == CLOSED or self.ended:
+                return {"type": "websocket.disconnect", "code": self.close_code or 1006}
+            self.waiter = self.worker.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    async def send(self, message: dict) -> None:
+        t = message["type"]
+        if t == "websocket.send":
+            if self.state != OPEN:
+                if self.state == CONNECTING:
+                    raise RuntimeError("websocket.send before websocket.accept")
+                return              # closing or closed: dropped (the app hears disconnect)
+            text = message.get("text")
+            data = text if text is not None else message.get("bytes") or b""
+            self.messages += 1
+            self.worker.ws_counts[1] += 1
+            self._write(self.ws.send(Message(data=data)))
+            if self.conn.paused_writing:
+                await self.conn.drained()
+        elif t == "websocket.accept":
+            if self.state != CONNECTING:
+                raise RuntimeError("websocket.accept twice")
+            self._accept(message)
+        elif t == "websocket.close":
+            code = int(message.get("code") or 1000)
+            reason = message.get("reason") or ""
+            if self.state == CONNECTING:
+                self._deny(403, [], b"")
+            elif self.state == OPEN:
+                self._close(code, reason)
+        elif t == "websocket.http.response.start":
+            if self.state != CONNECTING:
+                raise RuntimeError("websocket.http.response.start after accept")
+            self.deny_status = int(message["status"])
+            self.deny_headers = list(message.get("headers") or ())
+            self.deny_body = []
+        elif t == "websocket.http.response.body":
+            self.deny_body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                self._deny(self.deny_status, self.deny_headers, b"".join(self.deny_body))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {t!r} for a websocket scope")
+
+    # --- handshake ------------------------------------------------------------------
+    def _accept(self, message: dict) -> None:
+        w = self.worker
+        parts = [b"HTTP/1.1 101 Switching Protocols\r\n", _date().encode(), _SERVER,
+                 b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+                 accept_key(self.key), b"\r\n"]
+        sub = message.get("subprotocol")
+        if sub:
+            parts.append(b"Sec-WebSocket-Protocol: " + sub.encode("latin-1") + b"\r\n")
+        for name, value in message.get("headers") or ():
+            lname = name.lower()
+            if lname in (b"sec-websocket-protocol", b"upgrade", b"connection",
+                         b"sec-websocket-accept", b"server", b"date"):
+                continue
+            if b"\n" in value or b"\r" in value:
+                raise RuntimeError(f"response header {name!r} holds CR or LF")
+            parts.append(name + b": " + value + b"\r\n")
+        parts.append(b"\r\n")
+        self.conn.write(b"".join(parts))
+        self.state = OPEN
+        self.accepted = True
+        self.ws = WSConnection(ConnectionType.SERVER)
+        w.ws_counts[0] += 1           # open
+        w.ws_counts[2] += 1           # upgraded
+        self.last_ping = _monotonic()
+        self.conn.resume_reading()
+        trailing, self.trailing = self.trailing, b""
+        if trailing:
+            self.feed(trailing)
+
+    def _deny(self, status: int, headers, body: bytes) -> None:
+        """Refused before accept: an HTTP response (403 for a plain websocket.close)."""
+        parts = [_status_line(status), _date().encode(), _SERVER]
+        for name, value in headers:
+            if name.lower() in (b"content-length", b"connection"):
+                continue
+            parts.append(name + b": " + value + b"\r\n")
+        parts.append(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        parts.append(body)
+        self.conn.write(b"".join(parts))
+        self.status = status
+        self.sent = len(body)
+        self.state = CLOSED
+        self.close_code = 1000
+        self.conn.close()
+        self._wake()
+
+    # --- frames in ------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Bytes from the client (after accept)."""
+        if self.ws is None:
+            self.trailing += data
+            return
+        w = self.worker
+        w.bytes_in += len(data)
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events():
+            cls = type(event)
+            if cls is TextMessage or cls is BytesMessage:
+                if self.state != OPEN:
+                    continue
+                self.part_len += len(event.data)
+                if self.part_len > w.ws_max_size:
+                    self._close(1009, "message too big")
+                    self.parts = []
+                    return
+                if event.message_finished and not self.parts:
+                    payload = event.data
+                else:
+                    self.parts.append(event.data)
+                    if not event.message_finished:
+                        continue
+                    payload = ("" if cls is TextMessage else b"").join(self.parts)
+                    self.parts = []
+                self.part_len = 0
+                self.messages += 1
+                w.ws_counts[1] += 1
+                if cls is TextMessage:
+                    self.inbox.append({"type": "websocket.receive", "text": payload})
+                else:
+                    self.inbox.append({"type": "websocket.receive",
+                                       "bytes": bytes(payload)})
+                if len(self.inbox) >= INBOX_HIGH_WATER:
+                    self.conn.pause_reading()
+                self._wake()
+            elif cls is Ping:
+                self._write(ws.send(event.response()))
+            elif cls is Pong:
+                self.ping_sent_at = 0.0
+            elif cls is CloseConnection:
+                self._closed_by_peer(event)
+                return
+        self.conn.last = w.now
+
+    def _closed_by_peer(self, event) -> None:
+        ws = self.ws
+        if ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            # the peer's close (or wsproto's for a protocol error, e.g. 1002)
+            try:
+                self._write(ws.send(event.response()))
+            except Exception:
+                pass
+        if self.close_code is None:
+            self.close_code = event.code
+        self.state = CLOSED
+        self._end()
+        self.conn.close()
+
+    # --- frames out -----------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.conn.write(data)
+
+    def _close(self, code: int, reason: str = "") -> None:
+        """Our close frame; the connection ends when the peer answers (or soon)."""
+        if self.state != OPEN:
+            return
+        try:
+            self._write(self.ws.send(CloseConnection(code=code, reason=reason)))
+        except Exception:
+            pass
+        self.state = CLOSING
+        self.close_code = code
+        self.closing_at = _monotonic()
+        self.conn.resume_reading()
+        self._end()
+
+    def going_away(self) -> None:
+        """The worker drains and time is up: close 1001, the app hears disconnect."""
+        if self.state == OPEN:
+            self._close(1001, "going away")
+        elif self.state == CONNECTING:
+            self.state = CLOSED
+            self.close_code = 1001
+            self._end()
+            self.conn.abort()
+
+    def _end(self) -> None:
+        """The WebSocket is over for the app: it hears websocket.disconnect."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.accepted:
+            self.worker.ws_counts[0] -= 1
+        self._wake()
+
+    def connection_lost(self) -> None:
+        if self.state != CLOSED:
+            self.state = CLOSED
+            if self.close_code is None:
+                self.close_code = 1006
+        self._end()
+
+    def sweep(self, now: float) -> None:
+        """From the worker's tick: pings, ping timeouts, send timeouts, close waits."""
+        w = self.worker
+        conn = self.conn
+        if conn.paused_writing and now - conn.write_paused_at > w.send_timeout:
+            self.close_code = self.close_code or 1006
+            conn.abort()
+            return
+        if self.state == CLOSING:
+            if now - self.closing_at > 2.0:
+                conn.abort()
+            return
+        if self.state != OPEN or not w.ws_ping_interval:
+            return
+        if self.ping_sent_at:
+            if now - self.ping_sent_at > w.ws_ping_timeout:
+                self._close(1011, "ping timeout")
+                conn.abort()
+        elif now - self.last_ping >= w.ws_ping_interval:
+            self.last_ping = self.ping_sent_at = now
+            self._write(self.ws.send(Ping(payload=os.urandom(4))))
+
+    # --- the app's end --------------------------------------------------------------
+    def _app_done(self, exc) -> None:
+        w = self.worker
+        self.app_over = True
+        if exc is not None and not isinstance(exc, (ConnectionError, OSError)):
+            log.error("app_error", "".join(traceback.format_exception(exc)), POOL=w.pool)
+        if self.state == CONNECTING:
+            if exc is not None or not self.conn.closed:
+                # returned or failed without accepting: 500 or 403 (as uvicorn)
+                self._deny(500 if exc is not None else 403, [], b"")
+        elif self.state == OPEN:
+            self._close(1011 if exc is not None else 1000)
+        self._end()
+        w.request_ended(self)
+        c = w.counts
+        k = self.status // 100
+        c[self.at] += 1
+        c[self.at + k] += 1
+        c[self.at + 6] += self.sent
+        if w.access is not None:
+            from .asgi_http import _LogEnv
+            env = _LogEnv.__new__(_LogEnv)
+            dict.__init__(env, REMOTE_ADDR=self.client or "-", REQUEST_METHOD="GET",
+                          SERVER_PROTOCOL="HTTP/1.1")
+            if self.conn.tls:
+                env["HTTPS"] = "on"
+            w.access.log(env, self.url, str(self.status), self.sent,
+                         int((_monotonic() - self.start) * 1e6))
