@@ -312,7 +312,7 @@ def _listen_tls(value, base) -> tuple[tuple[str, int], ...]:
 
 #: the keys of a pool file (and of the main file's [defaults])
 POOL_KEYS: dict[str, Key | Table] = {
-    "app": Key(_app, doc="the WSGI callable, \"module:callable\""),
+    "app": Key(_app, doc="the WSGI (or, with interface = \"asgi\", ASGI) callable, \"module:callable\""),
     "directory": Key(_existing_dir, doc="working directory, first on sys.path"),
     "virtualenv": Key(_virtualenv, None, "virtualenv the workers run in"),
     "bindings": Key(_bindings, doc="what the pool answers to", in_defaults=False),
@@ -329,6 +329,12 @@ POOL_KEYS: dict[str, Key | Table] = {
     "max_body_size": Key(lambda v, b: parse_size(v), None, "largest request body (→ 413); default: [hostd] max_body_size"),
     "max_bandwidth": Key(lambda v, b: parse_size(v), 0, "response bytes/s per binding, per worker (IIS MaxBandwidth); 0 = unlimited"),
     "preload": Key(lambda v, b: _bool(v, b), False, "warm tier: a zygote of the pool's own imports the app once (gc.freeze) and forks its workers"),
+    # ASGI (issue 15): the worker runs one event loop instead of threads
+    "interface": Key(_choice("wsgi", "asgi"), "wsgi", "the app's interface: \"wsgi\" (threads) or \"asgi\" (one event loop per worker; WebSockets)"),
+    "max_concurrency": Key(_int(1), 1000, "ASGI only: requests and WebSockets in flight per worker; at the limit the worker pulls no more connections"),
+    "event_loop": Key(_choice("auto", "uvloop", "asyncio"), "auto", "ASGI: \"auto\" = uvloop when importable (the pool's virtualenv or hostd's), else asyncio's own"),
+    "lifespan": Key(_choice("auto", "on", "off"), "auto", "ASGI lifespan: auto = an app that fails before startup.complete has none; on = that is a startup failure; off = never sent"),
+    "websocket_max_size": Key(_size(1 << 10, 1 << 40), 16 << 20, "ASGI: largest WebSocket message or frame; bigger → close 1009"),
     # a future table plugs in here, e.g.
     # "limits": Table({"memory": Key(_size(...), None, "...")}, build=Limits),
 }
@@ -348,6 +354,8 @@ class Health:
     unhealthy_action: str = "recycle"
     orphan: bool = False
     orphan_action: str = ""
+    websocket_ping_interval: float = 20.0
+    websocket_ping_timeout: float = 20.0
 
 
 def _bool(value, base) -> bool:
@@ -376,6 +384,8 @@ HEALTH_KEYS: dict[str, Key] = {
                             "recycle: start a replacement, then drain; kill: kill at once"),
     "orphan": Key(_bool, False, "keep a failed (hung) worker alive, out of the queue, for debugging"),
     "orphan_action": Key(lambda v, b: "" if v == "" else _string(v), "", "command run when a worker is orphaned; {pid} and {pool} substituted"),
+    "websocket_ping_interval": Key(_duration, 20.0, "ASGI: the worker pings each open WebSocket this often; \"0\" = off"),
+    "websocket_ping_timeout": Key(_positive_duration, 20.0, "ASGI: a WebSocket that sends no pong within this after a ping is closed (1011)"),
 }
 
 POOL_KEYS["health"] = Table(HEALTH_KEYS, "health monitoring and rapid-fail protection",
@@ -1048,6 +1058,11 @@ class PoolConfig:
     limits: Limits = Limits()
     isolation: Isolation = Isolation(declared=False)   # no table: the defaults
     tls: TLSConfig | None = None                       # no [tls]: no TLS connections
+    interface: str = "wsgi"                            # "wsgi" | "asgi"
+    max_concurrency: int = 1000                        # ASGI: in flight per worker
+    event_loop: str = "auto"                           # ASGI: "auto" | "uvloop" | "asyncio"
+    lifespan: str = "auto"                             # ASGI: "auto" | "on" | "off"
+    websocket_max_size: int = 16 << 20                 # ASGI: bigger message → 1009
 
     def to_spec(self) -> dict:
         """Returns: a JSON-able dict of every field (paths as str, bindings as their
@@ -1151,12 +1166,35 @@ def _load_pool(path: Path, main: MainConfig):
         errors.append(ConfigError(path, "env", problem))
     errors.extend(ConfigError(path, k, p) for k, p in _memory_conflicts(values))
     errors.extend(ConfigError(path, k, p) for k, p in _opt_out_conflicts(raw.get("isolation")))
+    if not any(k == "interface" for k, _ in problems):
+        errors.extend(ConfigError(path, k, p) for k, p in _interface_conflicts(raw, values))
     if errors:
         return None, errors, claims
     if "isolation" not in raw and "isolation" not in main.defaults:
         # no table anywhere: the defaults, isolated as root (see Isolation)
         values["isolation"] = dataclasses.replace(values["isolation"], declared=False)
     return PoolConfig(name=name, file=path, **values), [], claims
+
+
+def _interface_conflicts(raw: dict, values: dict) -> list[tuple[str, str]]:
+    """Keys of one interface written in a pool file of the other, as (key, problem):
+    max_concurrency in a WSGI pool, threads in an ASGI pool. Only the pool file's own
+    keys count (`raw`); the same key inherited from [defaults] is ignored, and is set
+    back to its built-in default in `values` so that it means nothing."""
+    interface = values.get("interface", "wsgi")
+    out = []
+    if interface == "asgi":
+        if "threads" in raw:
+            out.append(("threads", "means nothing for interface = \"asgi\" (one event "
+                        "loop per worker); use max_concurrency"))
+        values["threads"] = POOL_KEYS["threads"].default
+    else:
+        if "max_concurrency" in raw:
+            out.append(("max_concurrency", "only for interface = \"asgi\" (a WSGI "
+                        "worker's concurrency is threads); remove it, or set "
+                        "interface = \"asgi\""))
+        values["max_concurrency"] = POOL_KEYS["max_concurrency"].default
+    return out
 
 
 def _opt_out_conflicts(table) -> list[tuple[str, str]]:
@@ -1389,6 +1427,9 @@ def check_config(path=DEFAULT_MAIN_PATH) -> tuple[str, list[ConfigError]]:
                          + ", ".join(b.text for b in pool.bindings))
             lines.extend(f"  {'':<16} {line}" for line in
                          isolation.describe(pool, root, known).splitlines())
+            if pool.interface == "asgi":
+                lines.append(f"  {'':<16} asgi: max_concurrency {pool.max_concurrency}, "
+                             f"event_loop {pool.event_loop}, lifespan {pool.lifespan}")
             if pool.tls is not None:
                 tls_lines, tls_errors = _check_tls(pool)
                 lines.extend(f"  {'':<16} {line}" for line in tls_lines)

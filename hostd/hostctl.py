@@ -102,6 +102,10 @@ def show_status(doc: dict) -> str:
     tls = show_certificates(doc)
     if tls:
         out.append("\n" + tls)
+    asgi = [[p["name"], p["interface"], p.get("websockets_open", 0)]
+            for p in doc["pools"] if p.get("interface") == "asgi"]
+    if asgi:
+        out.append("\n" + table(asgi, ["POOL", "INTERFACE", "WEBSOCKETS"]))
     import time as _t
     workers = [[p["name"], w["pid"], w["state"], w["requests"], w.get("connections", 0),
                 f'{100 * (w.get("busy") or 0):.0f}%', _mib(w["rss"]),
@@ -176,10 +180,24 @@ def show_counters(doc: dict) -> str:
         out.append("\n" + table(trows, ["POOL", "HANDSHAKES", "TLS1.2", "TLS1.3", "FAIL_TIMEOUT",
                                           "FAIL_CLOSED", "FAIL_VERSION", "FAIL_CERT",
                                           "FAIL_PROTOCOL", "421"]))
+    wrows = [[p["name"], w["open"], w["messages"], w["upgraded"]]
+             for p in doc["pools"] for w in [p.get("websockets")] if w]
+    if wrows:
+        out.append("\n" + table(wrows, ["POOL", "WEBSOCKETS", "WS_MESSAGES", "WS_UPGRADES"]))
     refused = (doc.get("front_ends") or {}).get("refused") or {}
     if refused:
         out.append("\nfront ends refused: " + ", ".join(f"{k} {v}" for k, v in refused.items()))
     return "\n".join(out)
+
+
+def show_requests(doc: dict) -> str:
+    """`hostctl requests`: one row per request running now; a WebSocket is one long
+    request, its METHOD "websocket (N messages)"."""
+    rows = [[r["pool"], r["worker_pid"],
+             f'websocket ({r.get("messages", 0)} messages)' if r.get("websocket")
+             else r["method"], r["path"], r["client"], f'{r["elapsed"]:.1f}s']
+            for r in doc["requests"]]
+    return table(rows, ["POOL", "PID", "METHOD", "PATH", "CLIENT", "ELAPSED"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "status" and code == 200:
         print(show_status(doc))
     elif args.cmd == "requests" and code == 200:
-        print(table([[r["pool"], r["worker_pid"], r["method"], r["path"], r["client"],
-                      f'{r["elapsed"]:.1f}s'] for r in doc["requests"]],
-                    ["POOL", "PID", "METHOD", "PATH", "CLIENT", "ELAPSED"]))
+        print(show_requests(doc))
     elif args.cmd == "counters" and code == 200:
         print(show_counters(doc))
     elif args.cmd == "orphans" and code == 200:

@@ -78,6 +78,17 @@ _TLS_METRICS = [
 ]
 
 
+#: WebSockets, only for ASGI pools (their counters' "websockets" is not null)
+_WS_METRICS = [
+    ("hostd_websockets_open", "gauge", "WebSockets open now on the pool's workers.",
+     lambda w: [({}, w["open"])]),
+    ("hostd_websocket_messages_total", "counter", "WebSocket messages, received and sent.",
+     lambda w: [({}, w["messages"])]),
+    ("hostd_websocket_upgrades_total", "counter", "Connections upgraded to WebSocket.",
+     lambda w: [({}, w["upgraded"])]),
+]
+
+
 def _escape(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -117,12 +128,15 @@ def render(counters: dict) -> str:
                     lines.append(f"{name}"
                                  f"{_labels({'pool': pool['name'], 'binding': b['binding'], **labels})}"
                                  f" {value}")
-    tls_pools = [p for p in counters["pools"] if p.get("tls")]
-    if tls_pools:
-        for name, kind, help_, samples in _TLS_METRICS:
+    # families of one part of a pool's counters, only for the pools that have it
+    for part, families in (("tls", _TLS_METRICS), ("websockets", _WS_METRICS)):
+        having = [p for p in counters["pools"] if p.get(part)]
+        if not having:
+            continue
+        for name, kind, help_, samples in families:
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
-            for pool in tls_pools:
-                for labels, value in samples(pool["tls"]):
+            for pool in having:
+                for labels, value in samples(pool[part]):
                     lines.append(f"{name}{_labels({'pool': pool['name'], **labels})} {value}")
     refused = (counters.get("front_ends") or {}).get("refused") or {}
     lines += ["# HELP hostd_frontend_refusals_total Connections or requests the front ends "

@@ -156,16 +156,22 @@ class PoolTotals:
     queue_full: int = 0
     #: Scoreboard.TLS_FIELDS name -> count (a TLS pool's handshakes, failures, 421s)
     tls: dict = field(default_factory=lambda: dict.fromkeys(protocol.Scoreboard.TLS_FIELDS, 0))
+    #: an ASGI pool's WebSockets: messages and upgrades (Scoreboard.WS_FIELDS but
+    #: "open": an exited worker has none open)
+    websockets: dict = field(default_factory=lambda: {"messages": 0, "upgraded": 0})
 
     def add_exited(self, worker: Worker, texts: list[str]) -> None:
         """Adds an exiting worker's scoreboard (requests, bytes, per-binding counters,
-        TLS counters) and CPU time; call before its board is closed."""
+        TLS and WebSocket counters) and CPU time; call before its board is closed."""
         self.cpu += worker.cpu_at_exit
         if worker.board is None:
             return
         self.requests += worker.board.read()["requests"]
         for k, v in worker.board.read_tls().items():
             self.tls[k] = self.tls.get(k, 0) + v
+        ws = worker.board.read_ws()
+        for k in self.websockets:
+            self.websockets[k] += ws.get(k, 0)
         bytes_in, per = worker.board.read_counts(len(texts) or 1)
         self.bytes_in += bytes_in
         for text, values in zip(texts, per):
@@ -236,6 +242,16 @@ class Pool:
         for w in self.workers.values():
             if w.board is not None:
                 for k, v in w.board.read_tls().items():
+                    out[k] = out.get(k, 0) + v
+        return out
+
+    def ws_counters(self) -> dict[str, int]:
+        """An ASGI pool's WebSockets: {"open": open now on its live workers, "messages",
+        "upgraded": so far by every worker it ever had (monotonic)}."""
+        out = {"open": 0, **self.totals.websockets}
+        for w in self.workers.values():
+            if w.board is not None:
+                for k, v in w.board.read_ws().items():
                     out[k] = out.get(k, 0) + v
         return out
 

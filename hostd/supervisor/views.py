@@ -72,6 +72,7 @@ class Views:
                 if w.state == W.EXITED:
                     continue
                 s = w.stats()
+                ws = w.board.read_ws() if w.board is not None else {}
                 workers.append({"pid": w.pid, "id": w.id, "state": w.state.value,
                                 "requests": s["requests"], "active": s["active"],
                                 "connections": s["connections"],
@@ -85,7 +86,10 @@ class Views:
                                 if w.spawn_reason.startswith("recycle: ") else None,
                                 "recycling": w.recycle.reason or None,
                                 "boot_ms": w.boot or None,
-                                "preloaded": w.via is not None})
+                                "preloaded": w.via is not None,
+                                # an ASGI worker's WebSockets (0 for WSGI)
+                                "websockets": {"open": ws.get("open", 0),
+                                               "messages": ws.get("messages", 0)}})
             cfg = pool.cfg
             decision = self.placement.decide(pool) if cfg else None
             pools.append({"name": pool.name, "state": pool.state.value,
@@ -106,6 +110,8 @@ class Views:
                           "zygote": self._zygote(pool),
                           "tls": certs.status(pool, pool.tls_counters())
                           if cfg is not None and cfg.tls is not None else None,
+                          "interface": cfg.interface if cfg else None,
+                          "websockets_open": sum(w["websockets"]["open"] for w in workers),
                           "file": str(cfg.file) if cfg else None})
         ids = self.placement.frontend_ids
         return {"pid": self.registry.pid, "started": round(self.started_at, 3),
@@ -145,8 +151,9 @@ class Views:
         stops, queue-full rejections; per binding: requests, responses by class, bytes
         out; "tls": null, or for a pool with [tls] the Scoreboard.TLS_FIELDS counts
         (handshakes, tls1_2, tls1_3, failed_* by reason, misdirected) and
-        "certificates": [{"file", "not_after" (seconds since the epoch)}]. Every total
-        counts the pool's exited workers too."""
+        "certificates": [{"file", "not_after" (seconds since the epoch)}]; "websockets":
+        null, or for an ASGI pool {"open" (now), "messages", "upgraded"} (Scoreboard.
+        WS_FIELDS sums). Every total counts the pool's exited workers too."""
         out = []
         certs = self.processes.certificates
         for pool in sorted(self.registry.pools.values(), key=lambda p: p.name):
@@ -196,6 +203,9 @@ class Views:
                 "tls": dict(pool.tls_counters(), certificates=[
                     {"file": f, "not_after": round(t)} for f, t in certs.not_after(pool)])
                 if pool.cfg is not None and pool.cfg.tls is not None else None,
+                # ASGI (null for WSGI): WebSockets open now, messages and upgrades so far
+                "websockets": pool.ws_counters()
+                if pool.cfg is not None and pool.cfg.interface == "asgi" else None,
             })
         # the front ends' own refusals, before any pool is known (hostd/frontend.py's
         # limits.Counters names: reject_400, header_timeout, tls_not_tls, ...)

@@ -521,7 +521,8 @@ def test_to_spec_is_json_and_round_trips(site):
         "health": {"ping_interval": 30.0, "ping_timeout": 90.0, "request_timeout": 0.0,
                    "startup_limit": 90.0, "shutdown_limit": 90.0, "rapid_fail_max_crashes": 5,
                    "rapid_fail_interval": 300.0, "unhealthy_action": "recycle",
-                   "orphan": False, "orphan_action": ""},
+                   "orphan": False, "orphan_action": "", "websocket_ping_interval": 20.0,
+                   "websocket_ping_timeout": 20.0},
         "recycling": {"overlapping": True, "time": 0.0, "requests": 0, "schedule": [],
                       "private_memory": 0, "virtual_memory": 0},
         "limits": {"worker_memory_max": 0, "memory_max": 0, "memory_high": 0, "cpus": "",
@@ -530,7 +531,8 @@ def test_to_spec_is_json_and_round_trips(site):
         "isolation": {"enabled": True, "identity": "dynamic", "user_namespace": True,
                       "filesystem": "site", "read_only": False, "network": "host",
                       "show": [], "declared": False},
-        "tls": None}
+        "tls": None, "interface": "wsgi", "max_concurrency": 1000, "event_loop": "auto",
+        "lifespan": "auto", "websocket_max_size": 16 << 20}
     assert PoolConfig.from_spec(spec) == pool
 
 
@@ -616,15 +618,21 @@ def test_recycling_and_limits_tables(site):
 
 
 def test_the_every_key_example_is_a_valid_pool_file(tmp_path):
-    """examples/pools.d/every-key.toml.example shows every pool key; it must load."""
+    """examples/pools.d/every-key.toml.example shows every pool key (the ASGI ones may
+    be shown in fastapi.toml.example instead: tests/unit/test_config_asgi.py loads it);
+    it must load."""
     import shutil
     from hostd.config import HEALTH_KEYS, LIMITS_KEYS, POOL_KEYS, RECYCLING_KEYS
     example = Path(__file__).resolve().parents[2] / "examples" / "pools.d" / "every-key.toml.example"
     text = example.read_text()
+    asgi_text = (example.parent / "fastapi.toml.example").read_text()
+    asgi_keys = {"interface", "max_concurrency", "event_loop", "lifespan",
+                 "websocket_max_size", "websocket_ping_interval", "websocket_ping_timeout"}
     from hostd.config import ISOLATION_KEYS, TLS_KEYS
     for key in [*POOL_KEYS, *HEALTH_KEYS, *RECYCLING_KEYS, *LIMITS_KEYS, *ISOLATION_KEYS,
                 *TLS_KEYS]:
-        assert f"\n{key} = " in text or f"\n# {key} = " in text or f"[{key}]" in text, key
+        shown = text + asgi_text if key in asgi_keys else text
+        assert f"\n{key} = " in shown or f"\n# {key} = " in shown or f"[{key}]" in shown, key
     (tmp_path / "pools.d").mkdir()
     shutil.copytree(example.parents[1] / "apps", tmp_path / "apps")
     (tmp_path / "pools.d" / "shop.toml").write_text(text)

@@ -42,3 +42,23 @@ def test_a_thousand_idle_pools_fit_in_a_mebibyte():
     assert len(text.encode()) <= 1 << 20, len(text)
     m = samples(text)
     assert len({dict(k[1])["pool"] for k in m}) == 1000
+
+
+def test_websocket_families_only_for_asgi_pools():
+    asgi = dict(_pool("a"), websockets={"open": 4, "messages": 1200, "upgraded": 9})
+    wsgi = dict(_pool("b"), websockets=None)
+    m = samples(metrics.render({"pools": [asgi, wsgi]}))
+    assert m[("hostd_websockets_open", (("pool", "a"),))] == 4
+    assert m[("hostd_websocket_messages_total", (("pool", "a"),))] == 1200
+    assert m[("hostd_websocket_upgrades_total", (("pool", "a"),))] == 9
+    assert not [k for k in m if "websocket" in k[0] and dict(k[1])["pool"] == "b"]
+    # an ASGI pool with nothing open yet still has its series (a gauge at 0)
+    idle = dict(_pool("c"), websockets={"open": 0, "messages": 0, "upgraded": 0})
+    assert samples(metrics.render({"pools": [idle]}))[("hostd_websockets_open", (("pool", "c"),))] == 0
+    text = metrics.render({"pools": [wsgi, _pool("d")]})
+    assert "websocket" not in text               # no HELP or TYPE lines either
+    families = {f.name: f.type for f in text_string_to_metric_families(
+        metrics.render({"pools": [asgi]}))}
+    assert families["hostd_websockets_open"] == "gauge"
+    assert families["hostd_websocket_messages"] == "counter"   # the parser drops _total
+    assert families["hostd_websocket_upgrades"] == "counter"

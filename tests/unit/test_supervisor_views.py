@@ -10,14 +10,15 @@ STATUS_KEYS = {"pid", "started", "listen", "listen_tls", "frontends", "zygote", 
                "frontend_uid"}
 STATUS_POOL_KEYS = {"name", "state", "bindings", "workers", "queued", "processes",
                     "start_mode", "error", "recycles", "limits", "isolation", "identity",
-                    "file", "isolated", "isolation_reason", "preload", "zygote", "tls"}
+                    "file", "isolated", "isolation_reason", "preload", "zygote", "tls",
+                    "interface", "websockets_open"}
 STATUS_WORKER_KEYS = {"pid", "id", "state", "requests", "active", "connections", "busy",
                       "rss", "pss", "private", "cpu_seconds", "generation", "started", "start_reason",
-                      "last_recycle_reason", "recycling", "boot_ms", "preloaded"}
+                      "last_recycle_reason", "recycling", "boot_ms", "preloaded", "websockets"}
 COUNTERS_POOL_KEYS = {"name", "state", "requests", "requests_per_second", "active", "queued",
                       "responses", "bytes_in", "bytes_out", "workers", "memory",
                       "cpu_seconds", "recycles", "crashes", "rapid_fail_stops", "queue_full",
-                      "bindings", "tls"}
+                      "bindings", "tls", "websockets"}
 COUNTERS_BINDING_KEYS = {"binding", "requests", "responses", "bytes_out"}
 RESPONSE_KEYS = {"1xx", "2xx", "3xx", "4xx", "5xx"}
 
@@ -89,3 +90,59 @@ def test_orphans_and_identity_documents(make_house):
     assert h.views.pool_identity("c") == (False, {
         "ok": False, "message": "pool c has a broken configuration: /x/c.toml: app: missing"})
     assert h.views.pool_identity("a") == (True, {"ok": True, "pool": "a"})
+
+
+def test_websockets_in_status_counters_metrics_and_hostctl(make_house):
+    """An ASGI pool's Scoreboard.WS_FIELDS: per worker in status, summed per pool in status
+    and counters (an exited worker's messages and upgrades kept, its open ones gone), in
+    /metrics only for ASGI pools; hostctl's text shows them."""
+    from hostd import hostctl, metrics, protocol
+    assert protocol.Scoreboard.WS_FIELDS == ("open", "messages", "upgraded")
+    h = make_house(pool_config("a", interface="asgi", threads=1), pool_config("w"))
+    (w1,) = h.workers("a")
+    h.up(w1)
+    w1.board.write_ws([3, 100, 7])
+    h.exit(w1, 0)                                  # counted into the pool's totals
+    h.processes.spawn(h.pool("a"), "queue waiting")
+    w2 = h.workers("a")[-1]
+    h.up(w2)
+    w2.board.write_ws([2, 10, 4])
+    status = {p["name"]: p for p in h.views.status()["pools"]}
+    a, w = status["a"], status["w"]
+    assert (a["interface"], a["websockets_open"]) == ("asgi", 2)
+    # w2 and the replacement of w1 (still spawning: a zeroed board)
+    assert sorted(x["websockets"]["open"] for x in a["workers"]) == [0, 2]
+    assert {"open": 2, "messages": 10} in [x["websockets"] for x in a["workers"]]
+    assert (w["interface"], w["websockets_open"]) == ("wsgi", 0)
+    assert all(x["websockets"] == {"open": 0, "messages": 0} for x in w["workers"])
+    counters = {p["name"]: p for p in h.views.counters()["pools"]}
+    assert counters["a"]["websockets"] == {"open": 2, "messages": 110, "upgraded": 11}
+    assert counters["w"]["websockets"] is None
+    text = metrics.render(h.views.counters())
+    assert 'hostd_websockets_open{pool="a"} 2' in text
+    assert 'hostd_websocket_messages_total{pool="a"} 110' in text
+    assert 'hostd_websocket_upgrades_total{pool="a"} 11' in text
+    assert 'pool="w"' not in "".join(line for line in text.splitlines() if "websocket" in line)
+    shown = hostctl.show_status(h.views.status())
+    (row,) = [line for line in shown.splitlines() if line.split()[:2] == ["a", "asgi"]]
+    assert row.split() == ["a", "asgi", "2"] and "WEBSOCKETS" in shown
+    (row,) = [line for line in hostctl.show_counters(h.views.counters()).splitlines()
+              if line.split()[:2] == ["a", "2"]]
+    assert row.split() == ["a", "2", "110", "11"]
+    plain = make_house(pool_config("q"))
+    assert "WEBSOCKETS" not in hostctl.show_status(plain.views.status())
+    assert "WS_MESSAGES" not in hostctl.show_counters(plain.views.counters())
+    assert "websocket" not in metrics.render(plain.views.counters())  # WSGI pools add nothing
+
+
+def test_hostctl_requests_shows_a_websocket_with_its_messages():
+    from hostd import hostctl
+    doc = {"requests": [
+        {"pool": "a", "worker_pid": 7, "method": "GET", "path": "/chat", "host": "a.test",
+         "client": "10.0.0.1", "elapsed": 75.25, "websocket": True, "messages": 42},
+        {"pool": "a", "worker_pid": 7, "method": "POST", "path": "/api", "host": "a.test",
+         "client": "10.0.0.2", "elapsed": 0.5}]}
+    lines = hostctl.show_requests(doc).splitlines()
+    assert lines[0].split() == ["POOL", "PID", "METHOD", "PATH", "CLIENT", "ELAPSED"]
+    assert "websocket (42 messages)" in lines[1] and "/chat" in lines[1] and "75.2s" in lines[1]
+    assert lines[2].split() == ["a", "7", "POST", "/api", "10.0.0.2", "0.5s"]
