@@ -52,7 +52,7 @@ HEARTBEAT = 0.25
 REROUTE_TIMEOUT = 5.0
 #: draining: open WebSockets are closed with 1001 this long before shutdown_limit, so
 #: the close handshake, lifespan shutdown and the exit fit before the supervisor kills
-WS_CLOSE_BEFORE = 0.6
+WS_CLOSE_BEFORE = 1.0
 #: ... and the peers get this long to answer the close frame
 WS_CLOSE_WAIT = 0.3
 #: hostd stops (not a recycle): WebSockets and TLS connections get this long
@@ -434,9 +434,18 @@ class AsgiWorker(ControlChannel):
         """Control thread: the loop has not run its heartbeat for ping_timeout."""
         return now - self.beat > self.ping_timeout
 
+    def _busy_now(self) -> list:
+        """Control thread: what runs now (the loop may change busy meanwhile)."""
+        for _ in range(5):
+            try:
+                return list(self.busy)
+            except RuntimeError:        # changed size during iteration: again
+                continue
+        return []
+
     def _check_request_timeout(self) -> None:
         now = time.monotonic()
-        for item in list(self.busy):
+        for item in self._busy_now():
             start = item.start
             if item.websocket_kind:
                 continue        # a WebSocket is long by nature
@@ -447,7 +456,7 @@ class AsgiWorker(ControlChannel):
 
     def live_requests(self, now: float) -> list[dict]:
         out = []
-        for item in list(self.busy):
+        for item in self._busy_now():
             entry = {"method": item.method, "path": item.full_path(), "host": item.host,
                      "client": item.client, "elapsed": round(now - item.start, 3)}
             if item.websocket_kind:
@@ -467,7 +476,8 @@ class AsgiWorker(ControlChannel):
     async def _ticker(self) -> None:
         interval = max(0.05, min(0.5, self.keepalive_timeout / 4, self.header_timeout / 4))
         while True:
-            await asyncio.sleep(interval)
+            # draining: often enough for drain_step's deadlines and a prompt exit
+            await asyncio.sleep(0.05 if self.draining else interval)
             self.now = now = time.monotonic()
             self._sweep()
             self._board()

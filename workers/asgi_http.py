@@ -67,6 +67,9 @@ class _Resume:
         while True:
             try:
                 sent = yield value
+            except GeneratorExit:           # (as yield from: close the inner one too)
+                coro.close()
+                raise
             except BaseException as exc:
                 try:
                     value = coro.throw(exc)
@@ -532,6 +535,8 @@ class HttpProtocol:
         else:
             self.queued.append(cycle)
             self.pause_reading()
+            if self.cycle is None:      # only the worker's limit holds it back
+                w.waiting.append(self)
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cur
