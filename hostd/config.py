@@ -331,7 +331,7 @@ POOL_KEYS: dict[str, Key | Table] = {
     "preload": Key(lambda v, b: _bool(v, b), False, "warm tier: a zygote of the pool's own imports the app once (gc.freeze) and forks its workers"),
     # ASGI (issue 15): the worker runs one event loop instead of threads
     "interface": Key(_choice("wsgi", "asgi"), "wsgi", "the app's interface: \"wsgi\" (threads) or \"asgi\" (one event loop per worker; WebSockets)"),
-    "max_concurrency": Key(_int(1), 1000, "ASGI only: requests and WebSockets in flight per worker; at the limit the worker pulls no more connections"),
+    "max_concurrency": Key(_int(1), 10000, "ASGI only: requests and WebSockets in flight per worker; at the limit the worker pulls no more connections"),
     "event_loop": Key(_choice("auto", "uvloop", "asyncio"), "auto", "ASGI: \"auto\" = uvloop when importable (the pool's virtualenv or hostd's), else asyncio's own"),
     "lifespan": Key(_choice("auto", "on", "off"), "auto", "ASGI lifespan: auto = an app that fails before startup.complete has none; on = that is a startup failure; off = never sent"),
     "websocket_max_size": Key(_size(1 << 10, 1 << 40), 16 << 20, "ASGI: largest WebSocket message or frame; bigger → close 1009"),
@@ -1059,7 +1059,7 @@ class PoolConfig:
     isolation: Isolation = Isolation(declared=False)   # no table: the defaults
     tls: TLSConfig | None = None                       # no [tls]: no TLS connections
     interface: str = "wsgi"                            # "wsgi" | "asgi"
-    max_concurrency: int = 1000                        # ASGI: in flight per worker
+    max_concurrency: int = 10000                       # ASGI: in flight per worker
     event_loop: str = "auto"                           # ASGI: "auto" | "uvloop" | "asyncio"
     lifespan: str = "auto"                             # ASGI: "auto" | "on" | "off"
     websocket_max_size: int = 16 << 20                 # ASGI: bigger message → 1009

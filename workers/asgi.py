@@ -88,6 +88,24 @@ def choose_loop(kind: str):
     return asyncio.new_event_loop(), "asyncio"
 
 
+def raise_nofile(want: int) -> int:
+    """An ASGI worker holds one descriptor per connection, thousands of idle WebSockets
+    among them: its soft RLIMIT_NOFILE (often 1024) goes up towards the hard limit, to
+    max_concurrency plus room for the app's own files. Returns the soft limit now."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want + 1024
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 class AsgiWorker(ControlChannel):
     """An ASGI pool's worker (see the module docstring)."""
 
@@ -101,7 +119,7 @@ class AsgiWorker(ControlChannel):
         self.keepalive_timeout = ws.keepalive_timeout
         configure_limits(self, ws, spec.get("conn_sems") or [])
         cfg = ws.config             # (a hand-built spec may leave keys out: defaults)
-        self.max_concurrency = int(cfg.get("max_concurrency") or 1000)
+        self.max_concurrency = int(cfg.get("max_concurrency") or 10000)
         self.threads = 1                       # ControlChannel's view: one loop
         self.event_loop_kind = cfg.get("event_loop") or "auto"
         self.lifespan_mode = cfg.get("lifespan") or "auto"
@@ -362,8 +380,10 @@ class AsgiWorker(ControlChannel):
                 await self.loop.connect_accepted_socket(lambda: proto, sock)
         except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:
             if tls:
-                from .tls import failure_field
-                self.tls_counts[failure_field(exc)] += 1
+                from .tls import F_TIMEOUT, failure_field
+                self.tls_counts[F_TIMEOUT if isinstance(exc, (asyncio.TimeoutError,
+                                                              TimeoutError))
+                                else failure_field(exc)] += 1
             proto.attach_failed()
             try:
                 sock.close()
@@ -501,6 +521,7 @@ class AsgiWorker(ControlChannel):
     def run(self, trace: list) -> int:
         """Starts the loop: lifespan startup, "ready", serve until drained, lifespan
         shutdown. Returns the exit code."""
+        raise_nofile(self.max_concurrency)
         loop, self.loop_name = choose_loop(self.event_loop_kind)
         self.loop = loop
         asyncio.set_event_loop(loop)

@@ -444,6 +444,9 @@ class HttpProtocol:
             data = b"".join(self.raw)
             if len(data) <= MAX_HANDOFF_BYTES and self.handoff(data):
                 return
+        if self.tls:
+            from .tls import MISDIRECTED
+            self.worker.tls_counts[MISDIRECTED] += 1
         self.error(R421)
 
     # --- parser callbacks -----------------------------------------------------------

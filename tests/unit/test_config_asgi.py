@@ -59,7 +59,7 @@ def errors_of(site, text, name="p"):
 def test_defaults_of_a_pool_that_says_nothing(site):
     pool = load_one(site, BASE)
     assert (pool.interface, pool.max_concurrency, pool.event_loop, pool.lifespan,
-            pool.websocket_max_size) == ("wsgi", 1000, "auto", "auto", 16 << 20)
+            pool.websocket_max_size) == ("wsgi", 10000, "auto", "auto", 16 << 20)
     assert (pool.health.websocket_ping_interval, pool.health.websocket_ping_timeout) == \
         (20.0, 20.0)
     # a PoolConfig built by hand (older code, tests) gets the same
@@ -125,7 +125,7 @@ def test_threads_in_an_asgi_pool_file_is_an_error(site):
 def test_the_same_keys_from_defaults_are_ignored(site):
     write_main(site, "[defaults]\nthreads = 8\nmax_concurrency = 20\n")
     wsgi = load_one(site, BASE.replace("p.localhost", "w.localhost"), "w")
-    assert (wsgi.threads, wsgi.max_concurrency) == (8, 1000)   # max_concurrency ignored
+    assert (wsgi.threads, wsgi.max_concurrency) == (8, 10000)   # max_concurrency ignored
     asgi = load_one(site, ASGI.replace("p.localhost", "a.localhost"), "a")
     assert (asgi.threads, asgi.max_concurrency) == (1, 20)     # threads ignored
 
@@ -171,7 +171,7 @@ def test_the_fastapi_example_is_a_valid_asgi_pool_file(site):
     text = re.sub(r'(?m)^virtualenv = "[^"]*"', f'virtualenv = "{venv}"', text)
     pool = load_one(site, text, "api")
     assert (pool.interface, pool.max_concurrency, pool.event_loop, pool.lifespan,
-            pool.websocket_max_size) == ("asgi", 1000, "auto", "auto", 16 << 20)
+            pool.websocket_max_size) == ("asgi", 10000, "auto", "auto", 16 << 20)
     assert pool.health.websocket_ping_interval == 20.0
     for key in ("interface", "max_concurrency", "event_loop", "lifespan", "websocket_max_size",
                 "websocket_ping_interval", "websocket_ping_timeout"):
