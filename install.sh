@@ -21,7 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-if ! .venv/bin/python -c 'import hostd, httptools, psutil, prctl, pyroute2, wsproto, uvloop, pytest, h11, hypothesis, prometheus_client' 2>/dev/null \
+if ! .venv/bin/python -c 'import hostd, httptools, psutil, prctl, pyroute2, websockets, uvloop, pytest, h11, hypothesis, prometheus_client' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.hostd-installed ] || [ setup.py -nt .venv/.hostd-installed ] \
    || [ workers/_h1fast.c -nt .venv/.hostd-installed ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -56,7 +56,7 @@ WS_CLOSE_BEFORE = 1.0
 #: ... and the peers get this long to answer the close frame
 WS_CLOSE_WAIT = 0.3
 #: hostd stops (not a recycle): WebSockets and TLS connections get this long
-STOP_GRACE = 2.0
+STOP_GRACE = 1.5
 #: a draining worker's TLS HTTP connections (as workers/runtime.py's TLS_*): served
 #: until shutdown_limit - TLS_CLOSE_BEFORE; the last TLS_CLOSE_PHASE of that, responses
 #: say Connection: close and those idle TLS_IDLE_CLOSE are closed

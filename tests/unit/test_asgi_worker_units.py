@@ -1,6 +1,6 @@
 """Unit tests of the ASGI worker's pieces without processes or sockets: the eager start
 (workers/asgi_http.start_eagerly), response heads (Cycle), the WebSocket handshake key,
-and WebSocket limits and protocol errors (workers/asgi_ws.WebSocket over wsproto).
+and WebSocket limits and protocol errors (workers/asgi_ws.WebSocket over websockets' Protocol).
 The connection and worker are stand-ins (the real ones need a pool queue and a loop's
 transport): they record what would be written."""
 from __future__ import annotations
@@ -305,7 +305,7 @@ def test_a_message_over_the_limit_closes_1009_before_it_is_whole():
     whole = frame(2, b"x" * 5000)
     ws.feed(whole[:1500])                   # not yet whole: refused already
     loop.run_until_complete(asyncio.sleep(0.01))
-    assert close_code(conn.out[-1]) == 1009 and ws.state == CLOSING
+    assert close_code(conn.out[-1]) == 1009 and ws.state in (CLOSING, CLOSED)
     assert got[-1] == {"type": "websocket.disconnect", "code": 1009}
 
 
@@ -347,3 +347,17 @@ def test_a_bad_version_is_refused_with_400():
                                       (b"sec-websocket-version", b"8")]}, 0, b"/")
     ws.begin(b"")
     assert conn.out[0].startswith(b"HTTP/1.1 400") and conn.closed
+
+
+def test_text_that_is_not_utf8_closes_1007():
+    loop, w, conn, ws, got = open_ws()
+    ws.feed(frame(1, b"\xff\xfe"))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert close_code(conn.out[-1]) == 1007 and got[-1]["code"] == 1007
+
+
+def test_a_message_in_fragments_over_the_limit_closes_1009():
+    loop, w, conn, ws, got = open_ws(max_size=1000)
+    ws.feed(frame(2, b"x" * 600, fin=False) + frame(0, b"y" * 600))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert close_code(conn.out[-1]) == 1009 and not [m for m in got if "bytes" in m]
