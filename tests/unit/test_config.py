@@ -531,7 +531,7 @@ def test_to_spec_is_json_and_round_trips(site):
         "isolation": {"enabled": True, "identity": "dynamic", "user_namespace": True,
                       "filesystem": "site", "read_only": False, "network": "host",
                       "show": [], "declared": False},
-        "tls": None, "interface": "wsgi", "max_concurrency": 1000, "event_loop": "auto",
+        "tls": None, "interface": "wsgi", "max_concurrency": 10000, "event_loop": "auto",
         "lifespan": "auto", "websocket_max_size": 16 << 20}
     assert PoolConfig.from_spec(spec) == pool
 
