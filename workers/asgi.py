@@ -3,7 +3,7 @@
 connections from the pool's queue -- the same queue, handoff, reroute, slots and
 counters as the WSGI worker (workers/runtime.py) -- and serves the pool's ASGI 3.0
 application on them: `http` (workers/asgi_http.py), `websocket`
-(workers/asgi_ws.py, framing by wsproto) and `lifespan` (here).
+(workers/asgi_ws.py, framing by the websockets library's sans-I/O Protocol) and `lifespan` (here).
 
 Threads and owners:
 - the loop thread owns every connection, the app's coroutines and the queue;

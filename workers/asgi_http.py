@@ -22,7 +22,8 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from hostd import limits, log
 from hostd.protocol import MAX_HANDOFF_BYTES
 
-from .h1 import R400, R408, R413, R414, R421, R431, _BODY500, _date
+from .h1 import (COUNTERS, R400, R408, R413, R414, R421, R431, _BODY500, _REJECTS, _date,
+                 RAW_CAP, message_offset)
 
 _monotonic = time.monotonic
 _copy_context = contextvars.copy_context
@@ -316,12 +317,15 @@ class HttpProtocol:
         self.drain_waiter = None
         self.raw = None               # bytes since the last clean message boundary
         self.raw_msgs = 0             # messages begun within them
+        self.raw_len = 0
         self.in_message = False
         self.host_header = None
         self.client_addr = None
         self.server = None
         self.client = None
         self.head_bytes = 0
+        self.max_url = min(limits.MAX_URL_BYTES, worker.max_header_bytes)
+        self.rules = None
         self.upgrade = None
         self.stopped = False
         # parser scratch
@@ -411,10 +415,15 @@ class HttpProtocol:
         w.bytes_in += len(data)
         self.last = w.now
         if self.in_message or self.queued or self.cycle is not None:
-            if self.raw is not None:
-                self.raw.append(data)
+            raw = self.raw
+            if raw is not None:
+                raw.append(data)
+                self.raw_len += len(data)
+                if self.raw_len > RAW_CAP:      # a body streaming in: not kept
+                    self.raw = None
         else:
             self.raw = [data]
+            self.raw_len = len(data)
             self.raw_msgs = 0
         try:
             self.parser.feed_data(data)
@@ -431,9 +440,38 @@ class HttpProtocol:
             if isinstance(cause, _Misdirected):
                 self._misdirected()
             elif isinstance(cause, _TooBig):
+                COUNTERS.hit("head_too_large")
                 self.error(cause.args[0])
+            elif isinstance(cause, limits.Reject):
+                COUNTERS.hit(f"reject_{cause.status}", cause.reason)
+                self.error(_REJECTS.get(cause.status, R400))
             else:
-                self.error(R400)
+                status = limits.error_status(exc, self._failed_message)
+                COUNTERS.hit(f"reject_{status}", str(exc))
+                self.error(_REJECTS.get(status, R400))
+
+    def _message_bytes(self):
+        """(raw bytes from the current message's first byte, its offset) or None."""
+        raw = self.raw
+        if raw is None:
+            return None
+        if len(raw) > 1:
+            raw[:] = [b"".join(raw)]
+        if self.raw_msgs == 1:
+            return raw[0], 0
+        off = message_offset(raw[0], self.raw_msgs - 1)
+        return None if off < 0 else (raw[0], off)
+
+    def _failed_message(self):
+        got = self._message_bytes()
+        return None if got is None else got[0][got[1]:]
+
+    def _check_line(self, mlen: int, ulen: int) -> None:
+        """limits.check_line on the head that just completed (single spaces, the HTTP/
+        name, its exact size), when its bytes are known."""
+        got = self._message_bytes()
+        if got is not None:
+            limits.check_line(got[0], got[1], mlen, ulen, self.worker.max_header_bytes)
 
     def _misdirected(self) -> None:
         """A request for another pool (or none): the front end routes it, with the bytes
@@ -457,19 +495,25 @@ class HttpProtocol:
         self.headers = []
         self.head_bytes = 0
         self.host_header = None
+        self.rules = _Head()
         if self.head_since is None:
             self.head_since = self.worker.now
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_bytes += len(url)
-        if len(self.url) > limits.MAX_URL_BYTES or self.head_bytes > self.worker.max_header_bytes:
-            raise _TooBig(R414)
+        if len(self.url) > self.max_url:
+            raise limits.Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value) + 4
+        if self.cur is not None:
+            return          # trailer fields of a chunked body: not part of the head
+        value = value.rstrip(b" \t")   # limits.OWS (llhttp drops the leading OWS)
+        self.head_bytes += len(name) + len(value) + 3
         if self.head_bytes > self.worker.max_header_bytes:
             raise _TooBig(R431)
+        if len(name) in _SPECIAL:
+            self.rules.rule_header(name, value)
         name = name.lower()
         if name == b"host":
             self.host_header = value.decode("latin-1")
@@ -486,10 +530,14 @@ class HttpProtocol:
         if hit is None:
             hit = w.resolve(host, port, url)
         route, update, at = hit
-        method = parser.get_method().decode("ascii")
+        m = parser.get_method()
         version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise _TooBig(R400)
+        # the head rules of the front end and the WSGI worker (hostd/limits.py)
+        self.rules.rule_complete(version, m, url)
+        self._check_line(len(m), len(url))
+        method = _methods.get(m)
+        if method is None:
+            method = _methods[m] = m.decode("latin-1")
         if update is None:
             raise _Misdirected()
         root_path, path, raw_path, query, _server_name = update
@@ -526,7 +574,7 @@ class HttpProtocol:
             elif name == b"expect" and value.lower() == b"100-continue":
                 expect = True
         if clen is not None and w.max_body and int(clen) > w.max_body:
-            raise _TooBig(R413)
+            raise limits.Reject(413, f"Content-Length {int(clen)}")
         cycle = Cycle(self, scope, at, url, parser.should_keep_alive(),
                       expect and version == "1.1" and not bodyless)
         # known now, before the app runs (eagerly, inside this callback)
@@ -549,7 +597,7 @@ class HttpProtocol:
         cycle.body_len += len(body)
         w = self.worker
         if w.max_body and cycle.body_len > w.max_body:
-            raise _TooBig(R413)
+            raise limits.Reject(413, "chunked body too large")
         if cycle.body_len > BODY_HIGH_WATER:
             self.pause_reading()
         cycle.wake()
@@ -764,6 +812,22 @@ class _TooBig(HttpParserError):
 
 class _Misdirected(HttpParserError):
     pass
+
+
+class _Head(limits.HeadState):
+    """One request's state for the shared head rules (hostd/limits.py)."""
+
+    __slots__ = ("host", "clen", "te")
+
+    def __init__(self):
+        self.host = None
+        self.clen = -1
+        self.te = None
+
+
+_SPECIAL = limits.SPECIAL_LENGTHS
+#: method bytes -> str
+_methods: dict = {}
 
 
 _ASGI_HTTP = {"version": "3.0", "spec_version": "2.3"}
