@@ -235,7 +235,7 @@ class AsgiWorker(ControlChannel):
             if not self.draining and not self.queue_registered:
                 self._queue_on()
 
-    def resolve(self, host, port, url):
+    def resolve(self, host, port, url, key=None):
         """Route cache miss: (route, scope update or None, counter offset). The update
         is (root_path, path, raw_path, query_string, server name or None): the
         binding's prefix is the root_path; path keeps it (ASGI: the full path)."""
@@ -254,7 +254,7 @@ class AsgiWorker(ControlChannel):
         cache = self.route_cache
         if len(cache) >= 4096:
             cache.clear()
-        cache[(host, url, port)] = hit
+        cache[key if key is not None else (host, url, port)] = hit
         return hit
 
     # --- connection slots and handoff -----------------------------------------------
@@ -477,7 +477,10 @@ class AsgiWorker(ControlChannel):
     def live_requests(self, now: float) -> list[dict]:
         out = []
         for item in self._busy_now():
-            entry = {"method": item.method, "path": item.full_path(), "host": item.host,
+            host = item.host
+            if isinstance(host, bytes):
+                host = host.decode("latin-1")
+            entry = {"method": item.method, "path": item.full_path(), "host": host,
                      "client": item.client, "elapsed": round(now - item.start, 3)}
             if item.websocket_kind:
                 entry["websocket"] = True

@@ -11,10 +11,12 @@ turn. Each request runs in its own copy of the context, as a Task would.
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 import traceback
 from collections import deque
+from collections.abc import Coroutine as _Coroutine
 from http import HTTPStatus
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -27,6 +29,9 @@ from .h1 import (COUNTERS, R400, R408, R413, R414, R421, R431, _BODY500, _REJECT
 
 _monotonic = time.monotonic
 _copy_context = contextvars.copy_context
+_current_task = asyncio.current_task
+_enter_task = asyncio.tasks._enter_task     # (C functions: what 3.12 eager tasks do)
+_leave_task = asyncio.tasks._leave_task
 
 #: a status code -> its status line (made on first use)
 _STATUS: dict[int, bytes] = {}
@@ -46,60 +51,92 @@ def _status_line(status: int) -> bytes:
 
 
 _SERVER = b"Server: hostd\r\n"
+#: response header names the worker decides about itself
+_SPECIAL_OUT = frozenset((b"content-length", b"transfer-encoding", b"connection", b"server",
+                          b"date"))
+_date_cache = ["", b""]
+
+
+def _date_bytes() -> bytes:
+    """The Date line (workers/h1.py's, made once a second) and our Server line."""
+    d = _date()
+    if d is not _date_cache[0]:
+        _date_cache[0] = d
+        _date_cache[1] = d.encode("latin-1") + _SERVER
+    return _date_cache[1]
 _R100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: request bodies buffered beyond this pause reading until the app receives them
 BODY_HIGH_WATER = 256 * 1024
 
 
-class _Resume:
-    """Continues a coroutine that already yielded `first` (a future it waits for)
-    inside a Task: the eager start's second half."""
+_NOTHING = object()     # _Eager.first: the eager step's value has been given to the Task
+_FINISHED = object()    # _Eager.first: the coroutine ended in the eager step
+
+
+class _Eager(_Coroutine):
+    """The coroutine a Task drives for start_eagerly: it hands the Task the value the
+    eager first step already yielded (a future to wait for), then forwards to coro.
+    If coro ended in the eager step, the Task's first step ends at once."""
 
     __slots__ = ("coro", "first")
 
-    def __init__(self, coro, first):
+    def __init__(self, coro):
         self.coro = coro
-        self.first = first
+        self.first = _NOTHING
 
-    def __await__(self):
-        coro = self.coro
-        value = self.first
-        self.first = None
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:           # (as yield from: close the inner one too)
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+    def send(self, value):
+        first = self.first
+        if first is not _NOTHING:
+            self.first = _NOTHING
+            if first is _FINISHED:
+                raise StopIteration(None)
+            return first
+        return self.coro.send(value)
 
+    def throw(self, typ, val=None, tb=None):
+        if self.first is _FINISHED:
+            self.first = _NOTHING
+            raise StopIteration(None)
+        self.first = _NOTHING       # (a cancel before the Task's first step: coro is
+        if val is None and tb is None:    # suspended at its first await and takes it there)
+            return self.coro.throw(typ)
+        return self.coro.throw(typ, val, tb)
 
-async def _continue(resume):
-    return await resume
+    def close(self):
+        self.coro.close()
+
+    def __await__(self):            # (never awaited; the Coroutine ABC asks for it)
+        return self.coro.__await__()
 
 
 def start_eagerly(loop, coro, done) -> None:
-    """Runs coro until it first waits; then as a Task. done(exc or None) is called once
-    when it ends (from here, or from the Task's callback)."""
+    """Runs coro's first step now, as Python 3.12's eager tasks do: inside its own
+    Task (so asyncio.current_task(), asyncio.timeout() and anyio's task groups work
+    from the first line), but without waiting a loop turn. done(exc or None) is called
+    once when coro ends: from here if it ends in the first step, else from the Task's
+    done callback. Takes the loop, an un-started coroutine and the callback; returns
+    nothing; raises nothing (the app's exceptions go to done)."""
     ctx = _copy_context()
+    eager = _Eager(coro)
+    task = loop.create_task(eager, context=ctx)
+    outer = _current_task(loop)
+    if outer is not None:           # (started from inside another Task's step)
+        _leave_task(loop, outer)
+    _enter_task(loop, task)
     try:
-        first = ctx.run(coro.send, None)
+        eager.first = ctx.run(coro.send, None)
     except StopIteration:
+        eager.first = _FINISHED
         done(None)
         return
     except BaseException as exc:
+        eager.first = _FINISHED
         done(exc)
         return
-    task = loop.create_task(_continue(_Resume(coro, first)), context=ctx)
+    finally:
+        _leave_task(loop, task)
+        if outer is not None:
+            _enter_task(loop, outer)
 
     def finished(t):
         if t.cancelled():
@@ -236,62 +273,66 @@ class Cycle:
     def _write_head(self, body: bytes, more: bool) -> None:
         conn = self.conn
         status = self.status
-        parts = [_status_line(status), _date().encode("latin-1"), _SERVER]
+        http10 = self.scope["http_version"] == "1.0"
         length = None
         chunked = False
+        own = []                    # the app's header lines
         for name, value in self.headers:
             lname = name.lower()
-            if lname == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    raise RuntimeError(f"bad content-length {value!r}") from None
-            elif lname == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-                if chunked and self.scope["http_version"] == "1.0":
+            if lname in _SPECIAL_OUT:
+                if lname == b"content-length":
+                    try:
+                        length = int(value)
+                    except ValueError:
+                        raise RuntimeError(f"bad content-length {value!r}") from None
+                elif lname == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+                    if chunked and http10:
+                        continue
+                elif lname == b"connection":
+                    if b"close" in value.lower():
+                        self.close = True
                     continue
-            elif lname == b"connection":
-                if b"close" in value.lower():
-                    self.close = True
-                continue
-            elif lname == b"server" or lname == b"date":
-                continue
-            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
-                raise RuntimeError(f"response header {name!r} holds CR or LF")
-            parts.append(name + b": " + value + b"\r\n")
+                else:               # server, date: ours
+                    continue
+            own.append(name + b": " + value + b"\r\n")
+        block = b"".join(own)
+        # one CR and one LF per line, the ones we put there: none inside a name or value
+        if block.count(b"\n") != len(own) or block.count(b"\r") != len(own):
+            raise RuntimeError("a response header holds CR or LF")
         bodyless = status < 200 or status == 204 or status == 304
+        extra = b""
         if length is None and not chunked and not bodyless:
             if not more:
                 length = len(body)
-                parts.append(b"Content-Length: %d\r\n" % length)
-            elif self.scope["http_version"] == "1.1":
+                extra = b"Content-Length: %d\r\n" % length
+            elif not http10:
                 chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
+                extra = b"Transfer-Encoding: chunked\r\n"
             else:
                 self.close = True          # HTTP/1.0 streaming: close-delimited
-        elif chunked and self.scope["http_version"] == "1.0":
+        elif chunked and http10:
             chunked = False
             self.close = True
-        if conn.worker.tls_closing and conn.tls or conn.worker.draining and conn.tls:
-            self.close = self.close or conn.worker.tls_closing
+        if conn.tls and conn.worker.tls_closing:
+            self.close = True
         if self.close:
-            parts.append(b"Connection: close\r\n")
-        elif self.scope["http_version"] == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
+            extra += b"Connection: close\r\n\r\n"
+        elif http10:
+            extra += b"Connection: keep-alive\r\n\r\n"
+        else:
+            extra += b"\r\n"
         self.length = length
         self.chunked = chunked and not bodyless
         self.started = True
-        if bodyless or self.nobody:
-            conn.write(b"".join(parts))
-            self.sent += len(body)
-            return
-        if chunked and body:
-            parts.append(b"%x\r\n%b\r\n" % (len(body), body))
-        elif body:
-            parts.append(self._clip(body))
+        head = _status_line(status) + _date_bytes() + block + extra
+        if bodyless or self.nobody or not body:
+            conn.write(head)
+        elif chunked:
+            conn.write(head + b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            conn.write(head + self._clip(body))
         self.sent += len(body)
-        conn.write(b"".join(parts))
 
 
 class HttpProtocol:
@@ -514,27 +555,26 @@ class HttpProtocol:
             raise _TooBig(R431)
         if len(name) in _SPECIAL:
             self.rules.rule_header(name, value)
-        name = name.lower()
-        if name == b"host":
-            self.host_header = value.decode("latin-1")
-        self.headers.append((name, value))
+        self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         w = self.worker
         self.head_since = None
         parser = self.parser
         url = self.url
-        host = self.host_header
-        port = self.server[1] if self.server else 0
-        hit = w.route_cache.get((host, url, port))
-        if hit is None:
-            hit = w.resolve(host, port, url)
-        route, update, at = hit
         m = parser.get_method()
         version = parser.get_http_version()
         # the head rules of the front end and the WSGI worker (hostd/limits.py)
-        self.rules.rule_complete(version, m, url)
+        rules = self.rules
+        rules.rule_complete(version, m, url)
         self._check_line(len(m), len(url))
+        self.host_header = host = rules.host        # bytes (or None for HTTP/1.0)
+        port = self.server[1] if self.server else 0
+        hit = w.route_cache.get((host, url, port))
+        if hit is None:
+            hit = w.resolve(host.decode("latin-1") if host is not None else None, port, url,
+                            key=(host, url, port))
+        route, update, at = hit
         method = _methods.get(m)
         if method is None:
             method = _methods[m] = m.decode("latin-1")
@@ -562,19 +602,15 @@ class HttpProtocol:
                 scope.pop("http_version")
                 self.upgrade = (scope, at, method, url)
                 return
+        clen = rules.clen
+        bodyless = clen <= 0 and rules.te is None
         expect = False
-        clen = None
-        bodyless = True
-        for name, value in self.headers:
-            if name == b"content-length":
-                clen = value
-                bodyless = value == b"0"
-            elif name == b"transfer-encoding":
-                bodyless = False
-            elif name == b"expect" and value.lower() == b"100-continue":
-                expect = True
-        if clen is not None and w.max_body and int(clen) > w.max_body:
-            raise limits.Reject(413, f"Content-Length {int(clen)}")
+        if not bodyless:
+            if clen > 0 and w.max_body and clen > w.max_body:
+                raise limits.Reject(413, f"Content-Length {clen}")
+            for name, value in self.headers:
+                if name == b"expect" and value.lower() == b"100-continue":
+                    expect = True
         cycle = Cycle(self, scope, at, url, parser.should_keep_alive(),
                       expect and version == "1.1" and not bodyless)
         # known now, before the app runs (eagerly, inside this callback)

@@ -95,7 +95,10 @@ def test_a_coroutine_that_never_waits_ends_inside_the_call():
 
     start_eagerly(loop, app(), seen.append)
     assert seen == ["ran", None]          # done before start_eagerly returned
-    assert not asyncio.all_tasks(loop)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert not asyncio.all_tasks(loop)    # (its Task ends on its first step, no callback)
+    assert seen == ["ran", None]
+    loop.close()
 
 
 def test_a_coroutine_that_waits_goes_on_as_a_task_and_gets_the_result():
@@ -132,6 +135,67 @@ def test_an_exception_reaches_done_eager_or_not():
         await asyncio.sleep(0.05)
     loop.run_until_complete(main())
     assert [type(e) for e in seen] == [ValueError, KeyError]
+
+
+def test_the_first_step_already_runs_inside_its_own_task():
+    # anyio's task groups (Starlette's StreamingResponse) and asyncio.timeout() need
+    # current_task() from the first line; a nested start must not disturb the outer Task
+    loop = asyncio.new_event_loop()
+    seen = []
+
+    async def app(tag):
+        first = asyncio.current_task()
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0)
+        seen.append((tag, first is not None and first is asyncio.current_task()))
+
+    async def main():
+        me = asyncio.current_task()
+        start_eagerly(loop, app("nested"), seen.append)
+        seen.append(("outer", asyncio.current_task() is me))
+        await asyncio.sleep(0.02)
+
+    loop.call_soon(start_eagerly, loop, app("top"), seen.append)   # (from a callback, as
+    loop.run_until_complete(main())                                # data_received does)
+    assert ("top", True) in seen and ("nested", True) in seen and ("outer", True) in seen
+    assert seen.count(None) == 2
+    loop.close()
+
+
+def test_a_timeout_in_the_first_step_cancels_the_app_not_the_worker():
+    loop = asyncio.new_event_loop()
+    seen = []
+
+    async def app():
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(10)
+        except TimeoutError:
+            seen.append("timed out")
+
+    loop.call_soon(start_eagerly, loop, app(), seen.append)
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert seen == ["timed out", None]
+    loop.close()
+
+
+def test_a_cancel_before_the_tasks_first_step_reaches_the_app():
+    loop = asyncio.new_event_loop()
+    seen = []
+
+    async def app():
+        task = asyncio.current_task()
+        loop.call_soon(task.cancel)       # (runs before the Task's own first step)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    loop.call_soon(start_eagerly, loop, app(), seen.append)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert seen == ["cancelled", None]
+    loop.close()
 
 
 def test_each_request_gets_its_own_context():
