@@ -48,6 +48,11 @@ _IN = select.EPOLLIN
 
 #: how often the loop stamps its heartbeat (the control thread's "stuck" reads it)
 HEARTBEAT = 0.25
+#: a heartbeat window in which the loop thread ran or waited for a CPU this share of
+#: the time counts as time at full capacity (the scoreboard's busy time, what the web
+#: garden grows and sheds on: an event loop saturates its CPU long before it reaches
+#: max_concurrency)
+LOOP_SATURATED = 0.9
 #: how long a reroute send may wait for the front ends to make room
 REROUTE_TIMEOUT = 5.0
 #: draining: open WebSockets are closed with 1001 this long before shutdown_limit, so
@@ -182,6 +187,7 @@ class AsgiWorker(ControlChannel):
         self.running = 0                       # requests + WebSockets in flight
         self.last_activity = self.now
         self.busy_total = 0.0
+        self.loop_load = None                  # LoopLoad of the loop thread (_main)
         self.bd = scoreboard.doubles()
         self.bq = scoreboard.quads()
         self.loop = None
@@ -447,7 +453,11 @@ class AsgiWorker(ControlChannel):
 
     # --- ticks ----------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        self.beat = time.monotonic()
+        self.beat = now = time.monotonic()
+        load = self.loop_load.sample(now) if self.loop_load is not None else None
+        if load is not None and load[0] >= LOOP_SATURATED and not self.bd[BUSY_SINCE]:
+            self.busy_total += load[1]
+            self.bd[BUSY_TOTAL] = self.busy_total
         self.loop.call_later(HEARTBEAT, self._heartbeat)
 
     def stuck(self, now: float) -> bool:
@@ -542,6 +552,7 @@ class AsgiWorker(ControlChannel):
         self.done = loop.create_future()
         self.ctl.setblocking(False)
         self.queue.setblocking(False)
+        self.loop_load = LoopLoad.of_this_thread()
         self._heartbeat()
         import threading
         threading.Thread(target=self._control_thread, daemon=True,
@@ -581,7 +592,61 @@ class AsgiWorker(ControlChannel):
         self._board()
         if self.access is not None:
             self.access.close()
+        self.loop_load.close()
         return self.exit_code
+
+
+class LoopLoad:
+    """How saturated a thread (the event loop's) is: over each interval between two
+    samples, the share of the wall time it ran on a CPU or waited runnable for one
+    (/proc/thread-self/schedstat: on-CPU ns, run-queue wait ns). A loop that is never
+    idle in its poll is at 1.0 even on a CPU shared with others, where its own CPU time
+    alone would look low. Without schedstat, its CPU time (time.thread_time) alone.
+    Owns the schedstat descriptor (close)."""
+
+    def __init__(self, read, now: float):
+        """read() -> (run_ns, wait_ns) of the thread so far; now: monotonic seconds."""
+        self.read = read
+        self.last = (now, *read())
+        self.fd = -1
+
+    @classmethod
+    def of_this_thread(cls) -> LoopLoad:
+        """The calling thread's, from schedstat if the kernel has it."""
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return cls(lambda: (time.thread_time_ns(), 0), time.monotonic())
+
+        def read(fd=fd, pread=os.pread):
+            run, wait = pread(fd, 64, 0).split()[:2]
+            return int(run), int(wait)
+        try:
+            load = cls(read, time.monotonic())
+        except (OSError, ValueError):
+            os.close(fd)
+            return cls(lambda: (time.thread_time_ns(), 0), time.monotonic())
+        load.fd = fd
+        return load
+
+    def sample(self, now: float) -> tuple[float, float] | None:
+        """Takes monotonic now. Returns (share 0..1, interval seconds) since the last
+        sample, or None for an empty interval or a failed read."""
+        then, run0, wait0 = self.last
+        wall = now - then
+        if wall <= 0:
+            return None
+        try:
+            run, wait = self.read()
+        except (OSError, ValueError):
+            return None
+        self.last = (now, run, wait)
+        return min(1.0, (run - run0 + wait - wait0) / 1e9 / wall), wall
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Lifespan:

@@ -14,6 +14,8 @@ reason). One hostd serves the whole module, one pool per scenario:
 * dj: Django's get_asgi_application() (tests/apps/asgi_django/) bound to dj.test/dj;
 * blk: the FastAPI app whose /block sleeps in the event loop, pinged each 1 s with a 2 s
   timeout; other (WSGI) and fa answer meanwhile;
+* gard: the FastAPI app with processes = 2: one event loop saturated by keep-alive load
+  (far below max_concurrency) grows the garden to its second worker;
 * wsgi-on-asgi / asgi-on-wsgi: an app of one interface in a pool of the other.
 
 Pools other than faiso run unisolated (root_workers) so the app's os.getpid() is the host's
@@ -66,6 +68,7 @@ def h(frameworks, tmp_path_factory):  # noqa: F811
         "dj": asgi_pool(["dj.test/dj"], venv, app="asgi_django.asgi:application",
                         env={"DJANGO_SETTINGS_MODULE": "asgi_django.settings"}),
         "blk": asgi_pool(["blk.test"], venv, start_mode="always_running", health=health_fast),
+        "gard": asgi_pool(["gard.test"], venv, start_mode="always_running", processes=2),
         "other": {"app": "core_app:application", "directory": str(APPS),
                   "bindings": ["other.test"], "start_mode": "always_running"},
         "wsgi-on-asgi": {"app": "asgi_fastapi:app", "directory": str(APPS),
@@ -331,3 +334,80 @@ def test_app_of_the_other_interface_fails_at_start_saying_which(h, pool_name, wa
     assert not ready_pids(h, pool_name)
     status, _, _ = h.get(f"{pool_name}.test", "/", timeout=10)
     assert status == 503
+
+
+class KeepAliveLoad:
+    """Keep-alive load over connections opened one at a time (each waits for its first
+    answer, so none ever waits in the pool's queue): one request in flight on each, from
+    one thread with a selector, for a bounded time. Counts 200s and anything else."""
+
+    def __init__(self, port: int, host: str, path: str, n: int):
+        import selectors
+        self.req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        self.sel = selectors.DefaultSelector()
+        self.ok = self.bad = 0
+        self.socks = []
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(self.req)
+            buf = b""
+            while self._answer(buf) is None:
+                chunk = s.recv(65536)
+                assert chunk, "closed before the first answer"
+                buf += chunk
+            s.setblocking(False)
+            self.socks.append(s)
+
+    @staticmethod
+    def _answer(buf: bytes):
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if not sep:
+            return None
+        m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        n = int(m.group(1)) if m else 0
+        return (head[9:12], len(head) + 4 + n) if len(rest) >= n else None
+
+    def run(self, seconds: float) -> None:
+        import selectors
+        bufs = {}
+        for s in self.socks:
+            s.send(self.req)
+            bufs[s] = b""
+            self.sel.register(s, selectors.EVENT_READ)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for key, _ in self.sel.select(0.5):
+                s = key.fileobj
+                chunk = s.recv(65536)
+                if not chunk:
+                    self.bad += 1
+                    self.sel.unregister(s)
+                    continue
+                bufs[s] += chunk
+                got = self._answer(bufs[s])
+                if got is not None:
+                    status, size = got
+                    if status == b"200":
+                        self.ok += 1
+                    else:
+                        self.bad += 1
+                    bufs[s] = bufs[s][size:]
+                    s.send(self.req)
+        for s in self.socks:
+            s.close()
+
+
+def test_a_saturated_event_loop_grows_the_web_garden(h):
+    # 50 keep-alive connections are far below max_concurrency (10000), and opened one at
+    # a time none waits in the queue: what fills an event loop is its CPU. The worker
+    # counts windows where its loop thread ran or waited for a CPU >= 90% of the time as
+    # busy time, and the garden grows on that ("saturated").
+    assert get_json(h, "gard.test", "/info")["pid"]
+    assert len(ready_pids(h, "gard")) == 1
+    load = KeepAliveLoad(h.port, "gard.test", "/info", 50)
+    load.run(5.0)
+    assert load.ok > 1000 and load.bad == 0, (load.ok, load.bad)
+    h.wait_for(lambda: len(ready_pids(h, "gard")) == 2, timeout=10,
+               what="gard's second worker")
+    reasons = [ln for ln in log_lines(h, "spawn", "gard") if "REASON=saturated" in ln]
+    assert reasons, log_lines(h, "spawn", "gard")

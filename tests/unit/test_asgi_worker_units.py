@@ -425,3 +425,32 @@ def test_a_message_in_fragments_over_the_limit_closes_1009():
     ws.feed(frame(2, b"x" * 600, fin=False) + frame(0, b"y" * 600))
     loop.run_until_complete(asyncio.sleep(0.01))
     assert close_code(conn.out[-1]) == 1009 and not [m for m in got if "bytes" in m]
+
+
+# --- loop saturation (the garden's busy time for an event loop) -------------------------
+def test_loop_load_counts_run_and_run_queue_wait_over_the_wall_time():
+    from workers.asgi import LoopLoad
+    ticks = iter([(0, 0), (100_000_000, 150_000_000), (110_000_000, 150_000_000),
+                  (110_000_000, 150_000_000)])
+    load = LoopLoad(lambda: next(ticks), 10.0)
+    share, wall = load.sample(10.25)      # ran 0.10 s, waited for a CPU 0.15 s
+    assert wall == 0.25 and abs(share - 1.0) < 1e-9
+    share, _ = load.sample(10.5)          # ran 0.01 s of 0.25 s: mostly idle in its poll
+    assert abs(share - 0.04) < 1e-9
+    assert load.sample(10.5) is None      # an empty interval says nothing
+
+
+def test_loop_load_of_a_real_thread_tells_spinning_from_sleeping():
+    import time as _t
+    from workers.asgi import LoopLoad
+    load = LoopLoad.of_this_thread()
+    try:
+        end = _t.monotonic() + 0.2
+        while _t.monotonic() < end:
+            pass
+        spin, _ = load.sample(_t.monotonic())
+        _t.sleep(0.2)
+        rest, _ = load.sample(_t.monotonic())
+    finally:
+        load.close()
+    assert spin > 0.8 and rest < 0.3, (spin, rest)
