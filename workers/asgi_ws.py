@@ -25,7 +25,7 @@ from websockets.protocol import Protocol, Side
 
 from hostd import log
 
-from .asgi_http import _SERVER, _status_line, start_eagerly
+from .asgi_http import _SERVER, _status_line, start_app
 from .h1 import _date
 
 _TEXT, _BINARY, _CONT, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
@@ -117,7 +117,7 @@ class WebSocket:
         except BaseException as exc:
             self._app_done(exc)
             return
-        start_eagerly(w.loop, coro, self._app_done)
+        start_app(w.loop, coro, self._app_done)
 
     # --- ASGI -----------------------------------------------------------------------
     def _wake(self) -> None:

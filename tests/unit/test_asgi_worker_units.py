@@ -1,5 +1,5 @@
-"""Unit tests of the ASGI worker's pieces without processes or sockets: the eager start
-(workers/asgi_http.start_eagerly), response heads (Cycle), the WebSocket handshake key,
+"""Unit tests of the ASGI worker's pieces without processes or sockets: starting an app's call
+(workers/asgi_http.start_app), response heads (Cycle), the WebSocket handshake key,
 and WebSocket limits and protocol errors (workers/asgi_ws.WebSocket over websockets' Protocol).
 The connection and worker are stand-ins (the real ones need a pool queue and a loop's
 transport): they record what would be written."""
@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from workers.asgi_http import Cycle, start_eagerly
+from workers.asgi_http import Cycle, start_app
 from workers.asgi_ws import CLOSED, CLOSING, OPEN, WebSocket, accept_key
 
 
@@ -85,23 +85,23 @@ def run(coro):
     return asyncio.new_event_loop().run_until_complete(coro)
 
 
-# --- eager start ----------------------------------------------------------------------
-def test_a_coroutine_that_never_waits_ends_inside_the_call():
+# --- starting an app's call -------------------------------------------------------------
+def test_a_coroutine_that_never_waits_ends_in_its_tasks_first_step():
     loop = asyncio.new_event_loop()
     seen = []
 
     async def app():
         seen.append("ran")
 
-    start_eagerly(loop, app(), seen.append)
-    assert seen == ["ran", None]          # done before start_eagerly returned
+    start_app(loop, app(), seen.append)
+    assert seen == []                     # a Task: it runs on the loop, not in the call
     loop.run_until_complete(asyncio.sleep(0))
-    assert not asyncio.all_tasks(loop)    # (its Task ends on its first step, no callback)
-    assert seen == ["ran", None]
+    assert seen == ["ran", None]          # done inside that same step
+    assert not asyncio.all_tasks(loop)
     loop.close()
 
 
-def test_a_coroutine_that_waits_goes_on_as_a_task_and_gets_the_result():
+def test_a_coroutine_that_waits_goes_on_and_done_comes_once_at_its_end():
     loop = asyncio.new_event_loop()
     seen = []
 
@@ -112,13 +112,13 @@ def test_a_coroutine_that_waits_goes_on_as_a_task_and_gets_the_result():
         await asyncio.sleep(0)
         seen.append("after")
 
-    start_eagerly(loop, app(), seen.append)
-    assert seen == []
+    start_app(loop, app(), seen.append)
     loop.run_until_complete(asyncio.sleep(0.05))
     assert seen == [42, "after", None]
+    loop.close()
 
 
-def test_an_exception_reaches_done_eager_or_not():
+def test_an_exception_reaches_done_early_or_late():
     loop = asyncio.new_event_loop()
     seen = []
 
@@ -130,16 +130,18 @@ def test_an_exception_reaches_done_eager_or_not():
         raise KeyError("late")
 
     async def main():     # (the worker starts apps from inside its running loop)
-        start_eagerly(loop, early(), seen.append)
-        start_eagerly(loop, late(), seen.append)
+        start_app(loop, early(), seen.append)
+        start_app(loop, late(), seen.append)
         await asyncio.sleep(0.05)
     loop.run_until_complete(main())
     assert [type(e) for e in seen] == [ValueError, KeyError]
+    loop.close()
 
 
-def test_the_first_step_already_runs_inside_its_own_task():
+def test_the_app_runs_inside_its_own_task_from_its_first_line():
     # anyio's task groups (Starlette's StreamingResponse) and asyncio.timeout() need
-    # current_task() from the first line; a nested start must not disturb the outer Task
+    # current_task() from the first line; one started from inside another Task (a
+    # pipelined request after the previous app's end) gets a Task of its own too
     loop = asyncio.new_event_loop()
     seen = []
 
@@ -147,22 +149,24 @@ def test_the_first_step_already_runs_inside_its_own_task():
         first = asyncio.current_task()
         async with asyncio.timeout(5):
             await asyncio.sleep(0)
-        seen.append((tag, first is not None and first is asyncio.current_task()))
+        seen.append((tag, first is not None and first is asyncio.current_task()
+                     and first is not outer[0]))
+
+    outer = [None]
 
     async def main():
-        me = asyncio.current_task()
-        start_eagerly(loop, app("nested"), seen.append)
-        seen.append(("outer", asyncio.current_task() is me))
+        outer[0] = asyncio.current_task()
+        start_app(loop, app("nested"), seen.append)
         await asyncio.sleep(0.02)
 
-    loop.call_soon(start_eagerly, loop, app("top"), seen.append)   # (from a callback, as
-    loop.run_until_complete(main())                                # data_received does)
-    assert ("top", True) in seen and ("nested", True) in seen and ("outer", True) in seen
+    loop.call_soon(start_app, loop, app("top"), seen.append)   # (from a callback, as
+    loop.run_until_complete(main())                            # data_received does)
+    assert ("top", True) in seen and ("nested", True) in seen
     assert seen.count(None) == 2
     loop.close()
 
 
-def test_a_timeout_in_the_first_step_cancels_the_app_not_the_worker():
+def test_a_timeout_in_the_app_cancels_the_app_not_the_worker():
     loop = asyncio.new_event_loop()
     seen = []
 
@@ -173,26 +177,25 @@ def test_a_timeout_in_the_first_step_cancels_the_app_not_the_worker():
         except TimeoutError:
             seen.append("timed out")
 
-    loop.call_soon(start_eagerly, loop, app(), seen.append)
+    loop.call_soon(start_app, loop, app(), seen.append)
     loop.run_until_complete(asyncio.sleep(0.1))
     assert seen == ["timed out", None]
     loop.close()
 
 
-def test_a_cancel_before_the_tasks_first_step_reaches_the_app():
+def test_a_cancelled_app_reports_done_without_an_exception():
     loop = asyncio.new_event_loop()
     seen = []
 
     async def app():
-        task = asyncio.current_task()
-        loop.call_soon(task.cancel)       # (runs before the Task's own first step)
+        loop.call_soon(asyncio.current_task().cancel)
         try:
             await asyncio.sleep(10)
         except asyncio.CancelledError:
             seen.append("cancelled")
             raise
 
-    loop.call_soon(start_eagerly, loop, app(), seen.append)
+    loop.call_soon(start_app, loop, app(), seen.append)
     loop.run_until_complete(asyncio.sleep(0.05))
     assert seen == ["cancelled", None]
     loop.close()
@@ -210,12 +213,13 @@ def test_each_request_gets_its_own_context():
         seen.append(var.get())
 
     async def main():
-        start_eagerly(loop, app(1), lambda e: None)
-        start_eagerly(loop, app(2), lambda e: None)
+        start_app(loop, app(1), lambda e: None)
+        start_app(loop, app(2), lambda e: None)
         await asyncio.sleep(0.02)
         assert var.get() == "unset"
     loop.run_until_complete(main())
     assert sorted(map(str, seen)) == ["1", "2", "unset", "unset"]
+    loop.close()
 
 
 # --- response heads -------------------------------------------------------------------
@@ -341,6 +345,7 @@ def open_ws(max_size=1000):
     w.app = app
     ws = WebSocket(conn, sc, 0, b"/ws")
     ws.begin(b"")
+    loop.run_until_complete(asyncio.sleep(0.01))     # the app's Task accepts
     return loop, w, conn, ws, got
 
 
