@@ -20,7 +20,7 @@ import time
 import traceback
 from collections import deque
 
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side
 
 from hostd import log
@@ -155,11 +155,14 @@ class WebSocket:
             data = text if text is not None else message.get("bytes") or b""
             self.messages += 1
             self.worker.ws_counts[1] += 1
+            # a whole message, serialized by websockets' Frame directly: the Protocol's
+            # send_text adds only checks that hold here (OPEN, never a fragmented send
+            # of ours in progress, no extension negotiated) and a list to collect
             if text is not None:
-                self.ws.send_text(text.encode("utf-8"))
+                frame = Frame(_TEXT, text.encode("utf-8"))
             else:
-                self.ws.send_binary(data)
-            self._flush()
+                frame = Frame(_BINARY, data)
+            self.conn.write(frame.serialize(mask=False))
             if self.conn.paused_writing:
                 await self.conn.drained()
         elif t == "websocket.accept":
