@@ -308,7 +308,8 @@ def pool_zygote_main(spec: dict, chan: socket.socket, supervisor_pid: int) -> in
     trace = spec.get("trace") or []
     if _tls_error is not None:
         return _tls_failed(spec.get("pool", "?"), chan)
-    try:
+    gc.disable()        # no collection while the app imports: it would leave freed holes
+    try:                # in pages the workers share, which their allocations then unshare
         from workers.app import load_app
         _preloaded_app = load_app(spec.get("config") or {})
     except BaseException:
@@ -320,8 +321,7 @@ def pool_zygote_main(spec: dict, chan: socket.socket, supervisor_pid: int) -> in
             pass
         return protocol.EXIT_APP_LOAD
     trace.append(("app_import", time.monotonic()))
-    gc.collect()
-    gc.freeze()
+    gc.freeze()         # (the workers enable the collector again: workers/runtime.py)
     trace.append(("freeze", time.monotonic()))
     try:
         chan.send(protocol.zygote_ready(trace))

@@ -7,6 +7,7 @@ Entry point: `run_worker`, called by the zygote in the forked worker process.
 from __future__ import annotations
 
 import mmap
+import gc
 import os
 import queue as _queue
 import select
@@ -638,6 +639,7 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
     "ready" on ctl, then serves until drained (EXIT_OK) or the supervisor goes away
     (EXIT_SUPERVISOR_GONE).
     """
+    gc.enable()     # (a preload pool's zygote forks us with it off: hostd/zygote.py)
     pool = spec.get("pool", "?")
     log.set_process(f"worker {pool}#{spec.get('worker_id', 0)}")
     try:

@@ -3,7 +3,7 @@ its app was imported. At import it builds ~16 MiB of Python objects (a framework
 worth), so a worker that shares them copy-on-write shows in its private memory.
 GET / answers JSON: the worker's pid, the pid that imported this module, the number of
 objects gc.freeze() froze in the importing process, the pids this process sees in /proc,
-and IMPORT_MARK (the env var of that name at import: a recycle after a code or config
+whether the collector runs in the worker, and IMPORT_MARK (the env var of that name at import: a recycle after a code or config
 change must show the new one)."""
 import gc
 import json
@@ -23,7 +23,7 @@ def application(environ, start_response):
     else:
         body = json.dumps({"pid": os.getpid(), "import_pid": IMPORT_PID,
                            "frozen": gc.get_freeze_count(), "mark": IMPORT_MARK,
-                           "ballast": len(BALLAST)}).encode()
+                           "ballast": len(BALLAST), "gc_enabled": gc.isenabled()}).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
     return [body]

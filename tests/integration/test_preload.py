@@ -72,6 +72,7 @@ def test_workers_come_from_the_pools_zygote_and_share_its_heap(two):
     assert a["pid"] == spare                           # the spare became the worker
     assert uid_of(spare) != 0
     assert a["frozen"] > 10000                          # gc.freeze() ran after the import
+    assert a["gc_enabled"] is True      # (off in the zygote while it imports, on in workers)
     q = answer(h, "q.test")
     assert q["import_pid"] == q["pid"]                  # no preload: the worker imports
     assert zygote(h, "q") == {}
