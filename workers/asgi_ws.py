@@ -69,6 +69,7 @@ class WebSocket:
         self.part_text = False
         self.messages = 0
         self.close_code = None         # the code of the close we know of
+        self.close_reason = ""         # ... and the peer's reason, when it gave one
         self.status = 101
         self.sent = 0
         self.ping_sent_at = 0.0
@@ -137,7 +138,8 @@ class WebSocket:
                     self.conn.resume_reading()
                 return msg
             if self.state == CLOSED or self.ended:
-                return {"type": "websocket.disconnect", "code": self.close_code or 1006}
+                return {"type": "websocket.disconnect", "code": self.close_code or 1006,
+                        "reason": self.close_reason}
             self.waiter = self.worker.loop.create_future()
             try:
                 await self.waiter
@@ -295,6 +297,8 @@ class WebSocket:
         if self.close_code is None:
             close = ws.close_rcvd if ws.close_rcvd is not None else ws.close_sent
             self.close_code = close.code if close is not None else 1006
+            if close is not None and close is ws.close_rcvd:
+                self.close_reason = close.reason
         if self.state == OPEN:
             self.state = CLOSING
             self.closing_at = _monotonic()

@@ -375,7 +375,7 @@ def test_a_message_over_the_limit_closes_1009_before_it_is_whole():
     ws.feed(whole[:1500])                   # not yet whole: refused already
     loop.run_until_complete(asyncio.sleep(0.01))
     assert close_code(conn.out[-1]) == 1009 and ws.state in (CLOSING, CLOSED)
-    assert got[-1] == {"type": "websocket.disconnect", "code": 1009}
+    assert got[-1] == {"type": "websocket.disconnect", "code": 1009, "reason": ""}
 
 
 def test_an_unmasked_client_frame_closes_1002():
@@ -391,6 +391,7 @@ def test_the_clients_close_code_reaches_the_app_and_is_answered():
     ws.feed(frame(8, struct.pack("!H", 4321) + b"bye"))
     loop.run_until_complete(asyncio.sleep(0.01))
     assert got[-1]["code"] == 4321 and close_code(conn.out[-1]) == 4321
+    assert got[-1]["reason"] == "bye"             # (ASGI 2.4's websocket.disconnect reason)
     assert w.running == 0 and w.ws_counts[0] == 0
 
 
