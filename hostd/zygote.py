@@ -310,8 +310,11 @@ def pool_zygote_main(spec: dict, chan: socket.socket, supervisor_pid: int) -> in
         return _tls_failed(spec.get("pool", "?"), chan)
     gc.disable()        # no collection while the app imports: it would leave freed holes
     try:                # in pages the workers share, which their allocations then unshare
-        from workers.app import load_app
-        _preloaded_app = load_app(spec.get("config") or {})
+        from workers.app import check_interface, load_app
+        config = spec.get("config") or {}
+        _preloaded_app = load_app(config)
+        # once, here: in each worker the signature's objects would be private memory
+        check_interface(_preloaded_app, config.get("interface") or "wsgi")
     except BaseException:
         tb = traceback.format_exc()
         log.error("startup_failed", f"pool zygote: {tb}", POOL=spec.get("pool"))

@@ -657,19 +657,18 @@ def run_worker(spec: dict, ctl: socket.socket, queue: socket.socket, sem_fd: int
         return code
 
     trace = spec.get("trace") or []
+    interface = (spec.get("config") or {}).get("interface") or "wsgi"
     if app is None:
         try:
             app = load_app(spec.get("config") or {})
         except BaseException:
             return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
         trace.append(("app_import", time.monotonic()))
-    interface = (spec.get("config") or {}).get("interface") or "wsgi"
-    try:
-        from . import app as _app_mod
-        if hasattr(_app_mod, "check_interface"):
-            _app_mod.check_interface(app, interface)
-    except BaseException:
-        return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
+        try:        # (a preload pool's zygote checked its app before forking us)
+            from .app import check_interface
+            check_interface(app, interface)
+        except BaseException:
+            return startup_failed("startup_failed", protocol.EXIT_APP_LOAD)
     if interface == "asgi":
         from .asgi import run_asgi_worker
         return run_asgi_worker(spec, ctl, queue, sem_fd, reroute, scoreboard, app,

@@ -16,7 +16,8 @@ reason). One hostd serves the whole module, one pool per scenario:
   timeout; other (WSGI) and fa answer meanwhile;
 * gard: the FastAPI app with processes = 2: one event loop saturated by keep-alive load
   (far below max_concurrency) grows the garden to its second worker;
-* wsgi-on-asgi / asgi-on-wsgi: an app of one interface in a pool of the other.
+* wsgi-on-asgi / asgi-on-wsgi: an app of one interface in a pool of the other (and the
+  same with preload = true, where the pool's zygote checks it).
 
 Pools other than faiso run unisolated (root_workers) so the app's os.getpid() is the host's
 pid (compared with `hostctl status`) and its marker files land in the test's directory.
@@ -79,6 +80,15 @@ def h(frameworks, tmp_path_factory):  # noqa: F811
                          "bindings": ["asgi-on-wsgi.test"], "interface": "asgi",
                          "start_mode": "always_running",
                          "health": {"rapid_fail_max_crashes": 2}},
+        # the same two with preload: the pool's zygote checks the app before forking
+        "wsgi-on-asgi-pre": {"app": "asgi_fastapi:app", "directory": str(APPS),
+                             "bindings": ["wsgi-on-asgi-pre.test"], "virtualenv": str(venv),
+                             "interface": "wsgi", "start_mode": "always_running",
+                             "preload": True, "health": {"rapid_fail_max_crashes": 2}},
+        "asgi-on-wsgi-pre": {"app": "core_app:application", "directory": str(APPS),
+                             "bindings": ["asgi-on-wsgi-pre.test"], "interface": "asgi",
+                             "start_mode": "always_running", "preload": True,
+                             "health": {"rapid_fail_max_crashes": 2}},
     }
     hd = Hostd(root, pools, root_workers=True, hostd={"header_timeout": 5})
     hd.markers = markers
@@ -323,7 +333,9 @@ def test_blocked_event_loop_is_found_unhealthy_and_replaced(h):
 
 
 # --- interface mismatch ----------------------------------------------------------------------------
-@pytest.mark.parametrize("pool_name, wanted", [("wsgi-on-asgi", "asgi"), ("asgi-on-wsgi", "wsgi")])
+@pytest.mark.parametrize("pool_name, wanted", [("wsgi-on-asgi", "asgi"), ("asgi-on-wsgi", "wsgi"),
+                                               ("wsgi-on-asgi-pre", "asgi"),
+                                               ("asgi-on-wsgi-pre", "wsgi")])
 def test_app_of_the_other_interface_fails_at_start_saying_which(h, pool_name, wanted):
     lines = h.wait_for(lambda: log_lines(h, "startup_failed", pool_name), timeout=20,
                        what=f"startup_failed for {pool_name}")
