@@ -19,7 +19,9 @@ harness) and measures, in one run:
 - demand start of cold pools: the first request to 30 pools that have no worker
   (median and p90 to the last byte), and to 30 warm ones (`preload = true`, their own
   zygote ready: the worker is forked from it), with the private memory of the workers
-  of each kind and of the pool zygotes;
+  of each kind and of the pool zygotes; once while little else runs (quiet_*: 60
+  workers and 30 pool zygotes up at most) and once with the --many pools' 230 zygotes
+  and spares up;
 - throughput with 50 connections spread over --active pools (wrk with a Lua script that
   rotates the Host header) against the same 50 connections on one pool, with hostd's CPU
   per request; in the same run (unless --no-emperor) the same for uWSGI's Emperor running
@@ -292,7 +294,13 @@ def main() -> int:
     # preload: the pools made active at once (their private memory) and 30 of the
     # demand-start pools (first request of a warm pool); the last 30 stay cold
     cold, cold_warm = names[-30:], names[-60:-30]
+    # the same first requests while little else runs (quiet_*): 30 other cold pools, and
+    # 30 other warm ones whose zygotes are the only ones up; measured before the --many
+    # pools and their zygotes start, since a box with a few hundred isolated processes
+    # up boots a new worker more slowly (every boot step, bench/README.md)
+    quiet_cold, quiet_warm = names[-120:-90], names[-90:-60]
     preloaded = set() if args.no_preload else set(names[:args.many]) | set(cold_warm)
+    quiet_preloaded = set() if args.no_preload else set(quiet_warm)
     # every pool starts cold (on_demand, no preload): the figures of "nothing running";
     # then a reload turns preload on for those pools (an operator warming 230 sites)
     pools = {n: pool_doc(sites / n, n, args.isolation, False, venv) for n in names}
@@ -343,6 +351,37 @@ def main() -> int:
         time.sleep(10)
         res["idle_supervisor_pct"] = round((cpu_ticks(sup) - c0) / os.sysconf("SC_CLK_TCK")
                                            / (time.monotonic() - w0) * 100, 2)
+        # demand start while little else runs: 30 cold pools; then preload on for 30
+        # others (one reload), and once their zygotes are ready, their first requests
+        times = [first_request_ms(h, f"{n}.density") for n in quiet_cold]
+        res["quiet_cold_start_ms_median"] = round(statistics.median(times), 1)
+        res["quiet_cold_start_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
+        ws = [w for n in quiet_cold for w in h.pool(n)["workers"] if w["state"] == "ready"]
+        res["quiet_cold_boot_steps_ms_median"] = boot_medians(ws)
+        if quiet_preloaded:
+            for n in sorted(quiet_preloaded):
+                pools[n] = pool_doc(sites / n, n, args.isolation, True, venv)
+                h.write_pool(n, pools[n])
+            mark = len(h.log())
+            t_z = time.monotonic()
+            h.signal(signal.SIGHUP)
+            wait_log(h, r"configuration reloaded", mark, 120)
+            while time.monotonic() - t_z < 300:
+                doc = json.loads(h.ctl("status", "--json").stdout)
+                zs = [p.get("zygote") or {} for p in doc["pools"] if p["name"] in quiet_preloaded]
+                if all(z.get("state") in ("ready", "failed") for z in zs):
+                    break
+                time.sleep(0.5)
+            time.sleep(2)     # their spares fork right after
+            times = [first_request_ms(h, f"{n}.density") for n in quiet_warm]
+            res["quiet_preload_start_ms_median"] = round(statistics.median(times), 1)
+            res["quiet_preload_start_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
+            ws = [w for n in quiet_warm for w in h.pool(n)["workers"] if w["state"] == "ready"]
+            res["quiet_preload_boot_steps_ms_median"] = boot_medians(ws)
+            res["quiet_preload_workers_forked_from_zygote"] = sum(w["preloaded"] for w in ws)
+            if ws:
+                res["quiet_worker_private_mib_median"] = round(statistics.median(
+                    w["private"] for w in ws) / 1048576, 2)
         if preloaded:
             # preload on for the --many pools and 30 demand-start pools: one reload;
             # their zygotes import their apps in the background, two at a time
