@@ -490,8 +490,8 @@ def _become_spare(spare: _Spare, sock_fd: int, sync: tuple) -> None:
         sock.close()
         if not data or len(fds) < 5:
             os._exit(protocol.EXIT_OK)     # its zygote retired before it was needed
-        msg = protocol.decode(data)
-        spec = msg["spec"]
+        spec = protocol.decode(data)["spec"]
+        del data     # (the bytes stay alive in this frame for the worker's whole life)
         spec["trace"] = [("spare", t_got)]
         spec["host_pid"] = host_pid
         spec["access_log_fd"] = spare.log_fd

@@ -420,6 +420,7 @@ class Placement:
         pools = [p for p in self.registry.pools.values() if p.cfg is not None]
         if pool not in pools:
             pools.append(pool)
+        # the index holds these configs, so no id in the key is reused while it lives
         key = tuple(id(p.cfg) for p in pools)
         now = time.monotonic()
         cached = self.view_index

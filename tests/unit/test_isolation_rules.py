@@ -80,8 +80,11 @@ def test_build_view_hides_others_and_hostd_and_shows_own():
     assert dict(v.show) == {"/srv/a": True, "/srv/venvs/a": False,
                             "/usr/lib/python3.11": False, "/opt/hostd": False}
     for hidden in ("/srv/b", "/srv/venvs/b", "/root", "/home", "/var/lib/hostd", "/run/hostd",
-                   "/etc/hostd", "/etc/hostd/pools.d", "/var/log/hostd"):
+                   "/etc/hostd", "/var/log/hostd"):
         assert hidden in v.hide, hidden
+    # pools.d lies in /etc/hostd, hidden already: not sent (fsview.pruned), still hidden
+    assert "/etc/hostd/pools.d" not in v.hide
+    assert ("hide", "/etc/hostd") in kinds(plan(v))
     assert "/srv" not in v.hide
     assert set(v.private) == {"/tmp", "/var/tmp", "/dev/shm"} and v.new_proc
 
@@ -240,3 +243,48 @@ def test_plan_skips_hides_under_a_private_directory():
     ops = plan(v)
     assert not [o for o in ops if o.kind == "hide"]
     assert [o.path for o in ops if o.kind == "mkdirs"] == ["/tmp/sites/s0"]
+
+
+def test_pruned_drops_only_what_plan_skips():
+    """fsview.pruned: the hides plan() skips (inside a hidden or private directory) are
+    left out, the plan is the same; one hidden inside a shown directory stays."""
+    v = View(hide=("/home", "/home/x", "/home/x/y", "/srv/a/secret", "/tmp/other", "/srv/b"),
+             show=(("/srv/a", True), ("/home/x/y/z", False)), private=("/tmp",))
+    p = fsview.pruned(v)
+    assert p.hide == ("/home", "/srv/a/secret", "/srv/b")
+    assert plan(p) == plan(v)
+    assert fsview.pruned(p) is p        # nothing to drop: the same view
+
+
+def test_a_thousand_sites_under_a_hidden_directory_send_a_handful_of_hides():
+    """Sites under hostd's own directory (hidden: its config lives there), as
+    bench/density.py lays them out: a worker was sent all 999 other sites (33 KB of its
+    spawn spec, ~200 KiB of its private memory once decoded), which plan() skipped."""
+    main = SimpleNamespace(state_dir=Path("/d/state"), run_dir=Path("/d/run"),
+                           pools_dir=Path("/d/pools.d"), path=Path("/d/hostd.toml"),
+                           access_log="journal")
+    me = cfg("p0", "/d/sites/p0")
+    others = [cfg(f"p{i}", f"/d/sites/p{i}") for i in range(1, 1000)]
+    full = isolation.ViewIndex([me, *others], listdir=lambda p: ["other-file"]) \
+        .view(me, main, runtime=[])
+    assert len(full.hide) < 10, full.hide
+    assert "/d" in full.hide and dict(full.show)["/d/sites/p0"] is True
+    hidden = next(o for o in plan(full) if o.kind == "hide" and o.path == "/d")
+    assert hidden.mode == fsview.CROSSING_MODE and hidden.below == ("/d/sites/p0",)
+    # the same sites elsewhere (not in a hidden directory nor collapsible): one each
+    far = [cfg(f"p{i}", f"/srv/p{i}") for i in range(1, 1000)]
+    v = isolation.ViewIndex([me, *far], listdir=lambda p: ["other-file"]).view(me, main, runtime=[])
+    assert sum(h.startswith("/srv/p") for h in v.hide) == 999
+
+
+def test_view_index_makes_each_pools_view_once():
+    """ViewIndex.view is cached per pool config (a spawn among a thousand pools made its
+    view again, ~1.7 ms); a new config object of the pool gets a view of its own."""
+    me = cfg("s0", "/srv/sites/s0")
+    others = [cfg(f"s{i}", f"/srv/sites/s{i}") for i in range(1, 5)]
+    idx = isolation.ViewIndex([me, *others], listdir=lambda p: [])
+    v = idx.view(me, MAIN, runtime=[])
+    assert idx.view(me, MAIN, runtime=[]) is v
+    assert idx.view(me, MAIN, runtime=["/opt/py"]) is not v
+    moved = cfg("s0", "/srv/elsewhere/s0")
+    assert dict(idx.view(moved, MAIN, runtime=[]).show) == {"/srv/elsewhere/s0": True}
