@@ -734,6 +734,21 @@ class HttpProtocol:
         if self.transport is not None:
             self.transport.close()
 
+    def write_eof(self) -> None:
+        """The end of our side, once what is buffered is sent (shutdown SHUT_WR); the
+        connection closes at the peer's end (eof_received) or is aborted by its owner.
+        A TLS transport cannot half-close: it is closed."""
+        if self.closed or self.transport is None:
+            return
+        try:
+            can = self.transport.can_write_eof()
+        except (RuntimeError, AttributeError, NotImplementedError):
+            can = False
+        if can:
+            self.transport.write_eof()
+        else:
+            self.close()
+
     def abort(self) -> None:
         self.closed = True
         if self.transport is not None:

@@ -306,15 +306,22 @@ class WebSocket:
 
     # --- frames out -----------------------------------------------------------------
     def _flush(self) -> None:
-        """What the protocol has to send; an empty chunk means: close the TCP
-        connection (a server closes it once the close handshake is done)."""
+        """What the protocol has to send; an empty chunk means the end of our side of
+        the TCP connection (the close handshake is done, or we failed it: 1002, 1007,
+        1009). That is a half-close: what the peer still sends is read and dropped
+        until its own end (or the closing timeout of sweep), because closing with its
+        bytes unread would reset the connection, and a reset can destroy our close
+        frame before the peer reads it (it then sees 1006, not 1009)."""
         conn = self.conn
         for chunk in self.ws.data_to_send():
             if chunk:
                 conn.write(chunk)
             else:
-                self.state = CLOSED
-                conn.close()
+                if self.state == OPEN:
+                    self.state = CLOSING
+                    self.closing_at = _monotonic()
+                conn.write_eof()
+                conn.resume_reading()
 
     def _write(self, data: bytes) -> None:
         if data:

@@ -63,6 +63,12 @@ class FakeConn:
     def close(self):
         self.closed = True
 
+    #: write_eof was called: our side is done, the peer's bytes are still read
+    eof = False
+
+    def write_eof(self):
+        self.eof = True
+
     def abort(self):
         self.closed = True
 
@@ -382,8 +388,15 @@ def test_an_unmasked_client_frame_closes_1002():
     loop, w, conn, ws, got = open_ws()
     ws.feed(frame(1, b"hi", masked=False))
     loop.run_until_complete(asyncio.sleep(0.01))
-    assert close_code(conn.out[-1]) == 1002 and ws.state == CLOSED and conn.closed
+    # our side ends (a half-close): the peer's bytes are still read, so no reset can
+    # destroy the close frame before it is read; its own end closes the connection
+    assert close_code(conn.out[-1]) == 1002 and ws.state == CLOSING
+    assert conn.eof and not conn.closed
     assert got[-1]["type"] == "websocket.disconnect" and got[-1]["code"] == 1002
+    ws.feed(frame(1, b"more, unread", masked=False))     # dropped, no error
+    assert close_code(conn.out[-1]) == 1002 and len([o for o in conn.out if o[:1] == b"\x88"]) == 1
+    ws.connection_lost()
+    assert ws.state == CLOSED
 
 
 def test_the_clients_close_code_reaches_the_app_and_is_answered():
