@@ -128,7 +128,7 @@ def plan(view: View) -> list[Op]:
             elif p == "/":
                 break
             else:
-                p = os.path.dirname(p)
+                p = p[:p.rfind("/")] or "/"     # (os.path.dirname, for a normalised path)
         hidden = cover is not None and cover[1] in ("hide", "private") and cover[0] != path
         if kind == "hide":
             if hidden:
@@ -160,10 +160,31 @@ def pruned(view: View) -> View:
     plan(pruned(view)) == plan(view). What a worker is sent: a pool among a thousand
     whose sites lie under a hidden directory hides a handful of paths, not a thousand
     (each of which its worker would decode and keep). Raises: as plan()."""
-    kept = {op.path for op in plan(view) if op.kind == "hide"}
+    plan(View(hide=view.hide[:0], show=view.show, private=view.private, binds=view.binds))
+    for h in view.hide:          # plan's checks of every path, for the hidden ones too
+        if not h.startswith("/") or os.path.normpath(h) != h:
+            raise ValueError(f"view path {h!r} must be absolute and normalised")
+        if h == "/":
+            raise ValueError("cannot hide or replace / itself")
+    hidden = set(view.hide)
+    covered = set(view.private) | {t for _, t in view.binds}
+    shown = {p for p, _ in view.show}
+    kept = []
+    for h in view.hide:
+        # what plan finds covering h: its deepest ancestor among the view's paths
+        p, keep = h, True
+        while p != "/":
+            p = p[:p.rfind("/")] or "/"         # (os.path.dirname, for a normalised path)
+            if p in shown:
+                break
+            if p in hidden or p in covered:
+                keep = False
+                break
+        if keep:
+            kept.append(h)
     if len(kept) == len(view.hide):
         return view
-    return replace(view, hide=tuple(h for h in view.hide if h in kept))
+    return replace(view, hide=tuple(kept))
 
 
 def apply(view: View, ops: list[Op] | None = None) -> None:

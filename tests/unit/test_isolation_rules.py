@@ -9,6 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostd import isolation
 from hostd.config import Isolation
@@ -288,3 +290,20 @@ def test_view_index_makes_each_pools_view_once():
     assert idx.view(me, MAIN, runtime=["/opt/py"]) is not v
     moved = cfg("s0", "/srv/elsewhere/s0")
     assert dict(idx.view(moved, MAIN, runtime=[]).show) == {"/srv/elsewhere/s0": True}
+
+
+_TREE = ["/a", "/a/b", "/a/b/c", "/a/b/c/d", "/a/e", "/a/e/f", "/g", "/g/h", "/tmp", "/tmp/x",
+         "/tmp/x/y"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(hide=st.sets(st.sampled_from(_TREE)), show=st.sets(st.sampled_from(_TREE), max_size=3),
+       private=st.sets(st.sampled_from(_TREE), max_size=2))
+def test_pruned_gives_the_same_plan_for_any_view(hide, show, private):
+    """fsview.pruned decides by walking each hidden path's ancestors; plan() by what it
+    applied so far: the same plan for any mix of hidden, shown and private paths."""
+    v = View(hide=tuple(sorted(hide)), show=tuple((p, False) for p in sorted(show)),
+             private=tuple(sorted(private)))
+    p = fsview.pruned(v)
+    assert plan(p) == plan(v)
+    assert set(p.hide) == {op.path for op in plan(v) if op.kind == "hide"}
