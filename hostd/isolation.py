@@ -262,10 +262,24 @@ def pool_dirs(cfg) -> list[str]:
 #: hidden sites under one parent from which the parent itself is hidden instead (when
 #: it holds nothing but sites): one mount instead of hundreds
 COLLAPSE_AT = 8
+#: ... or when what else it holds is at most this many plain directories and files:
+#: those are shown again inside it, read-only, as the read-only system had them (a
+#: thousand sites in /srv/www beside a README made 999 mounts per worker: its start
+#: took 44 -> 89 ms as workers accumulated, every mount of the box slower)
+COLLAPSE_EXTRAS = 16
+
+
+def _plain(path: str, lstat) -> bool:
+    """A directory or a regular file, not a symbolic link (what a view can show again)."""
+    try:
+        mode = lstat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISDIR(mode) or stat.S_ISREG(mode)
 
 
 def build_view(cfg, main, others: list, runtime: list[str] | None = None,
-               tmp: dict[str, str] | None = None, listdir=os.listdir) -> View:
+               tmp: dict[str, str] | None = None, listdir=os.listdir, lstat=os.lstat) -> View:
     """Takes: the pool's config, the MainConfig, the other pools' configs. Returns: the
     View of filesystem = "site": system read-only; the pool's directory (writable
     unless read_only) and virtualenv, the runtime and [isolation] show visible;
@@ -273,12 +287,14 @@ def build_view(cfg, main, others: list, runtime: list[str] | None = None,
     directories, the access log's directory and the other pools' directories hidden.
     `tmp` maps those private directories to host directories of the pool's own (so its
     workers share them, across recycles); without it each worker gets fresh tmpfs.
-    Many sites under one parent that holds nothing else (COLLAPSE_AT or more) hide as
-    that parent, one mount instead of hundreds (this pool's own are shown inside it
-    again, fsview crossing the hidden parent); a parent holding anything else (a shared
-    directory, a file) is left as it is, so nothing visible before is hidden (listdir:
-    how a parent is listed). (ViewIndex.view, with an index of these pools.)"""
-    return ViewIndex([cfg, *others], listdir).view(cfg, main, runtime, tmp)
+    Many sites under one parent (COLLAPSE_AT or more) hide as that parent, one mount
+    instead of hundreds (this pool's own are shown inside it again, fsview crossing the
+    hidden parent), when the parent holds nothing else but at most COLLAPSE_EXTRAS plain
+    directories and files: those are shown again inside it (View.reshow, read-only as
+    the read-only system had them), so nothing visible before is hidden. A parent with
+    more, or with a symbolic link, keeps one hide per site (listdir, lstat: how a parent
+    is listed). (ViewIndex.view, with an index of these pools.)"""
+    return ViewIndex([cfg, *others], listdir, lstat).view(cfg, main, runtime, tmp)
 
 
 class ViewIndex:
@@ -288,7 +304,7 @@ class ViewIndex:
     A view is then made in time that does not grow with the other pools' number beyond
     one pass over their directories (with a thousand pools: ~5 ms -> well under 1)."""
 
-    def __init__(self, cfgs: list, listdir=os.listdir):
+    def __init__(self, cfgs: list, listdir=os.listdir, lstat=os.lstat):
         self.cfgs = list(cfgs)     # held: the supervisor keys this index by their ids
         self.dirs = [(c.name, pool_dirs(c)) for c in cfgs]
         self.count = len(cfgs)
@@ -300,7 +316,9 @@ class ViewIndex:
             if parent not in ("", "/"):
                 groups.setdefault(parent, []).append(d)
         #: parent -> its sites, for parents that hold nothing but pools' directories
+        #: and at most COLLAPSE_EXTRAS plain directories and files (self.extras)
         self.collapsible: dict[str, list[str]] = {}
+        self.extras: dict[str, list[str]] = {}
         for parent, children in groups.items():
             if len(children) < COLLAPSE_AT:
                 continue
@@ -308,8 +326,12 @@ class ViewIndex:
                 entries = listdir(parent)
             except OSError:
                 continue
-            if all(os.path.join(parent, e) in every for e in entries):
-                self.collapsible[parent] = children
+            others = sorted(p for p in (os.path.join(parent, e) for e in entries)
+                            if p not in every)
+            if len(others) > COLLAPSE_EXTRAS or not all(_plain(p, lstat) for p in others):
+                continue
+            self.collapsible[parent] = children
+            self.extras[parent] = others
         #: views made from this index, by what they are made of (a spawn of a pool
         #: among a thousand took ~1.7 ms to make its view again)
         self.views: dict[tuple, tuple] = {}    # key -> (cfg, main, View)
@@ -348,19 +370,23 @@ class ViewIndex:
                     if d.rstrip("/") not in leads:
                         hide.add(d)
         hide.discard("/")
+        reshow: list[str] = []     # a collapsed parent's other entries, shown again
         if self.count - 1 >= COLLAPSE_AT:
             for parent, children in self.collapsible.items():
                 inside = [c for c in children if c in hide]
                 if len(inside) < COLLAPSE_AT:
                     continue
-                p, covered = os.path.dirname(parent), False
+                # under a hidden directory, or a private one (the host's entries are not
+                # there at all: none may be shown again), the per-site hides are pruned
+                p, covered = parent, False
                 while not covered and p not in ("", "/"):
-                    covered = p in hide
+                    covered = (p != parent and p in hide) or p in PRIVATE_DIRS
                     p = os.path.dirname(p)
                 if covered:
                     continue
                 hide.difference_update(inside)
                 hide.add(parent)
+                reshow.extend(self.extras.get(parent, ()))
         show = [(mine[0], not iso.read_only)] + [(d, False) for d in mine[1:]]
         for d in (runtime if runtime is not None else runtime_dirs()) + list(iso.show):
             if d not in dict(show):
@@ -368,13 +394,17 @@ class ViewIndex:
         # a hidden directory that is also the pool's or the runtime's is shown, not hidden
         shown = {p for p, _ in show}
         hide = {h for h in hide if h not in shown}
+        # never shown again: what is hidden on purpose (hostd's directories, another
+        # pool's virtualenv) or shown already
+        reshow = [r for r in reshow if r not in hide and r not in shown]
         tmp = tmp or {}
         # without what lies in a directory hidden or made private anyway: with the
         # sites under hostd's own (hidden) directory, or /tmp, a thousand entries
         return fsview.pruned(View(hide=tuple(sorted(hide)), show=tuple(show),
                                   private=tuple(d for d in PRIVATE_DIRS if d not in tmp),
                                   new_proc=True, read_only_system=True,
-                                  binds=tuple((tmp[d], d) for d in PRIVATE_DIRS if d in tmp)))
+                                  binds=tuple((tmp[d], d) for d in PRIVATE_DIRS if d in tmp),
+                                  reshow=tuple(reshow)))
 
 
 def runtime_view(identity: Identity, runtime: list[str]) -> View | None:

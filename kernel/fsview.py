@@ -27,6 +27,7 @@ under a hidden one (a site under /home, the interpreter under /root) is still re
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field, replace
 
 from kernel import ns
@@ -50,12 +51,18 @@ class View:
     #: for a view whose processes stay in the host's pid namespace (a preload pool's
     #: zygote and its workers), so they see their pool's processes and no other
     proc_hidepid: bool = False
+    #: host paths shown again read-only, as the host has them, inside a hidden
+    #: directory (the other entries of a parent of many sites hidden as one mount:
+    #: hostd/isolation.py). Directories or files; one gone from the host is skipped,
+    #: and the pool's access check does not ask that it can read them.
+    reshow: tuple[str, ...] = ()
 
     def to_spec(self) -> dict:
         return {"hide": list(self.hide), "show": [list(s) for s in self.show],
                 "private": list(self.private), "new_proc": self.new_proc,
                 "read_only_system": self.read_only_system,
-                "binds": [list(b) for b in self.binds], "proc_hidepid": self.proc_hidepid}
+                "binds": [list(b) for b in self.binds], "proc_hidepid": self.proc_hidepid,
+                "reshow": list(self.reshow)}
 
     @classmethod
     def from_spec(cls, spec: dict) -> "View":
@@ -63,11 +70,12 @@ class View:
                    tuple(spec["private"]), bool(spec["new_proc"]),
                    bool(spec["read_only_system"]),
                    tuple((s, t) for s, t in spec.get("binds", ())),
-                   bool(spec.get("proc_hidepid", False)))
+                   bool(spec.get("proc_hidepid", False)),
+                   tuple(spec.get("reshow", ())))
 
     def sources(self) -> list[str]:
-        """The host directories bind-mounted into the view, in Op.source order."""
-        return [p for p, _ in self.show] + [s for s, _ in self.binds]
+        """The host paths bind-mounted into the view, in Op.source order."""
+        return [p for p, _ in self.show] + list(self.reshow) + [s for s, _ in self.binds]
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ def _depth(path: str) -> int:
 def plan(view: View) -> list[Op]:
     """Takes: a View. Returns: the ordered mount operations that build it.
     Raises: ValueError for a relative path or the root itself in hide/private."""
-    for p in (*view.hide, *(s for s, _ in view.show), *view.private,
+    for p in (*view.hide, *(s for s, _ in view.show), *view.private, *view.reshow,
               *(x for b in view.binds for x in b)):
         if not p.startswith("/") or os.path.normpath(p) != p:
             raise ValueError(f"view path {p!r} must be absolute and normalised")
@@ -108,6 +116,7 @@ def plan(view: View) -> list[Op]:
         ops.append(Op("readonly", "/"))
     entries = ([(p, "hide", False) for p in view.hide]
                + [(p, "show", w) for p, w in view.show]
+               + [(p, "show", False) for p in view.reshow]
                + [(p, "private", True) for p in view.private]
                + [(t, "private", True) for _, t in view.binds])
     # shallow first; at equal depth hide before private before show, so a path that
@@ -115,7 +124,7 @@ def plan(view: View) -> list[Op]:
     order = {"hide": 0, "private": 1, "show": 2}
     entries.sort(key=lambda e: (_depth(e[0]), order[e[1]], e[0]))
     applied: dict[str, str] = {}     # path -> kind of the entries applied so far
-    shows = [p for p, _ in view.show]
+    shows = [p for p, _ in view.show] + list(view.reshow)
     bind_source = {t: len(shows) + i for i, (_, t) in enumerate(view.binds)}
     for path, kind, writable in entries:
         # what currently covers `path`: the deepest entry already applied at or above it
@@ -160,7 +169,7 @@ def pruned(view: View) -> View:
     plan(pruned(view)) == plan(view). What a worker is sent: a pool among a thousand
     whose sites lie under a hidden directory hides a handful of paths, not a thousand
     (each of which its worker would decode and keep). Raises: as plan()."""
-    plan(View(hide=view.hide[:0], show=view.show, private=view.private, binds=view.binds))
+    plan(View(show=view.show, private=view.private, binds=view.binds, reshow=view.reshow))
     for h in view.hide:          # plan's checks of every path, for the hidden ones too
         if not h.startswith("/") or os.path.normpath(h) != h:
             raise ValueError(f"view path {h!r} must be absolute and normalised")
@@ -168,7 +177,7 @@ def pruned(view: View) -> View:
             raise ValueError("cannot hide or replace / itself")
     hidden = set(view.hide)
     covered = set(view.private) | {t for _, t in view.binds}
-    shown = {p for p, _ in view.show}
+    shown = {p for p, _ in view.show} | set(view.reshow)
     kept = []
     for h in view.hide:
         # what plan finds covering h: its deepest ancestor among the view's paths
@@ -193,19 +202,41 @@ def apply(view: View, ops: list[Op] | None = None) -> None:
     the host is skipped; a shown path that does not exist is an error.
     Raises: OSError naming the path."""
     ops = plan(view) if ops is None else ops
-    sources = []
+    sources: list = []
+    reshown = set(view.reshow)
     try:
-        for path in view.sources():
+        for index, path in enumerate(view.sources()):
+            again = path in reshown and index >= len(view.show)
             try:
-                sources.append(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW
+                             if again else os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                if again and stat.S_ISLNK(os.fstat(fd).st_mode):
+                    os.close(fd)         # became a symbolic link: not shown
+                    sources.append(None)
+                    continue
+                sources.append(fd)
             except OSError as exc:
+                if again:        # gone from the host since it was listed: nothing to show
+                    sources.append(None)
+                    continue
                 raise OSError(exc.errno, f"cannot show {path} in the pool's view: "
                                          f"{exc.strerror}") from None
-        for op in ops:
+        for i, op in enumerate(ops):
+            if op.kind in ("mkdirs", "bind"):
+                bind = op if op.kind == "bind" else \
+                    next((o for o in ops[i + 1:] if o.kind == "bind" and o.path == op.path), None)
+                fd = sources[bind.source] if bind is not None else -1
+                if fd is None:
+                    continue                     # a reshown path that is gone
+                if op.kind == "mkdirs" and fd >= 0 and not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    _mkdirs(os.path.dirname(op.path))      # a file: a file to mount on
+                    os.close(os.open(op.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+                    continue
             _apply_one(op, sources)
     finally:
         for fd in sources:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
 
 
 def _apply_one(op: Op, sources: list[int]) -> None:

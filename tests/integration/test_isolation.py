@@ -544,3 +544,46 @@ def test_opt_out_runs_root_and_says_so_at_start_reload_and_in_status(tmp_path):
         assert "view: site" in lines[i_at + 2], check.stdout
     finally:
         h.stop()
+
+
+def test_a_parent_of_many_sites_is_hidden_once_and_its_other_entries_stay_visible(tmp_path):
+    """Ten sites in one directory beside a README and a shared directory (outside /tmp
+    and hostd's own directory): the worker's view hides the parent with one mount, shows
+    its own site, the README and the shared directory again, and no other site (a
+    thousand sites there made a thousand mounts per worker). Positive controls: the
+    host reads the other site's file, the site reads its own."""
+    os.makedirs("/srv", exist_ok=True)
+    www = Path(tempfile.mkdtemp(prefix="hostd-www-", dir="/srv"))
+    try:
+        www.chmod(0o755)
+        names = [f"s{i}" for i in range(10)]
+        pools = {n: {**pool(site_dir(www, n), f"{n}.localhost"), "start_mode": "on_demand"}
+                 for n in names}
+        (www / "README").write_text("shared notes")
+        (www / "README").chmod(0o644)
+        (www / "shared").mkdir(mode=0o755)
+        (www / "shared" / "logo.txt").write_text("logo")
+        (www / "shared" / "logo.txt").chmod(0o644)
+        h = Hostd(tmp_path, pools=pools)
+        h.start()
+        try:
+            other = www / "s1" / "intruder_app.py"
+            assert other.read_bytes()                                   # the host reads it
+            assert ask(h, "s0.localhost", f"/read?path={www / 's0' / 'intruder_app.py'}")["ok"]
+            r = ask(h, "s0.localhost", f"/read?path={other}")
+            assert not r["ok"] and r["errno"] in ("EACCES", "ENOENT"), r
+            assert ask(h, "s0.localhost", f"/read?path={www / 'README'}")["detail"] \
+                == repr(b"shared notes")
+            assert ask(h, "s0.localhost", f"/list?path={www / 'shared'}")["detail"] \
+                == repr(["logo.txt"])
+            r = ask(h, "s0.localhost", f"/list?path={www}")      # crossable, not listable
+            assert not r["ok"] and r["errno"] == "EACCES", r
+            pid = ready_pid(h, "s0")
+            points = [line.split()[4] for line in
+                      Path(f"/proc/{pid}/mountinfo").read_text().splitlines()]
+            assert str(www) in points and str(www / "README") in points, points
+            assert not any(p == f"{www}/{n}" for n in names[1:] for p in points), points
+        finally:
+            h.stop()
+    finally:
+        shutil.rmtree(www, ignore_errors=True)

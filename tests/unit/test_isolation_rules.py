@@ -228,10 +228,16 @@ def test_build_view_collapses_a_parent_of_sites_only():
     hide = next(o for o in ops if o.kind == "hide" and o.path == "/srv/sites")
     assert hide.mode == fsview.CROSSING_MODE and "/srv/sites/s0" in hide.below
     assert [o.path for o in ops if o.kind == "mkdirs"] == ["/srv/sites/s0"]
-    # something else lives there: nothing that was visible becomes hidden
+    # something else lives there that cannot be shown again (gone, or a symbolic
+    # link): nothing that was visible becomes hidden
     v = isolation.build_view(me, MAIN, others, runtime=[],
                              listdir=lambda p: list(names) + ["shared-assets"])
     assert "/srv/sites" not in v.hide and "/srv/sites/s7" in v.hide
+    link = SimpleNamespace(st_mode=stat.S_IFLNK | 0o777)
+    v = isolation.build_view(me, MAIN, others, runtime=[],
+                             listdir=lambda p: list(names) + ["shared-assets"],
+                             lstat=lambda p: link)
+    assert "/srv/sites" not in v.hide and "/srv/sites/s7" in v.hide and not v.reshow
     # few sites: per-site hides, as always
     v = isolation.build_view(me, MAIN, others[:3], runtime=[], listdir=lambda p: list(names))
     assert "/srv/sites" not in v.hide and "/srv/sites/s1" in v.hide
@@ -307,3 +313,42 @@ def test_pruned_gives_the_same_plan_for_any_view(hide, show, private):
     p = fsview.pruned(v)
     assert plan(p) == plan(v)
     assert set(p.hide) == {op.path for op in plan(v) if op.kind == "hide"}
+
+
+def test_a_parent_of_sites_with_a_few_other_entries_is_hidden_once_and_they_shown_again():
+    """/srv/www with 20 sites, a README and a shared directory: one hide, the two shown
+    again read-only inside it (View.reshow), the pool's own site shown writable; with more
+    than COLLAPSE_EXTRAS other entries, one hide per site as before."""
+    names = [f"s{i}" for i in range(20)]
+    me = cfg("s0", "/srv/www/s0")
+    others = [cfg(n, f"/srv/www/{n}") for n in names[1:]]
+    kinds_of = {"/srv/www/README": stat.S_IFREG, "/srv/www/shared": stat.S_IFDIR}
+    lstat = lambda p: SimpleNamespace(st_mode=kinds_of.get(p, stat.S_IFDIR) | 0o755)  # noqa: E731
+    v = isolation.build_view(me, MAIN, others, runtime=[],
+                             listdir=lambda p: names + ["README", "shared"], lstat=lstat)
+    assert [h for h in v.hide if h.startswith("/srv")] == ["/srv/www"]
+    assert v.reshow == ("/srv/www/README", "/srv/www/shared")
+    ops = kinds(plan(v))
+    assert ops.index(("hide", "/srv/www")) < ops.index(("mkdirs", "/srv/www/README")) \
+        < ops.index(("bind", "/srv/www/README"))
+    binds = {o.path: o for o in plan(v) if o.kind == "bind"}
+    assert not binds["/srv/www/shared"].writable and binds["/srv/www/s0"].writable
+    assert v.sources()[binds["/srv/www/shared"].source] == "/srv/www/shared"
+    assert View.from_spec(v.to_spec()) == v
+    # too many others: per-site hides, nothing shown again
+    many = names + [f"x{i}" for i in range(isolation.COLLAPSE_EXTRAS + 1)]
+    v = isolation.build_view(me, MAIN, others, runtime=[], listdir=lambda p: many, lstat=lstat)
+    assert "/srv/www" not in v.hide and "/srv/www/s1" in v.hide and not v.reshow
+
+
+def test_sites_under_a_private_directory_are_not_shown_again():
+    """Under /tmp (a fresh tmpfs in the view) the host's other entries are not there at
+    all: the parent is not collapsed with them shown again, the per-site hides are pruned."""
+    names = [f"s{i}" for i in range(20)]
+    me = cfg("s0", "/tmp/www/s0")
+    others = [cfg(n, f"/tmp/www/{n}") for n in names[1:]]
+    v = isolation.build_view(me, MAIN, others, runtime=[],
+                             listdir=lambda p: names + ["README"],
+                             lstat=lambda p: SimpleNamespace(st_mode=stat.S_IFREG | 0o644))
+    assert not v.reshow and not any(h.startswith("/tmp") for h in v.hide)
+    assert ("mkdirs", "/tmp/www/s0") in kinds(plan(v))
