@@ -168,6 +168,47 @@ def first_request_ms(h: Hostd, host: str) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def demand_starts(h: Hostd, names: list[str], res: dict, prefix: str, steps: str) -> list:
+    """The first request to each pool in `names` (none has a worker yet): its median
+    and p90 (ms, to the last byte) as res[prefix + "_ms_median" | "_ms_p90"], and the
+    boot steps of the workers started as res[steps + "_boot_steps_ms_median"]. Returns
+    those workers (hostctl status entries, read once)."""
+    times = [first_request_ms(h, f"{n}.density") for n in names]
+    res[f"{prefix}_ms_median"] = round(statistics.median(times), 1)
+    res[f"{prefix}_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
+    wanted = set(names)
+    ws = [w for p in h.status()["pools"] if p["name"] in wanted for w in p["workers"]
+          if w["state"] == "ready"]
+    res[f"{steps}_boot_steps_ms_median"] = boot_medians(ws)
+    return ws
+
+
+def preload_on(h: Hostd, pools: dict, names: set, doc_of, timeout: float,
+               while_starting=None) -> tuple:
+    """Turns preload on for `names` (their pool files rewritten by doc_of(name), one
+    SIGHUP) and waits until each one's zygote is ready or failed; while_starting(), if
+    given, runs once right after the reload. Returns (the reload's ms, the zygotes'
+    status entries, monotonic time of the SIGHUP)."""
+    for n in sorted(names):
+        pools[n] = doc_of(n)
+        h.write_pool(n, pools[n])
+    mark = len(h.log())
+    t_z = time.monotonic()
+    h.signal(signal.SIGHUP)
+    wait_log(h, r"configuration reloaded", mark, 120)
+    reload_ms = round((time.monotonic() - t_z) * 1000, 1)
+    if while_starting is not None:
+        while_starting()
+    zs: list = []
+    while time.monotonic() - t_z < timeout:
+        doc = json.loads(h.ctl("status", "--json").stdout)
+        zs = [p.get("zygote") or {} for p in doc["pools"] if p["name"] in names]
+        if all(z.get("state") in ("ready", "failed") for z in zs):
+            break
+        time.sleep(0.5)
+    return reload_ms, zs, t_z
+
+
 #: one wrk thread per connection, each bound to one host (setup runs per thread): a
 #: client keeps to its site, as browsers do; rotating hosts on one connection would
 #: measure reroutes instead
@@ -353,31 +394,12 @@ def main() -> int:
                                            / (time.monotonic() - w0) * 100, 2)
         # demand start while little else runs: 30 cold pools; then preload on for 30
         # others (one reload), and once their zygotes are ready, their first requests
-        times = [first_request_ms(h, f"{n}.density") for n in quiet_cold]
-        res["quiet_cold_start_ms_median"] = round(statistics.median(times), 1)
-        res["quiet_cold_start_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
-        ws = [w for n in quiet_cold for w in h.pool(n)["workers"] if w["state"] == "ready"]
-        res["quiet_cold_boot_steps_ms_median"] = boot_medians(ws)
+        warm_doc = lambda n: pool_doc(sites / n, n, args.isolation, True, venv)  # noqa: E731
+        demand_starts(h, quiet_cold, res, "quiet_cold_start", "quiet_cold")
         if quiet_preloaded:
-            for n in sorted(quiet_preloaded):
-                pools[n] = pool_doc(sites / n, n, args.isolation, True, venv)
-                h.write_pool(n, pools[n])
-            mark = len(h.log())
-            t_z = time.monotonic()
-            h.signal(signal.SIGHUP)
-            wait_log(h, r"configuration reloaded", mark, 120)
-            while time.monotonic() - t_z < 300:
-                doc = json.loads(h.ctl("status", "--json").stdout)
-                zs = [p.get("zygote") or {} for p in doc["pools"] if p["name"] in quiet_preloaded]
-                if all(z.get("state") in ("ready", "failed") for z in zs):
-                    break
-                time.sleep(0.5)
+            preload_on(h, pools, quiet_preloaded, warm_doc, 300)
             time.sleep(2)     # their spares fork right after
-            times = [first_request_ms(h, f"{n}.density") for n in quiet_warm]
-            res["quiet_preload_start_ms_median"] = round(statistics.median(times), 1)
-            res["quiet_preload_start_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
-            ws = [w for n in quiet_warm for w in h.pool(n)["workers"] if w["state"] == "ready"]
-            res["quiet_preload_boot_steps_ms_median"] = boot_medians(ws)
+            ws = demand_starts(h, quiet_warm, res, "quiet_preload_start", "quiet_preload")
             res["quiet_preload_workers_forked_from_zygote"] = sum(w["preloaded"] for w in ws)
             if ws:
                 res["quiet_worker_private_mib_median"] = round(statistics.median(
@@ -385,22 +407,11 @@ def main() -> int:
         if preloaded:
             # preload on for the --many pools and 30 demand-start pools: one reload;
             # their zygotes import their apps in the background, two at a time
-            for n in sorted(preloaded):
-                pools[n] = pool_doc(sites / n, n, args.isolation, True, venv)
-                h.write_pool(n, pools[n])
-            mark = len(h.log())
-            t_z = time.monotonic()
-            h.signal(signal.SIGHUP)
-            wait_log(h, r"configuration reloaded", mark, 120)
-            res["reload_preload_on_ms"] = round((time.monotonic() - t_z) * 1000, 1)
-            ms, _ = timed(lambda: h.ctl("status", "--json").stdout, 1)
-            res["status_json_ms_while_zygotes_start"] = round(ms, 1)
-            while time.monotonic() - t_z < 600:
-                doc = json.loads(h.ctl("status", "--json").stdout)
-                zs = [p.get("zygote") or {} for p in doc["pools"] if p["name"] in preloaded]
-                if all(z.get("state") in ("ready", "failed") for z in zs):
-                    break
-                time.sleep(0.5)
+            res["reload_preload_on_ms"], zs, t_z = preload_on(
+                h, pools, preloaded, warm_doc, 600,
+                while_starting=lambda: res.__setitem__(
+                    "status_json_ms_while_zygotes_start",
+                    round(timed(lambda: h.ctl("status", "--json").stdout, 1)[0], 1)))
             res["preload_zygotes_ready"] = sum(z.get("state") == "ready" for z in zs)
             res["preload_zygotes_all_ready_s"] = round(time.monotonic() - t_z, 1)
             res["zygote_private_mib_median"] = round(statistics.median(
@@ -420,21 +431,13 @@ def main() -> int:
                 res["spare_pss_mib_median"] = round(statistics.median(
                     procfs.pss_private(int(p))[0] for p in spares) / 1048576, 2)
         # demand start of 30 cold pools
-        times = [first_request_ms(h, f"{n}.density") for n in cold]
-        res["cold_start_ms_median"] = round(statistics.median(times), 1)
-        res["cold_start_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
-        ws = [w for n in cold for w in h.pool(n)["workers"] if w["state"] == "ready"]
+        ws = demand_starts(h, cold, res, "cold_start", "cold")
         res["worker_private_mib_median_no_preload"] = round(
             statistics.median(w["private"] for w in ws) / 1048576, 2)
-        res["cold_boot_steps_ms_median"] = boot_medians(ws)
         if preloaded:
             # warm pools (preload = true): their zygotes are ready (above); the first
             # request forks a worker from one
-            times = [first_request_ms(h, f"{n}.density") for n in cold_warm]
-            res["preload_start_ms_median"] = round(statistics.median(times), 1)
-            res["preload_start_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
-            ws = [w for n in cold_warm for w in h.pool(n)["workers"] if w["state"] == "ready"]
-            res["preload_boot_steps_ms_median"] = boot_medians(ws)
+            ws = demand_starts(h, cold_warm, res, "preload_start", "preload")
             res["preload_workers_forked_from_zygote"] = sum(w["preloaded"] for w in ws)
         # start the active pools, then the spread against one pool
         active = names[:args.active]

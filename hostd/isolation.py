@@ -340,10 +340,10 @@ class ViewIndex:
              tmp: dict[str, str] | None = None) -> View:
         """build_view for `cfg`, one of the indexed pools (by name); made once per
         pool config, main config, runtime and `tmp` while this index lives."""
-        key = (cfg.name, id(cfg), id(main), None if runtime is None else tuple(runtime),
+        key = (id(cfg), id(main), None if runtime is None else tuple(runtime),
                tuple(sorted((tmp or {}).items())))
         made = self.views.get(key)
-        if made is None or made[0] is not cfg or made[1] is not main:
+        if made is None or made[0] is not cfg or made[1] is not main:   # (an id reused)
             made = self.views[key] = (cfg, main, self._view(cfg, main, runtime, tmp))
         return made[2]
 

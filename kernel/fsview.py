@@ -83,7 +83,8 @@ class Op:
     """One step of building a view: kind is "slave", "readonly", "hide", "mkdirs",
     "bind", "private" or "proc"; `mode` for tmpfs (for proc: 2 = hidepid=invisible);
     `writable` for bind;
-    `source` indexes the O_PATH descriptors opened by apply()."""
+    `source` indexes the O_PATH descriptors opened by apply() (for bind, and for the
+    mkdirs before it: a shown file needs a file to mount on)."""
 
     kind: str
     path: str
@@ -101,9 +102,14 @@ def _depth(path: str) -> int:
     return 0 if path == "/" else path.rstrip("/").count("/")
 
 
-def plan(view: View) -> list[Op]:
-    """Takes: a View. Returns: the ordered mount operations that build it.
-    Raises: ValueError for a relative path or the root itself in hide/private."""
+def _parent(path: str) -> str:
+    """os.path.dirname for a normalised absolute path, without its generality."""
+    return path[:path.rfind("/")] or "/"
+
+
+def _check(view: View) -> None:
+    """Raises ValueError for a relative or unnormalised path, or the root itself
+    in hide/private (what plan and pruned refuse)."""
     for p in (*view.hide, *(s for s, _ in view.show), *view.private, *view.reshow,
               *(x for b in view.binds for x in b)):
         if not p.startswith("/") or os.path.normpath(p) != p:
@@ -111,6 +117,12 @@ def plan(view: View) -> list[Op]:
     for p in (*view.hide, *view.private, *(t for _, t in view.binds)):
         if p == "/":
             raise ValueError("cannot hide or replace / itself")
+
+
+def plan(view: View) -> list[Op]:
+    """Takes: a View. Returns: the ordered mount operations that build it.
+    Raises: ValueError for a relative path or the root itself in hide/private."""
+    _check(view)
     ops: list[Op] = [Op("slave", "/")]
     if view.read_only_system:
         ops.append(Op("readonly", "/"))
@@ -137,7 +149,7 @@ def plan(view: View) -> list[Op]:
             elif p == "/":
                 break
             else:
-                p = p[:p.rfind("/")] or "/"     # (os.path.dirname, for a normalised path)
+                p = _parent(p)
         hidden = cover is not None and cover[1] in ("hide", "private") and cover[0] != path
         if kind == "hide":
             if hidden:
@@ -148,15 +160,16 @@ def plan(view: View) -> list[Op]:
             ops.append(Op("hide", path, CROSSING_MODE if below else HIDDEN_MODE, below=below))
         elif kind == "private":
             if hidden:
-                ops.append(Op("mkdirs", path))
+                ops.append(Op("mkdirs", path, source=bind_source.get(path, -1)))
             if path in bind_source:
                 ops.append(Op("bind", path, writable=True, source=bind_source[path]))
             else:
                 ops.append(Op("private", path, PRIVATE_MODE))
         else:
+            source = shows.index(path)
             if hidden:
-                ops.append(Op("mkdirs", path))
-            ops.append(Op("bind", path, writable=writable, source=shows.index(path)))
+                ops.append(Op("mkdirs", path, source=source))
+            ops.append(Op("bind", path, writable=writable, source=source))
         applied[path] = kind
     if view.new_proc:
         ops.append(Op("proc", "/proc", mode=2 if view.proc_hidepid else 0))
@@ -169,12 +182,7 @@ def pruned(view: View) -> View:
     plan(pruned(view)) == plan(view). What a worker is sent: a pool among a thousand
     whose sites lie under a hidden directory hides a handful of paths, not a thousand
     (each of which its worker would decode and keep). Raises: as plan()."""
-    plan(View(show=view.show, private=view.private, binds=view.binds, reshow=view.reshow))
-    for h in view.hide:          # plan's checks of every path, for the hidden ones too
-        if not h.startswith("/") or os.path.normpath(h) != h:
-            raise ValueError(f"view path {h!r} must be absolute and normalised")
-        if h == "/":
-            raise ValueError("cannot hide or replace / itself")
+    _check(view)
     hidden = set(view.hide)
     covered = set(view.private) | {t for _, t in view.binds}
     shown = {p for p, _ in view.show} | set(view.reshow)
@@ -183,7 +191,7 @@ def pruned(view: View) -> View:
         # what plan finds covering h: its deepest ancestor among the view's paths
         p, keep = h, True
         while p != "/":
-            p = p[:p.rfind("/")] or "/"         # (os.path.dirname, for a normalised path)
+            p = _parent(p)
             if p in shown:
                 break
             if p in hidden or p in covered:
@@ -221,17 +229,9 @@ def apply(view: View, ops: list[Op] | None = None) -> None:
                     continue
                 raise OSError(exc.errno, f"cannot show {path} in the pool's view: "
                                          f"{exc.strerror}") from None
-        for i, op in enumerate(ops):
-            if op.kind in ("mkdirs", "bind"):
-                bind = op if op.kind == "bind" else \
-                    next((o for o in ops[i + 1:] if o.kind == "bind" and o.path == op.path), None)
-                fd = sources[bind.source] if bind is not None else -1
-                if fd is None:
-                    continue                     # a reshown path that is gone
-                if op.kind == "mkdirs" and fd >= 0 and not stat.S_ISDIR(os.fstat(fd).st_mode):
-                    _mkdirs(os.path.dirname(op.path))      # a file: a file to mount on
-                    os.close(os.open(op.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
-                    continue
+        for op in ops:
+            if op.source >= 0 and sources[op.source] is None:
+                continue                         # a reshown path that is gone
             _apply_one(op, sources)
     finally:
         for fd in sources:
@@ -245,7 +245,11 @@ def _apply_one(op: Op, sources: list[int]) -> None:
     elif op.kind == "readonly":
         ns.make_readonly_tree(op.path)
     elif op.kind == "mkdirs":
-        _mkdirs(op.path)
+        if op.source >= 0 and not stat.S_ISDIR(os.fstat(sources[op.source]).st_mode):
+            _mkdirs(os.path.dirname(op.path))        # a file is shown: a file to mount on
+            os.close(os.open(op.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+        else:
+            _mkdirs(op.path)
     elif op.kind == "hide":
         if not os.path.isdir(op.path):
             return
