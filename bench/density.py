@@ -21,7 +21,8 @@ harness) and measures, in one run:
   zygote ready: the worker is forked from it), with the private memory of the workers
   of each kind and of the pool zygotes; once while little else runs (quiet_*: 60
   workers and 30 pool zygotes up at most) and once with the --many pools' 230 zygotes
-  and spares up;
+  and spares up; each set with what a page of new memory cost before and after it
+  (bench/freshpages.py: on this VM, 1.5 or 12 µs, which changes every boot step);
 - throughput with 50 connections spread over --active pools (wrk with a Lua script that
   rotates the Host header) against the same 50 connections on one pool, with hostd's CPU
   per request; in the same run (unless --no-emperor) the same for uWSGI's Emperor running
@@ -53,6 +54,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
+import freshpages  # noqa: E402
 from hostd_harness import Hostd  # noqa: E402  (a real hostd, as the tests run it)
 
 
@@ -170,10 +172,14 @@ def first_request_ms(h: Hostd, host: str) -> float:
 
 def demand_starts(h: Hostd, names: list[str], res: dict, prefix: str, steps: str) -> list:
     """The first request to each pool in `names` (none has a worker yet): its median
-    and p90 (ms, to the last byte) as res[prefix + "_ms_median" | "_ms_p90"], and the
-    boot steps of the workers started as res[steps + "_boot_steps_ms_median"]. Returns
-    those workers (hostctl status entries, read once)."""
+    and p90 (ms, to the last byte) as res[prefix + "_ms_median" | "_ms_p90"], the boot
+    steps of the workers started as res[steps + "_boot_steps_ms_median"], and what a
+    page of new memory cost before and after them (µs, bench/freshpages.py's probe) as
+    res[prefix + "_fresh_page_us"]. Returns those workers (hostctl status entries, read
+    once)."""
+    before = freshpages.probe()
     times = [first_request_ms(h, f"{n}.density") for n in names]
+    res[f"{prefix}_fresh_page_us"] = [before, freshpages.probe()]
     res[f"{prefix}_ms_median"] = round(statistics.median(times), 1)
     res[f"{prefix}_ms_p90"] = round(sorted(times)[int(0.9 * (len(times) - 1))], 1)
     wanted = set(names)
