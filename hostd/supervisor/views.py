@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 W = WorkerState
 #: how long `hostctl requests` waits for the workers' replies
 REQUESTS_TIMEOUT = 1.0
+#: how old a process's PSS and private figures in status may be (procfs.PssCache)
+PSS_MAX_AGE = 2.0
 
 
 class _Query:
@@ -51,6 +53,7 @@ class Views:
         self.started_at = time.time()
         self.query_seq = 0
         self.queries: dict[int, _Query] = {}
+        self.pss = procfs.PssCache(PSS_MAX_AGE)
 
     # ------------------------------------------------------------------ status
     def status(self, name: str | None = None, state: str | None = None) -> dict:
@@ -77,7 +80,8 @@ class Views:
                                 "requests": s["requests"], "active": s["active"],
                                 "connections": s["connections"],
                                 "busy": round(w.busy_frac, 3), "rss": procfs.rss(w.pid),
-                                **dict(zip(("pss", "private"), procfs.pss_private(w.pid))),
+                                **dict(zip(("pss", "private"),
+                                           self.pss.get(w.pid, (w.started_wall, w.state)))),
                                 "cpu_seconds": round(procfs.cpu_seconds(w.pid), 3),
                                 "generation": w.generation,
                                 "started": round(w.started_wall, 3),
@@ -128,7 +132,8 @@ class Views:
         doc = self.processes.zygote_doc(pool)
         if doc is not None and doc.get("pid"):
             doc["rss"] = procfs.rss(doc["pid"])
-            doc["pss"], doc["private"] = procfs.pss_private(doc["pid"])
+            doc["pss"], doc["private"] = self.pss.get(doc["pid"], (doc.get("started"),
+                                                                  doc.get("state")))
         return doc
 
     # ------------------------------------------------------------------ counters
@@ -164,7 +169,18 @@ class Views:
             per = {t: list(totals.counts.get(t, [0] * protocol.Scoreboard.COUNT_FIELDS))
                    for t in texts}
             bytes_in, cpu = totals.bytes_in, totals.cpu
-            active = memory = 0
+            # the pool's memory: its cgroup's own charge when it has one (page cache
+            # and its /tmp included), else its workers' PSS (shared pages once)
+            cg = pool.limits.cg if pool.limits is not None else None
+            memory = None
+            if cg is not None:
+                try:
+                    memory = cg.memory_usage()
+                except (OSError, ValueError):
+                    pass
+            pss_sum = memory is None
+            memory = memory or 0
+            active = 0
             for w in pool.workers.values():
                 if w.board is None:
                     continue
@@ -175,16 +191,9 @@ class Views:
                     for i, v in enumerate(values):
                         acc[i] += v
                 active += w.stats()["active"]
-                memory += procfs.pss_private(w.pid)[0]
+                if pss_sum:
+                    memory += self.pss.get(w.pid, (w.started_wall, w.state))[0]
                 cpu += procfs.cpu_seconds(w.pid)
-            # the pool's memory: its cgroup's own charge when it has one (page cache
-            # and its /tmp included), else its workers' PSS (shared pages once)
-            cg = pool.limits.cg if pool.limits is not None else None
-            if cg is not None:
-                try:
-                    memory = cg.memory_usage()
-                except (OSError, ValueError):
-                    pass
             out.append({
                 "name": pool.name, "state": pool.state.value,
                 "requests": pool.requests(), "requests_per_second": round(_rate(pool), 2),

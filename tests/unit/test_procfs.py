@@ -92,3 +92,50 @@ def test_psi_on_this_host_is_readable_or_absent():
     if path is None:
         pytest.skip("no PSI on this host (CONFIG_PSI off or psi=0)")
     assert "some" in psi.read(path)
+
+
+class _Reads:
+    """pss_private stand-in for PssCache: counts reads, answers (pid, reads so far)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, pid):
+        self.n += 1
+        return pid, self.n
+
+
+def test_pss_cache_reads_once_per_max_age_per_process():
+    now = [100.0]
+    reads = _Reads()
+    c = procfs.PssCache(2.0, read=reads, clock=lambda: now[0])
+    assert c.get(7, "a") == (7, 1)
+    assert c.get(7, "a") == (7, 1) and reads.n == 1       # cached
+    assert c.get(8, "b") == (8, 2)                         # another process: read
+    now[0] += 1.9
+    assert c.get(7, "a") == (7, 1)
+    now[0] += 0.2                                          # 2.1 s old: read again
+    assert c.get(7, "a") == (7, 3)
+
+
+def test_pss_cache_rereads_a_reused_pid_and_ignores_no_pid():
+    reads = _Reads()
+    c = procfs.PssCache(60.0, read=reads, clock=lambda: 5.0)
+    assert c.get(7, "first") == (7, 1)
+    assert c.get(7, "second") == (7, 2)    # same pid, another process (its birth differs)
+    assert c.get(0) == (0, 0) and c.get(None) == (0, 0) and reads.n == 2
+
+
+def test_pss_cache_drops_old_entries():
+    now = [0.0]
+    c = procfs.PssCache(1.0, read=_Reads(), clock=lambda: now[0])
+    for pid in range(1, 50):
+        c.get(pid)
+    now[0] = 5.0
+    c.get(1000)
+    assert set(c._seen) == {1000}
+
+
+def test_pss_cache_default_reads_this_process():
+    pss, private = procfs.PssCache().get(os.getpid(), "me")
+    assert pss > 0 and private > 0

@@ -146,3 +146,26 @@ def test_hostctl_requests_shows_a_websocket_with_its_messages():
     assert lines[0].split() == ["POOL", "PID", "METHOD", "PATH", "CLIENT", "ELAPSED"]
     assert "websocket (42 messages)" in lines[1] and "/chat" in lines[1] and "75.2s" in lines[1]
     assert lines[2].split() == ["a", "7", "POST", "/api", "10.0.0.2", "0.5s"]
+
+
+def test_counters_memory_is_the_cgroups_charge_else_the_workers_pss(make_house):
+    """A pool with a cgroup reports its charge and reads no worker's smaps_rollup; one
+    without sums its workers' PSS (views.pss, PssCache, its read replaced here)."""
+    import types
+    from kernel import procfs
+    h = make_house(pool_config("a"), pool_config("b"))
+    for name in ("a", "b"):
+        (w,) = h.workers(name)
+        h.up(w)
+    read = []
+    h.views.pss = procfs.PssCache(2.0, read=lambda pid: read.append(pid) or (5000, 1000))
+    cg = types.SimpleNamespace(memory_usage=lambda: 123456)
+    h.pool("a").limits = types.SimpleNamespace(cg=cg)
+    h.pool("b").limits = None
+    doc = {p["name"]: p for p in h.views.counters()["pools"]}
+    assert doc["a"]["memory"] == 123456
+    assert doc["b"]["memory"] == 5000
+    assert read == [h.workers("b")[0].pid]
+    # status reads each process once per PSS_MAX_AGE, counters included
+    h.views.status()
+    assert read.count(h.workers("b")[0].pid) == 1
