@@ -4,6 +4,7 @@
     sudo .venv/bin/python bench/density.py [--pools 1000] [--active 50] [--json out.json]
                                            [--isolation default|off|none-net]
                                            [--app hello|flask] [--no-preload] [--no-emperor]
+                                           [--reback MIB]
 
 Writes N pool files (pool pNNNN answers pNNNN.density, the hello app of bench/app.py in
 a directory of its own, start_mode on_demand, idle_timeout 0), starts hostd (from this checkout, with the test
@@ -310,6 +311,11 @@ def main() -> int:
                          "(Flask in a virtualenv made for the run)")
     ap.add_argument("--no-emperor", action="store_true",
                     help="skip uWSGI's Emperor (bench/emperor.py) beside the spread figures")
+    ap.add_argument("--reback", type=int, default=0, metavar="MIB",
+                    help="before each demand-start set with the zygotes up, touch and free "
+                         "MIB MiB (bench/freshpages.py reback): the set then runs on pages "
+                         "the host backs, as the quiet ones do (default 0: as the VM left "
+                         "them)")
     ap.add_argument("--json")
     ap.add_argument("--log", help="copy hostd's log here")
     args = ap.parse_args()
@@ -437,12 +443,17 @@ def main() -> int:
                 res["spare_pss_mib_median"] = round(statistics.median(
                     procfs.pss_private(int(p))[0] for p in spares) / 1048576, 2)
         # demand start of 30 cold pools
+        if args.reback:
+            res["reback_mib"] = args.reback
+            freshpages.probe(args.reback)
         ws = demand_starts(h, cold, res, "cold_start", "cold")
         res["worker_private_mib_median_no_preload"] = round(
             statistics.median(w["private"] for w in ws) / 1048576, 2)
         if preloaded:
             # warm pools (preload = true): their zygotes are ready (above); the first
             # request forks a worker from one
+            if args.reback:
+                freshpages.probe(args.reback)
             ws = demand_starts(h, cold_warm, res, "preload_start", "preload")
             res["preload_workers_forked_from_zygote"] = sum(w["preloaded"] for w in ws)
         # start the active pools, then the spread against one pool
@@ -527,8 +538,12 @@ def main() -> int:
         ws = [w for p in st["pools"] if p["name"] in set(many) for w in p["workers"]
               if w["state"] == "ready"]
         res["many_preloaded_workers"] = sum(w["preloaded"] for w in ws)
+        # with every worker and zygote up: the first call reads every process's PSS,
+        # the next ones within 2 s take it from hostd's PssCache
+        ms, _ = timed(lambda: h.ctl("status", "--json").stdout, 1)
+        res["status_json_ms_busy_first"] = round(ms, 1)
         ms, _ = timed(lambda: h.ctl("status", "--json").stdout)
-        res["status_json_ms_busy"] = round(ms, 1)   # with every worker and zygote up
+        res["status_json_ms_busy"] = round(ms, 1)
         res["worker_private_mib_median"] = round(statistics.median(w["private"] for w in ws)
                                                  / 1048576, 2)
         res["worker_pss_mib_median"] = round(statistics.median(w["pss"] for w in ws) / 1048576, 2)
