@@ -445,7 +445,7 @@ def main() -> int:
         # demand start of 30 cold pools
         if args.reback:
             res["reback_mib"] = args.reback
-            freshpages.probe(args.reback)
+            res["reback_us_per_page"] = [freshpages.reback(args.reback)]
         ws = demand_starts(h, cold, res, "cold_start", "cold")
         res["worker_private_mib_median_no_preload"] = round(
             statistics.median(w["private"] for w in ws) / 1048576, 2)
@@ -453,7 +453,7 @@ def main() -> int:
             # warm pools (preload = true): their zygotes are ready (above); the first
             # request forks a worker from one
             if args.reback:
-                freshpages.probe(args.reback)
+                res["reback_us_per_page"].append(freshpages.reback(args.reback))
             ws = demand_starts(h, cold_warm, res, "preload_start", "preload")
             res["preload_workers_forked_from_zygote"] = sum(w["preloaded"] for w in ws)
         # start the active pools, then the spread against one pool

@@ -46,6 +46,14 @@ def probe(mib: int = 4) -> float:
     return round(us, 2)
 
 
+def reback(mib: int = 1024) -> float:
+    """Touches `mib` MiB of new memory once and frees it: the kernel's next allocations
+    get those pages, which the host now backs. Returns what they cost (µs per page)."""
+    m, us = touch(mib)
+    m.close()
+    return round(us, 2)
+
+
 def drain(slow_us: float = 6.0, chunk_mib: int = 64, slow_chunks: int = 8,
           most_mib: int = 16384) -> tuple[list, float]:
     """Touches `chunk_mib` chunks and keeps them until `slow_chunks` of them cost more
@@ -67,8 +75,7 @@ def main(argv: list[str]) -> int:
     if argv[0] == "probe":
         print(f"fresh page {probe(int(argv[1]) if len(argv) > 1 else 4)} us")
     elif argv[0] == "reback":
-        m, us = touch(int(argv[1]) if len(argv) > 1 else 1024)
-        m.close()
+        us = reback(int(argv[1]) if len(argv) > 1 else 1024)
         print(f"touched and freed; it cost {us:.2f} us per page")
     else:
         held, us = drain()

@@ -43,3 +43,7 @@ def test_drain_stops_after_the_slow_chunks():
 def test_main_refuses_an_unknown_command(capsys):
     assert freshpages.main(["nonsense"]) == 2
     assert "probe" in capsys.readouterr().err
+
+
+def test_reback_touches_and_frees():
+    assert freshpages.reback(4) > 0
