@@ -211,10 +211,10 @@ def apply(view: View, ops: list[Op] | None = None) -> None:
     Raises: OSError naming the path."""
     ops = plan(view) if ops is None else ops
     sources: list = []
-    reshown = set(view.reshow)
+    first, end = len(view.show), len(view.show) + len(view.reshow)   # reshow's in sources
     try:
         for index, path in enumerate(view.sources()):
-            again = path in reshown and index >= len(view.show)
+            again = first <= index < end
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW
                              if again else os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -65,7 +65,6 @@ def pss_private(pid: int | None) -> tuple[int, int]:
     return r.get("Pss", 0), r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
 
 
-
 class PssCache:
     """pss_private() per process, read at most once per `max_age` seconds: the kernel
     walks every page table of a process to answer smaps_rollup (about 0.5 ms for a

@@ -742,7 +742,7 @@ class HttpProtocol:
             return
         try:
             can = self.transport.can_write_eof()
-        except (RuntimeError, AttributeError, NotImplementedError):
+        except NotImplementedError:       # (the base transport's answer)
             can = False
         if can:
             self.transport.write_eof()

@@ -80,8 +80,7 @@ class Views:
                                 "requests": s["requests"], "active": s["active"],
                                 "connections": s["connections"],
                                 "busy": round(w.busy_frac, 3), "rss": procfs.rss(w.pid),
-                                **dict(zip(("pss", "private"),
-                                           self.pss.get(w.pid, (w.started_wall, w.state)))),
+                                **dict(zip(("pss", "private"), self._pss(w))),
                                 "cpu_seconds": round(procfs.cpu_seconds(w.pid), 3),
                                 "generation": w.generation,
                                 "started": round(w.started_wall, 3),
@@ -126,6 +125,11 @@ class Views:
                               sorted(self.frontends.by_slot.values(), key=lambda f: f.slot)],
                 "zygote": self.processes.zygote_pid, "pools": pools,
                 "frontend_uid": ids[0] if ids else os.geteuid()}
+
+    def _pss(self, w) -> tuple[int, int]:
+        """(PSS, private) of worker `w`, read again once it is another process or in
+        another state (PssCache)."""
+        return self.pss.get(w.pid, (w.started_wall, w.state))
 
     def _zygote(self, pool) -> dict | None:
         """A preload pool's own zygote (the warm tier), with its memory."""
@@ -178,9 +182,7 @@ class Views:
                     memory = cg.memory_usage()
                 except (OSError, ValueError):
                     pass
-            pss_sum = memory is None
-            memory = memory or 0
-            active = 0
+            active = pss = 0
             for w in pool.workers.values():
                 if w.board is None:
                     continue
@@ -191,8 +193,8 @@ class Views:
                     for i, v in enumerate(values):
                         acc[i] += v
                 active += w.stats()["active"]
-                if pss_sum:
-                    memory += self.pss.get(w.pid, (w.started_wall, w.state))[0]
+                if memory is None:
+                    pss += self._pss(w)[0]
                 cpu += procfs.cpu_seconds(w.pid)
             out.append({
                 "name": pool.name, "state": pool.state.value,
@@ -201,7 +203,8 @@ class Views:
                 "responses": {f"{c}xx": sum(v[c] for v in per.values()) for c in range(1, 6)},
                 "bytes_in": bytes_in,
                 "bytes_out": sum(v[6] for v in per.values()),
-                "workers": len(pool.alive()), "memory": memory, "cpu_seconds": round(cpu, 3),
+                "workers": len(pool.alive()),
+                "memory": pss if memory is None else memory, "cpu_seconds": round(cpu, 3),
                 "recycles": dict(pool.recycles), "crashes": totals.crashes,
                 "rapid_fail_stops": totals.rapid_fail_stops, "queue_full": totals.queue_full,
                 "bindings": [{"binding": t, "requests": v[0],
